@@ -1,0 +1,70 @@
+"""``e2sim`` command line: bad input is one line per problem on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from e2sim import __version__, api
+from e2sim.config.errors import SpecError
+from e2sim.report.lowering import format_summary, summarize
+
+EXIT_BAD_INPUT = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="e2sim",
+        description="Simulate the energy and cycles of training CNNs on FPGA and ASIC accelerators.",
+    )
+    parser.add_argument("--version", action="version", version=f"e2sim {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lower = commands.add_parser(
+        "lower",
+        help="show the ops of one training iteration (forward, backward-data, backward-weight, update)",
+        description="Lower one training iteration of WORKLOAD to its dataflow graph and print it per phase "
+        "and per layer.",
+    )
+    lower.add_argument("workload", metavar="WORKLOAD", help="workload YAML file, or the name of an embedded one")
+    lower.add_argument("--batch", type=_positive_int, metavar="N", help="batch size (default: the workload's)")
+    lower.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
+    lower.set_defaults(handler=_lower)
+    return parser
+
+
+def _lower(args: argparse.Namespace) -> int:
+    summary = summarize(api.lower(args.workload, args.batch))
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"e2sim: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Hardware specs: YAML -> checked -> :class:`e2sim.hw.Accelerator`."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from e2sim.config.reader import (
+    Invalid,
+    ProblemLog,
+    Section,
+    non_negative_int,
+    one_of,
+    positive_int,
+    positive_number,
+    string,
+)
+from e2sim.hw.accelerator import (
+    DATAFLOWS,
+    DRAM_TYPES,
+    OPERAND_BUFFERS,
+    TECHNOLOGIES,
+    Accelerator,
+    Buffer,
+    Dram,
+    PEArray,
+)
+
+DEFAULT_MAC_BITS = (8, 16)
+
+
+def read_hardware(data: Any, source: str) -> Accelerator:
+    """Check a parsed hardware document; raise SpecError listing every problem."""
+    log = ProblemLog(source)
+    top = Section.of(data, "", log)
+    if top is None:
+        log.raise_if_any()
+    name = top.read("name", string)
+    description = top.read("description", string, default="")
+    technology = top.read("technology", one_of(*TECHNOLOGIES))
+    clock_mhz = top.read("clock_mhz", positive_number)
+    pe_array = _read_pe_array(top.section("pe_array"))
+    buffers = _read_buffers(top.section("buffers"))
+    dram = _read_dram(top.section("dram"))
+    top.finish()
+    log.raise_if_any()
+    return Accelerator(name, description, source, technology, clock_mhz, pe_array, buffers, dram)
+
+
+def _read_pe_array(s: Section | None) -> PEArray | None:
+    if s is None:
+        return None
+    rows = s.read("rows", positive_int)
+    cols = s.read("cols", positive_int)
+    dataflow = s.read("dataflow", one_of(*DATAFLOWS))
+    rf_bytes = s.read("rf_bytes", non_negative_int, default=0)
+    mac_bits = s.read("mac_bits", _mac_bits, default=DEFAULT_MAC_BITS)
+    s.finish()
+    if dataflow == "rs" and rf_bytes == 0:
+        s.log.add(s.key_path("rf_bytes"), "row-stationary (rs) needs a register file per PE (rf_bytes > 0)")
+    return PEArray(rows, cols, dataflow, rf_bytes, mac_bits)
+
+
+def _mac_bits(value: Any) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 32 for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise Invalid("must be a non-empty list of distinct bit widths from 2 to 32")
+    return tuple(sorted(value))
+
+
+def _read_buffers(s: Section | None) -> MappingProxyType | None:
+    if s is None:
+        return None
+    if s.has("global"):
+        names: tuple[str, ...] = ("global",)
+    else:
+        names = OPERAND_BUFFERS
+    buffers = {name: _read_buffer(s.section(name)) for name in names}
+    s.finish(" (either global, or ifmap, filter and ofmap)")
+    return MappingProxyType(buffers)
+
+
+def _read_buffer(s: Section | None) -> Buffer | None:
+    if s is None:
+        return None
+    size_kb = s.read("size_kb", positive_number)
+    banks = s.read("banks", positive_int, default=1)
+    word_bits = s.read("word_bits", _word_bits, default=64)
+    default_bandwidth = banks * word_bits / 8 if banks and word_bits else None
+    bandwidth = s.read("bandwidth_bytes_per_cycle", positive_number, default=default_bandwidth)
+    s.finish()
+    if size_kb and banks and word_bits and size_kb * 1024 < banks * word_bits / 8:
+        s.log.add(s.key_path("size_kb"), f"holds less than one {word_bits}-bit word per bank ({banks} banks)")
+    return Buffer(size_kb, banks, word_bits, bandwidth)
+
+
+def _word_bits(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8:
+        raise Invalid("must be a positive multiple of 8")
+    return value
+
+
+def _read_dram(s: Section | None) -> Dram | None:
+    if s is None:
+        return None
+    dram_type = s.read("type", one_of(*DRAM_TYPES))
+    bandwidth = s.read("bandwidth_gb_per_s", positive_number)
+    s.finish()
+    return Dram(dram_type, bandwidth)

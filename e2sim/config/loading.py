@@ -1,0 +1,58 @@
+"""Finding and loading spec files: a path, or the name of a spec that ships with e2sim."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from e2sim.config.errors import SpecError
+from e2sim.config.hardware import read_hardware
+from e2sim.config.workload import Workload, read_workload
+from e2sim.config.yaml_text import read_yaml_file
+from e2sim.hw.accelerator import Accelerator
+
+SPEC_DIRS = {"workload": "workloads", "hardware": "hw_specs"}
+
+
+def embedded_dir(kind: str) -> Path:
+    """The folder of the specs of ``kind`` (``workload`` or ``hardware``) shipped in the package."""
+    return Path(str(resources.files("e2sim") / "specs" / SPEC_DIRS[kind]))
+
+
+def embedded_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in embedded_dir(kind).glob("*.yaml"))
+
+
+def resolve_spec(spec: str | Path, kind: str) -> Path:
+    """A file path as given, or the embedded spec of that name (``lenet5-mnist``, ``systolic-16x16``)."""
+    path = Path(spec)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    embedded = embedded_dir(kind) / f"{spec}.yaml"
+    if embedded.exists():
+        return embedded
+    names = ", ".join(embedded_names(kind))
+    raise SpecError.single(str(spec), "", f"no such file, and no embedded {kind} spec of that name ({names})")
+
+
+def read_workload_spec(spec: str | Path | Mapping) -> Workload:
+    """Read and check a workload from a file, an embedded name or an already-parsed mapping."""
+    data, source = _document(spec, "workload")
+    return read_workload(data, source)
+
+
+def read_hardware_spec(spec: str | Path | Mapping) -> Accelerator:
+    """Read and check a hardware spec from a file, an embedded name or an already-parsed mapping."""
+    data, source = _document(spec, "hardware")
+    return read_hardware(data, source)
+
+
+def _document(spec: str | Path | Mapping, kind: str) -> tuple[Any, str]:
+    if isinstance(spec, Mapping):
+        return spec, f"<{kind} mapping>"
+    path = resolve_spec(spec, kind)
+    embedded = path.parent == embedded_dir(kind) and not Path(spec).exists()
+    source = f"{SPEC_DIRS[kind]}/{path.name} (embedded)" if embedded else str(spec)
+    return read_yaml_file(path), source

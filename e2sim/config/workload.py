@@ -1,0 +1,326 @@
+"""Workload specs (model, dataset, training recipe, precision, policy): YAML -> checked -> frozen objects."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from e2sim.config.formats import NumberFormat, parse_format
+from e2sim.config.reader import (
+    MISSING,
+    Invalid,
+    ProblemLog,
+    Section,
+    boolean,
+    describe,
+    int_or_pair,
+    non_negative_int,
+    non_negative_number,
+    one_of,
+    positive_int,
+    positive_number,
+    string,
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    input_shape: tuple[int, int, int]  # (channels, height, width) of one sample
+    num_classes: int
+    embedded: bool  # ships with e2sim (no path needed)
+
+
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
+    {
+        "mnist5k": DatasetInfo((1, 28, 28), 10, embedded=True),
+        "mnist": DatasetInfo((1, 28, 28), 10, embedded=False),
+        "cifar10": DatasetInfo((3, 32, 32), 10, embedded=False),
+        "cifar100": DatasetInfo((3, 32, 32), 100, embedded=False),
+    }
+)
+RESNET_DEPTHS = "6n+2 with n >= 1 (8, 20, 32, 44, 56, 74, 110, ...)"
+VGG_DEPTHS = (11, 13, 16, 19)
+SHORTCUTS = ("zero_pad", "projection")
+POLICIES = ("baseline",)
+SCHEDULES = ("constant", "step", "cosine")
+ROUNDINGS = ("nearest", "stochastic", "truncate")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    path: str | None  # directory with the dataset files (not needed for embedded datasets)
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.name]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One entry of an explicit ``model.layers`` list; ``path`` is its key path, for error messages."""
+
+    type: str
+    path: str
+    name: str | None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    body: tuple[LayerSpec, ...] = ()  # residual: the main branch
+    shortcut: tuple[LayerSpec, ...] = ()  # residual: the shortcut branch (empty = identity)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``arch`` is lenet5, resnet, vgg or layers (an explicit list in ``layers``)."""
+
+    arch: str
+    depth: int | None = None
+    shortcut: str | None = None  # resnet: zero_pad (option A) or projection (option B)
+    base_channels: int | None = None  # resnet: channels of the first stage
+    batchnorm: bool | None = None  # vgg
+    layers: tuple[LayerSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    batch_size: int
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    lr_milestones_epochs: tuple[int, ...]
+    lr_gamma: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """Number format per tensor role; ``gradients`` are weight gradients, ``errors`` activation errors."""
+
+    weights: NumberFormat
+    activations: NumberFormat
+    errors: NumberFormat
+    gradients: NumberFormat
+    accumulator: NumberFormat
+    rounding: str
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    source: str  # the file it was read from, for error messages
+    dataset: DatasetSpec
+    model: ModelSpec
+    training: TrainingSpec
+    precision: PrecisionSpec
+    policy: str
+
+
+def read_workload(data: Any, source: str) -> Workload:
+    """Check a parsed workload document; raise SpecError listing every problem."""
+    log = ProblemLog(source)
+    top = Section.of(data, "", log)
+    if top is None:
+        log.raise_if_any()
+    name = top.read("name", string)
+    description = top.read("description", string, default="")
+    dataset = _read_dataset(top.section("dataset"))
+    model = _read_model(top.section("model"))
+    training = _read_training(top.section("training"))
+    precision = _read_precision(top.section("precision", default={}))
+    policy = top.read("policy", one_of(*POLICIES), default="baseline")
+    top.finish()
+    log.raise_if_any()
+    return Workload(name, description, source, dataset, model, training, precision, policy)
+
+
+def _read_dataset(s: Section | None) -> DatasetSpec | None:
+    if s is None:
+        return None
+    name = s.read("name", one_of(*DATASETS))
+    path = s.read("path", string, default=None)
+    s.finish()
+    return DatasetSpec(name, path)
+
+
+def _read_model(s: Section | None) -> ModelSpec | None:
+    if s is None:
+        return None
+    if s.has("layers") and not s.has("arch"):
+        layers = _read_layer_list(s, "layers")
+        s.finish(" with layers")
+        return ModelSpec("layers", layers=layers or ())
+    arch = s.read("arch", one_of("lenet5", "resnet", "vgg"))
+    if arch == "resnet":
+        depth = s.read("depth", _resnet_depth)
+        shortcut = s.read("shortcut", one_of(*SHORTCUTS), default="zero_pad")
+        base = s.read("base_channels", positive_int, default=16)
+        s.finish(" for arch resnet")
+        return ModelSpec("resnet", depth=depth, shortcut=shortcut, base_channels=base)
+    if arch == "vgg":
+        depth = s.read("depth", one_of(*VGG_DEPTHS), default=16)
+        batchnorm = s.read("batchnorm", boolean, default=True)
+        s.finish(" for arch vgg")
+        return ModelSpec("vgg", depth=depth, batchnorm=batchnorm)
+    s.finish(f" for arch {arch}" if arch else "")
+    return ModelSpec(arch or "lenet5")
+
+
+def _resnet_depth(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or (value - 2) % 6:
+        raise Invalid(f"must be {RESNET_DEPTHS}")
+    return value
+
+
+_POOL_KEYS: dict[str, tuple[Callable, Any]] = {
+    "kernel": (int_or_pair(1), MISSING),
+    "stride": (positive_int, None),
+    "padding": (int_or_pair(0), (0, 0)),
+}
+LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable, Any]]] = MappingProxyType(
+    {
+        "conv": {
+            "out_channels": (positive_int, MISSING),
+            "kernel": (int_or_pair(1), MISSING),
+            "stride": (positive_int, 1),
+            "padding": (int_or_pair(0), (0, 0)),
+            "bias": (boolean, True),
+        },
+        "linear": {"out_features": (positive_int, MISSING), "bias": (boolean, True)},
+        "batchnorm": {"eps": (positive_number, 1e-5)},
+        "relu": {},
+        "maxpool": _POOL_KEYS,
+        "avgpool": _POOL_KEYS,
+        "global_avgpool": {},
+        "flatten": {},
+        "basic_block": {
+            "out_channels": (positive_int, MISSING),
+            "stride": (positive_int, 1),
+            "shortcut": (one_of(*SHORTCUTS), "zero_pad"),
+        },
+        "residual": {},  # body / shortcut are layer lists, read below
+    }
+)
+
+
+def _read_layer_list(s: Section, key: str, default: Any = MISSING) -> tuple[LayerSpec, ...] | None:
+    items = s.items(key, default)
+    if items is None:
+        return None
+    layers = [_read_layer(path, item, s.log) for path, item in items]
+    return tuple(layer for layer in layers if layer is not None)
+
+
+def _read_layer(path: str, item: Any, log: ProblemLog) -> LayerSpec | None:
+    s = Section.of(item, path, log)
+    if s is None:
+        return None
+    kind = s.read("type", one_of(*LAYER_KEYS))
+    name = s.read("name", _layer_name, default=None)
+    if kind is None:
+        return None
+    attrs = {key: s.read(key, check, default) for key, (check, default) in LAYER_KEYS[kind].items()}
+    body: tuple[LayerSpec, ...] = ()
+    shortcut: tuple[LayerSpec, ...] = ()
+    if kind == "residual":
+        body = _read_layer_list(s, "body") or ()
+        shortcut = _read_layer_list(s, "shortcut", default=None) or ()
+    s.finish(f" for type {kind}")
+    return LayerSpec(kind, path, name, MappingProxyType(attrs), body, shortcut)
+
+
+def _layer_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "_-" for c in value):
+        raise Invalid("must be a name of letters, digits, '_' or '-'")
+    return value
+
+
+def _read_training(s: Section | None) -> TrainingSpec | None:
+    if s is None:
+        return None
+    batch_size = s.read("batch_size", positive_int)
+    epochs = s.read("epochs", positive_int)
+    lr = s.read("lr", positive_number)
+    momentum = s.read("momentum", _fraction_below_one, default=0.0)
+    weight_decay = s.read("weight_decay", non_negative_number, default=0.0)
+    schedule = s.read("schedule", one_of(*SCHEDULES), default="constant")
+    milestones: tuple[int, ...] = ()
+    gamma = 0.1
+    if schedule == "step":
+        milestones = s.read("lr_milestones_epochs", _milestones) or ()
+        gamma = s.read("lr_gamma", _fraction_below_one_positive, default=0.1)
+        if epochs and milestones and milestones[-1] >= epochs:
+            s.log.add(s.key_path("lr_milestones_epochs"), f"milestones must be below epochs ({epochs})")
+    seed = s.read("seed", non_negative_int, default=0)
+    s.finish(f" for schedule {schedule}" if schedule else "")
+    return TrainingSpec(batch_size, epochs, lr, momentum, weight_decay, schedule, milestones, gamma, seed)
+
+
+def _fraction_below_one(value: Any) -> float:
+    number = non_negative_number(value)
+    if number >= 1:
+        raise Invalid("must be a number in [0, 1)")
+    return number
+
+
+def _fraction_below_one_positive(value: Any) -> float:
+    number = positive_number(value)
+    if number >= 1:
+        raise Invalid("must be a number in (0, 1)")
+    return number
+
+
+def _milestones(value: Any) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        or any(b <= a for a, b in itertools.pairwise(value))
+    ):
+        raise Invalid("must be a non-empty increasing list of positive epoch numbers")
+    return tuple(value)
+
+
+def _format_check(max_int_bits: int) -> Callable[[Any], NumberFormat]:
+    def check(value: Any) -> NumberFormat:
+        try:
+            return parse_format(value, max_int_bits)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    return check
+
+
+_FP32 = parse_format("fp32")
+OPERAND_ROLES = ("weights", "activations", "errors", "gradients")
+
+
+def _read_precision(s: Section | None) -> PrecisionSpec | None:
+    if s is None:
+        return None
+    formats = {role: s.read(role, _format_check(16), default=_FP32) for role in OPERAND_ROLES}
+    accumulator = s.read("accumulator", _format_check(64), default=_FP32)
+    rounding = s.read("rounding", one_of(*ROUNDINGS), default="nearest")
+    s.finish()
+    if accumulator is not None and all(formats.values()):
+        _check_accumulator(s, formats, accumulator)
+    return PrecisionSpec(accumulator=accumulator, rounding=rounding, **formats)
+
+
+def _check_accumulator(s: Section, formats: dict[str, NumberFormat], accumulator: NumberFormat) -> None:
+    """Integer MAC operands need an integer accumulator wide enough for one product; floats a float one."""
+    operands = [formats["weights"], formats["activations"], formats["errors"]]
+    path = s.key_path("accumulator")
+    if all(f.is_integer for f in operands):
+        product_bits = max(a.bits + b.bits for i, a in enumerate(operands) for b in operands[i + 1 :])
+        if not accumulator.is_integer or accumulator.kind == "fixed":
+            wanted = "integer weights/activations/errors need an intN accumulator"
+            s.log.add(path, f"{wanted}, got {describe(accumulator.name)}")
+        elif accumulator.bits < product_bits:
+            s.log.add(path, f"must hold one product ({product_bits} bits), got {accumulator.name}")
+    elif accumulator.is_integer:
+        s.log.add(path, "floating-point operands need a floating accumulator (e.g. fp32)")

@@ -1,0 +1,136 @@
+"""The training graph: ops and tensors of one training iteration, and the networkx DAG joining them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import networkx as nx
+
+from e2sim.graph.layers import Shape
+from e2sim.graph.models import Model
+
+PHASES = ("fwd", "bwd_data", "bwd_weight", "update")
+OP_KINDS = ("conv", "gemm", "vector", "move")  # PE-array conv, PE-array GEMM, element-wise, data movement only
+# Tensor roles; a role decides the number format (see lower.ROLE_FORMATS).
+ROLES = (
+    "input", "label", "activation", "index", "weight", "bias", "stats", "error", "weight_grad", "momentum", "loss",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the iteration; ``shape`` includes the batch for activations and errors.
+
+    ``alias_of`` names the tensor whose storage this one shares (e.g. the gradients a residual add
+    passes through unchanged); an alias is never materialised, so writing it moves no bytes.
+    """
+
+    name: str
+    layer: str
+    role: str
+    shape: Shape
+    bits: int
+    alias_of: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bytes(self) -> int:
+        return -(-self.numel * self.bits // 8)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """Forward geometry of a conv layer: batch N, K filters of C×R×S over C×H×W inputs, P×Q outputs."""
+
+    n: int
+    k: int
+    c: int
+    h: int
+    w: int
+    p: int
+    q: int
+    r: int
+    s: int
+    stride: int
+    pad_h: int
+    pad_w: int
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """The GEMM an op is equivalent to: out[M×N] = A[M×K] · B[K×N] (SCALE-Sim's M, N, K)."""
+
+    m: int
+    n: int
+    k: int
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the iteration.
+
+    ``conv`` is the layer's forward geometry (also for its backward ops; ``phase`` says which
+    computation), ``gemm`` the equivalent GEMM of this very op, ``elements`` the element count
+    an element-wise op iterates over. ``macs`` are multiply-accumulates on the PE array;
+    ``elementwise_ops`` are vector-path operations (adds, multiplies, compares, exp, ...).
+    """
+
+    name: str
+    layer: str
+    layer_kind: str
+    phase: str
+    kind: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    macs: int
+    elementwise_ops: int
+    elements: int
+    conv: ConvShape | None = None
+    gemm: GemmShape | None = None
+
+
+@dataclass(frozen=True)
+class TrainingGraph:
+    """One training iteration at ``batch_size``: ops in execution order, tensors by name, and the DAG.
+
+    ``dag`` is bipartite: an edge tensor -> op means the op reads the tensor, op -> tensor that it
+    writes it. Node attribute ``type`` is ``"op"`` or ``"tensor"``. Treat it as read-only.
+    ``inputs`` are the tensors that exist before the iteration starts (data, labels, parameters,
+    optimizer state, running statistics); every other tensor is written by exactly one op.
+    """
+
+    workload: str
+    batch_size: int
+    model: Model
+    ops: tuple[Op, ...]
+    tensors: Mapping[str, Tensor]
+    dag: nx.DiGraph
+    inputs: frozenset[str]
+
+    def bytes_read(self, op: Op) -> int:
+        return sum(self.tensors[t].bytes for t in op.reads)
+
+    def bytes_written(self, op: Op) -> int:
+        """Bytes of the tensors the op materialises (aliases move nothing)."""
+        return sum(self.tensors[t].bytes for t in op.writes if self.tensors[t].alias_of is None)
+
+    def macs(self, phase: str | None = None) -> int:
+        return sum(op.macs for op in self.ops if phase is None or op.phase == phase)
+
+
+def build_dag(ops: tuple[Op, ...], tensors: Mapping[str, Tensor]) -> nx.DiGraph:
+    dag = nx.DiGraph()
+    dag.add_nodes_from(tensors, type="tensor")
+    dag.add_nodes_from((op.name for op in ops), type="op")
+    dag.add_edges_from((t, op.name) for op in ops for t in op.reads)
+    dag.add_edges_from((op.name, t) for op in ops for t in op.writes)
+    return dag

@@ -1,0 +1,334 @@
+"""Lowering: a workload's model at a batch size -> the ops and tensors of one training iteration.
+
+Execution order: forward ops in layer order; backward ops in reverse layer order (a layer's
+gradient sum first, then its ``bwd_data``, then its ``bwd_weight``); ``update`` ops in layer order.
+A tensor read by more than one layer on the backward path gets one partial gradient per consumer
+(``T.grad@consumer``) and a ``grad_sum`` op (phase ``bwd_data``) that adds them into ``T.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from types import MappingProxyType
+
+from e2sim.config.workload import TrainingSpec, Workload
+from e2sim.graph.ir import ConvShape, GemmShape, Op, Tensor, TrainingGraph, build_dag
+from e2sim.graph.layers import INPUT, Layer
+from e2sim.graph.models import Model, build_model
+from e2sim.graph.verify import verify
+
+# Element-wise operations counted per element (an add, multiply, compare, exp, rsqrt ... is one op).
+BN_FWD_PER_ELEMENT = 8  # mean (1), variance (3), normalise (2), scale and shift (2)
+BN_FWD_PER_CHANNEL = 8  # mean and variance divides (2), eps add and rsqrt (2), running stats (4)
+BN_BWD_DATA_PER_ELEMENT = 9  # x̂ (2), Σdy and Σdy·x̂ (3), γ·inv_std·(dy − mean dy − x̂·mean dy·x̂) (4)
+BN_BWD_WEIGHT_PER_ELEMENT = 5  # x̂ (2), dγ += dy·x̂ (2), dβ += dy (1)
+SOFTMAX_CE_FWD_PER_LOGIT = 5  # max (1), subtract (1), exp (1), sum (1), normalise (1)
+SOFTMAX_CE_FWD_PER_SAMPLE = 2  # log of the label's probability (1), batch mean (1)
+SOFTMAX_CE_BWD_PER_LOGIT = 2  # subtract the one-hot label (1), scale by 1/N (1)
+
+# Tensor role -> precision field that gives its number format (label and index widths are derived).
+ROLE_FORMATS = MappingProxyType(
+    {
+        "input": "activations",
+        "activation": "activations",
+        "weight": "weights",
+        "bias": "accumulator",
+        "stats": "accumulator",
+        "loss": "accumulator",
+        "error": "errors",
+        "weight_grad": "gradients",
+        "momentum": "gradients",
+    }
+)
+
+
+def sgd_ops_per_parameter(training: TrainingSpec) -> int:
+    """Element-wise ops of one SGD step per parameter: weight decay (2), momentum (2), step (2)."""
+    return 2 + 2 * (training.weight_decay > 0) + 2 * (training.momentum > 0)
+
+
+def lower(workload: Workload, batch_size: int | None = None, check: bool = True) -> TrainingGraph:
+    """Lower one training iteration of ``workload`` at ``batch_size`` (default: the workload's)."""
+    batch = workload.training.batch_size if batch_size is None else batch_size
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch size must be a positive integer, got {batch!r}")
+    model = build_model(workload)
+    graph = _Lowering(workload, model, batch).run()
+    if check:
+        verify(graph)
+    return graph
+
+
+class _Lowering:
+    def __init__(self, workload: Workload, model: Model, batch: int):
+        self.workload = workload
+        self.model = model
+        self.n = batch
+        self.tensors: dict[str, Tensor] = {}
+        self.inputs: list[str] = []
+        self.fwd: list[Op] = []
+        self.bwd: dict[str, list[Op]] = {layer.name: [] for layer in model.layers}
+        self.update: list[Op] = []
+        precision = workload.precision
+        self.bits = {role: getattr(precision, field).bits for role, field in ROLE_FORMATS.items()}
+        self.bits["label"] = max(1, math.ceil(math.log2(model.num_classes)))
+        self.sgd_ops = sgd_ops_per_parameter(workload.training)
+        self.momentum = workload.training.momentum > 0
+        # Flatten is a view: map every layer name to the layer whose output tensor it stands for.
+        self.source = {INPUT: INPUT}
+        for layer in model.layers:
+            self.source[layer.name] = self.source[layer.inputs[0]] if layer.kind == "flatten" else layer.name
+        self.needs_grad = {INPUT: False}
+        self.grad_consumers: dict[str, list[str]] = {}
+        for layer in model.layers:
+            srcs = [self.source[i] for i in layer.inputs]
+            self.needs_grad[layer.name] = layer.trainable or any(self.needs_grad[s] for s in srcs)
+            if layer.kind != "flatten":
+                for s in srcs:
+                    if self.needs_grad[s]:
+                        self.grad_consumers.setdefault(s, []).append(layer.name)
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def tensor(self, name: str, layer: str, role: str, shape: tuple[int, ...], bits: int | None = None,
+               alias_of: str | None = None) -> str:  # fmt: skip
+        self.tensors[name] = Tensor(name, layer, role, shape, self.bits[role] if bits is None else bits, alias_of)
+        return name
+
+    def out(self, source: str) -> str:
+        """Name of the output tensor of the layer ``source`` (already resolved through flatten)."""
+        return "input.x" if source == INPUT else f"{source}.y"
+
+    def x(self, layer: Layer, i: int = 0) -> str:
+        return self.out(self.source[layer.inputs[i]])
+
+    def shape(self, tensor: str) -> tuple[int, ...]:
+        return self.tensors[tensor].shape
+
+    def grad_target(self, layer: Layer, i: int) -> str | None:
+        """The gradient tensor ``layer``'s bwd_data writes for input ``i`` (None: input needs none)."""
+        src = self.source[layer.inputs[i]]
+        if not self.needs_grad[src]:
+            return None
+        primal = self.out(src)
+        single = len(self.grad_consumers[src]) == 1
+        return f"{primal}.grad" if single else f"{primal}.grad@{layer.name}"
+
+    def error(self, name: str, layer: str, primal: str, alias_of: str | None = None) -> str:
+        return self.tensor(name, layer, "error", self.shape(primal), alias_of=alias_of)
+
+    def op(self, layer: Layer, phase: str, kind: str, reads, writes, macs=0, ew=0, elements=0,
+           conv=None, gemm=None) -> None:  # fmt: skip
+        name = f"{layer.name}.{phase}"
+        op = Op(name, layer.name, layer.kind, phase, kind, tuple(reads), tuple(writes), macs, ew, elements, conv, gemm)
+        if phase == "fwd":
+            self.fwd.append(op)
+        elif phase == "update":
+            self.update.append(op)
+        else:
+            self.bwd[layer.name].append(op)
+
+    def params(self, layer: Layer) -> dict[str, str]:
+        names = {}
+        for short, shape in layer.params():
+            role = "bias" if short == "b" else "weight"  # BN's gamma and beta are weights
+            names[short] = self.tensor(f"{layer.name}.{short}", layer.name, role, shape)
+            self.inputs.append(names[short])
+        return names
+
+    def update_op(self, layer: Layer, params: dict[str, str]) -> None:
+        reads, writes = [], []
+        for p in params.values():
+            role = self.tensors[p].role
+            grad = f"{p}.grad"
+            reads += [p, grad]
+            writes.append(self.tensor(f"{p}.next", layer.name, role, self.shape(p)))
+            if self.momentum:
+                v = self.tensor(f"{p}.momentum", layer.name, "momentum", self.shape(p))
+                self.inputs.append(v)
+                reads.append(v)
+                writes.append(self.tensor(f"{v}.next", layer.name, "momentum", self.shape(p)))
+        count = sum(self.tensors[p].numel for p in params.values())
+        self.op(layer, "update", "vector", reads, writes, ew=self.sgd_ops * count, elements=count)
+
+    # -- the iteration -----------------------------------------------------------------------------
+    def run(self) -> TrainingGraph:
+        self.inputs.append(self.tensor("input.x", INPUT, "input", (self.n, *self.model.input_shape)))
+        self.inputs.append(self.tensor("input.labels", INPUT, "label", (self.n,)))
+        for layer in self.model.layers:
+            if layer.kind != "flatten":
+                _LOWER[layer.kind](self, layer)
+        self.add_grad_sums()
+        backward = [op for layer in reversed(self.model.layers) for op in self.bwd[layer.name]]
+        ops = tuple(self.fwd + backward + self.update)
+        tensors = MappingProxyType(self.resolve_aliases())
+        return TrainingGraph(
+            self.workload.name, self.n, self.model, ops, tensors, build_dag(ops, tensors), frozenset(self.inputs)
+        )
+
+    def resolve_aliases(self) -> dict[str, Tensor]:
+        """Point every alias at the tensor that owns the storage (aliases of aliases collapse)."""
+        tensors = dict(self.tensors)
+        for name, t in tensors.items():
+            root = t.alias_of
+            while root is not None and self.tensors[root].alias_of is not None:
+                root = self.tensors[root].alias_of
+            if root != t.alias_of:
+                tensors[name] = replace(t, alias_of=root)
+        return tensors
+
+    def add_grad_sums(self) -> None:
+        for src, consumers in self.grad_consumers.items():
+            if len(consumers) < 2:
+                continue
+            primal = self.out(src)
+            layer = self.model.layer(src)
+            parts = [f"{primal}.grad@{c}" for c in consumers]
+            total = self.error(f"{primal}.grad", src, primal)
+            size = self.tensors[primal].numel
+            op = Op(f"{src}.grad_sum", src, layer.kind, "bwd_data", "vector", tuple(parts), (total,), 0,
+                    (len(parts) - 1) * size, size)  # fmt: skip
+            self.bwd[src].insert(0, op)
+
+
+def _lower_conv(g: _Lowering, layer) -> None:
+    x, n = g.x(layer), g.n
+    c, h, w = layer.in_shapes[0]
+    k, p, q = layer.out_shape
+    r, s = layer.kernel
+    geometry = ConvShape(n, k, c, h, w, p, q, r, s, layer.stride, *layer.padding)
+    macs = n * k * c * p * q * r * s
+    params = g.params(layer)
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", (n, k, p, q))
+    bias_ops = n * k * p * q if layer.bias else 0
+    g.op(layer, "fwd", "conv", [x, *params.values()], [y], macs, bias_ops, n * k * p * q, geometry,
+         GemmShape(n * p * q, k, c * r * s))  # fmt: skip
+    dy = f"{y}.grad"
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "conv", [dy, params["w"]], [dx], macs, 0, n * c * h * w, geometry,
+             GemmShape(n * p * q, c * r * s, k))  # fmt: skip
+    grads = [g.tensor(f"{t}.grad", layer.name, "weight_grad", g.shape(t)) for t in params.values()]
+    g.op(layer, "bwd_weight", "conv", [x, dy], grads, macs, bias_ops, k * c * r * s, geometry,
+         GemmShape(k, c * r * s, n * p * q))  # fmt: skip
+    g.update_op(layer, params)
+
+
+def _lower_linear(g: _Lowering, layer) -> None:
+    x, n = g.x(layer), g.n
+    f_in, f_out = layer.in_features, layer.out_features
+    macs = n * f_in * f_out
+    params = g.params(layer)
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", (n, f_out))
+    bias_ops = n * f_out if layer.bias else 0
+    g.op(layer, "fwd", "gemm", [x, *params.values()], [y], macs, bias_ops, n * f_out, gemm=GemmShape(n, f_out, f_in))
+    dy = f"{y}.grad"
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "gemm", [dy, params["w"]], [dx], macs, 0, n * f_in, gemm=GemmShape(n, f_in, f_out))
+    grads = [g.tensor(f"{t}.grad", layer.name, "weight_grad", g.shape(t)) for t in params.values()]
+    g.op(layer, "bwd_weight", "gemm", [x, dy], grads, macs, bias_ops, f_out * f_in, gemm=GemmShape(f_out, f_in, n))
+    g.update_op(layer, params)
+
+
+def _lower_batchnorm(g: _Lowering, layer) -> None:
+    x = g.x(layer)
+    size, channels = g.tensors[x].numel, layer.channels
+    params = g.params(layer)
+    stats = [g.tensor(f"{layer.name}.{s}", layer.name, "stats", (channels,)) for s in ("mean", "inv_std")]
+    running = g.tensor(f"{layer.name}.running_stats", layer.name, "stats", (2, channels))
+    g.inputs.append(running)
+    running_next = g.tensor(f"{running}.next", layer.name, "stats", (2, channels))
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", g.shape(x))
+    ew = BN_FWD_PER_ELEMENT * size + BN_FWD_PER_CHANNEL * channels
+    g.op(layer, "fwd", "vector", [x, *params.values(), running], [y, *stats, running_next], ew=ew, elements=size)
+    dy = f"{y}.grad"
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "vector", [dy, x, params["gamma"], *stats], [dx],
+             ew=BN_BWD_DATA_PER_ELEMENT * size, elements=size)  # fmt: skip
+    grads = [g.tensor(f"{t}.grad", layer.name, "weight_grad", (channels,)) for t in params.values()]
+    g.op(layer, "bwd_weight", "vector", [x, dy, *stats], grads, ew=BN_BWD_WEIGHT_PER_ELEMENT * size, elements=size)
+    g.update_op(layer, params)
+
+
+def _lower_relu(g: _Lowering, layer) -> None:
+    x = g.x(layer)
+    size = g.tensors[x].numel
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", g.shape(x))
+    g.op(layer, "fwd", "vector", [x], [y], ew=size, elements=size)
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "vector", [f"{y}.grad", y], [dx], ew=size, elements=size)
+
+
+def _lower_pool(g: _Lowering, layer) -> None:
+    """Max/avg pooling over R×S windows, and global average pooling (one window per channel)."""
+    x, n = g.x(layer), g.n
+    if layer.kind == "global_avgpool":
+        window = layer.in_shapes[0][1] * layer.in_shapes[0][2]
+    else:
+        window = layer.kernel[0] * layer.kernel[1]
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", (n, *layer.out_shape))
+    out = g.tensors[y].numel
+    reads_back = [f"{y}.grad"]
+    writes = [y]
+    if layer.kind == "maxpool":
+        index_bits = max(1, math.ceil(math.log2(window)))
+        writes.append(g.tensor(f"{layer.name}.argmax", layer.name, "index", g.shape(y), bits=index_bits))
+        reads_back.append(writes[-1])
+        fwd_ops, bwd_ops = out * (window - 1), out  # compares; one scatter-add per output
+    else:
+        fwd_ops = bwd_ops = out * window  # window sum and scale; scale and spread
+    g.op(layer, "fwd", "vector", [x], writes, ew=fwd_ops, elements=out)
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "vector", reads_back, [dx], ew=bwd_ops, elements=g.tensors[x].numel)
+
+
+def _lower_add(g: _Lowering, layer) -> None:
+    a, b = g.x(layer, 0), g.x(layer, 1)
+    size = g.tensors[a].numel
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", g.shape(a))
+    g.op(layer, "fwd", "vector", [a, b], [y], ew=size, elements=size)
+    dy = f"{y}.grad"
+    targets = [(t, g.grad_target(layer, i)) for i, t in enumerate((a, b))]
+    grads = [g.error(dx, layer.name, primal, alias_of=dy) for primal, dx in targets if dx]
+    if grads:  # the gradient passes through unchanged to both inputs: no arithmetic, no copy
+        g.op(layer, "bwd_data", "move", [dy], grads, elements=size)
+
+
+def _lower_zero_pad_shortcut(g: _Lowering, layer) -> None:
+    x, n = g.x(layer), g.n
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", (n, *layer.out_shape))
+    g.op(layer, "fwd", "move", [x], [y], elements=g.tensors[y].numel)
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "move", [f"{y}.grad"], [dx], elements=g.tensors[x].numel)
+
+
+def _lower_loss(g: _Lowering, layer) -> None:
+    logits, n = g.x(layer), g.n
+    size = g.tensors[logits].numel
+    loss = g.tensor(f"{layer.name}.y", layer.name, "loss", ())
+    probs = g.tensor(f"{layer.name}.probs", layer.name, "activation", g.shape(logits))
+    ew = SOFTMAX_CE_FWD_PER_LOGIT * size + SOFTMAX_CE_FWD_PER_SAMPLE * n
+    g.op(layer, "fwd", "vector", [logits, "input.labels"], [loss, probs], ew=ew, elements=size)
+    if dx := g.grad_target(layer, 0):
+        g.error(dx, layer.name, logits)
+        g.op(layer, "bwd_data", "vector", [probs, "input.labels"], [dx], ew=SOFTMAX_CE_BWD_PER_LOGIT * size,
+             elements=size)  # fmt: skip
+
+
+_LOWER = {
+    "conv": _lower_conv,
+    "linear": _lower_linear,
+    "batchnorm": _lower_batchnorm,
+    "relu": _lower_relu,
+    "maxpool": _lower_pool,
+    "avgpool": _lower_pool,
+    "global_avgpool": _lower_pool,
+    "add": _lower_add,
+    "zero_pad_shortcut": _lower_zero_pad_shortcut,
+    "loss": _lower_loss,
+}

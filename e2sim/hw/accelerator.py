@@ -1,0 +1,70 @@
+"""The accelerator a training iteration is priced on (frozen; built from a validated hardware spec)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DATAFLOWS = ("ws", "os", "is", "rs")  # weight/output/input stationary (SCALE-Sim), row stationary (Eyeriss)
+TECHNOLOGIES = ("45nm", "65nm", "fpga")
+DRAM_TYPES = ("lpddr", "lpddr4", "ddr3", "ddr4", "gddr5", "hbm2")
+OPERAND_BUFFERS = ("ifmap", "filter", "ofmap")
+
+
+@dataclass(frozen=True)
+class PEArray:
+    """rows x cols processing elements; ``rf_bytes`` of register file per PE; MAC operand widths (bits)."""
+
+    rows: int
+    cols: int
+    dataflow: str
+    rf_bytes: int
+    mac_bits: tuple[int, ...]
+
+    @property
+    def pes(self) -> int:
+        return self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """An on-chip SRAM: capacity, banks, word width and bandwidth (bytes per clock cycle)."""
+
+    size_kb: float
+    banks: int
+    word_bits: int
+    bandwidth_bytes_per_cycle: float
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.size_kb * 1024)
+
+
+@dataclass(frozen=True)
+class Dram:
+    """Off-chip memory; bandwidth in GB/s (10^9 bytes per second)."""
+
+    type: str
+    bandwidth_gb_per_s: float
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """A parameterized training accelerator.
+
+    ``buffers`` holds either one ``global`` buffer or the per-operand ``ifmap``, ``filter`` and
+    ``ofmap`` SRAMs. ``source`` is the spec file it was read from.
+    """
+
+    name: str
+    description: str
+    source: str
+    technology: str
+    clock_mhz: float
+    pe_array: PEArray
+    buffers: Mapping[str, Buffer]
+    dram: Dram
+
+    @property
+    def has_global_buffer(self) -> bool:
+        return "global" in self.buffers

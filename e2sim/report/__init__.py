@@ -1,0 +1,1 @@
+"""Reports: machine-readable dicts and human tables."""

@@ -1,0 +1,99 @@
+"""What one lowered iteration computes: totals per phase, rows per layer and per op."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from e2sim.graph.ir import PHASES, TrainingGraph
+
+
+def _per_phase(values: dict[str, int]) -> dict[str, int]:
+    totals = {phase: values.get(phase, 0) for phase in PHASES}
+    totals["total"] = sum(totals.values())
+    return totals
+
+
+def summarize(graph: TrainingGraph) -> dict[str, Any]:
+    """A JSON-ready dict with stable keys: per-phase totals, per-layer rows, ops and tensors."""
+    macs: dict[str, int] = {}
+    elementwise: dict[str, int] = {}
+    traffic: dict[str, int] = {}
+    count: dict[str, int] = {}
+    layers: dict[str, dict[str, Any]] = {}
+    ops = []
+    for op in graph.ops:
+        read, written = graph.bytes_read(op), graph.bytes_written(op)
+        macs[op.phase] = macs.get(op.phase, 0) + op.macs
+        elementwise[op.phase] = elementwise.get(op.phase, 0) + op.elementwise_ops
+        traffic[op.phase] = traffic.get(op.phase, 0) + read + written
+        count[op.phase] = count.get(op.phase, 0) + 1
+        row = layers.setdefault(
+            op.layer,
+            {"layer": op.layer, "kind": op.layer_kind, "ops": 0, "macs": dict.fromkeys(PHASES, 0),
+             "elementwise_ops": 0, "bytes": 0},
+        )  # fmt: skip
+        row["ops"] += 1
+        row["macs"][op.phase] += op.macs
+        row["elementwise_ops"] += op.elementwise_ops
+        row["bytes"] += read + written
+        ops.append(
+            {
+                "name": op.name, "layer": op.layer, "layer_kind": op.layer_kind, "phase": op.phase,
+                "kind": op.kind, "macs": op.macs, "elementwise_ops": op.elementwise_ops,
+                "elements": op.elements, "bytes_read": read, "bytes_written": written,
+                "reads": list(op.reads), "writes": list(op.writes),
+                "conv": asdict(op.conv) if op.conv else None, "gemm": asdict(op.gemm) if op.gemm else None,
+            }
+        )  # fmt: skip
+    tensors = [
+        {"name": t.name, "layer": t.layer, "role": t.role, "shape": list(t.shape), "bits": t.bits,
+         "bytes": t.bytes, "alias_of": t.alias_of}
+        for t in graph.tensors.values()
+    ]  # fmt: skip
+    return {
+        "workload": graph.workload,
+        "model": graph.model.name,
+        "batch_size": graph.batch_size,
+        "parameters": graph.model.parameters,
+        "macs": _per_phase(macs),
+        "elementwise_ops": _per_phase(elementwise),
+        "bytes": _per_phase(traffic),
+        "op_count": _per_phase(count),
+        "layers": list(layers.values()),
+        "ops": ops,
+        "tensors": tensors,
+    }
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [header] + [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        first = row[0].ljust(widths[0])
+        lines.append("  ".join([first] + [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]))
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    return lines
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The human table: per phase, then per layer."""
+    head = (
+        f"{summary['workload']}: one training iteration of {summary['model']} at batch {summary['batch_size']} "
+        f"({summary['parameters']:,} parameters)"
+    )
+    phases = [*PHASES, "total"]
+    by_phase = _table(
+        ["phase", "ops", "MACs", "element-wise ops", "bytes"],
+        [[p, summary["op_count"][p], summary["macs"][p], summary["elementwise_ops"][p], summary["bytes"][p]]
+         for p in phases],
+    )  # fmt: skip
+    by_layer = _table(
+        ["layer", "kind", "ops", "fwd MACs", "bwd_data MACs", "bwd_weight MACs", "element-wise ops", "bytes"],
+        [[r["layer"], r["kind"], r["ops"], r["macs"]["fwd"], r["macs"]["bwd_data"], r["macs"]["bwd_weight"],
+          r["elementwise_ops"], r["bytes"]] for r in summary["layers"]],
+    )  # fmt: skip
+    note = "bytes: every operand tensor once per op (reads + writes), before any on-chip reuse."
+    return "\n".join([head, "", *by_phase, "", *by_layer, "", note])
