@@ -54,22 +54,23 @@ def _read_pe_array(s: Section | None) -> PEArray | None:
     cols = s.read("cols", positive_int)
     dataflow = s.read("dataflow", one_of(*DATAFLOWS))
     rf_bytes = s.read("rf_bytes", non_negative_int, default=0)
-    mac_bits = s.read("mac_bits", _mac_bits, default=DEFAULT_MAC_BITS)
+    mac_bits = s.read_list("mac_bits", _bit_width, default=DEFAULT_MAC_BITS, check_all=_distinct_sorted)
     s.finish()
     if dataflow == "rs" and rf_bytes == 0:
         s.log.add(s.key_path("rf_bytes"), "row-stationary (rs) needs a register file per PE (rf_bytes > 0)")
     return PEArray(rows, cols, dataflow, rf_bytes, mac_bits)
 
 
-def _mac_bits(value: Any) -> tuple[int, ...]:
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 32 for v in value)
-        or len(set(value)) != len(value)
-    ):
-        raise Invalid("must be a non-empty list of distinct bit widths from 2 to 32")
-    return tuple(sorted(value))
+def _bit_width(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 32:
+        raise Invalid("must be a bit width from 2 to 32")
+    return value
+
+
+def _distinct_sorted(values: tuple[int, ...]) -> tuple[int, ...]:
+    if len(set(values)) != len(values):
+        raise Invalid("must list distinct bit widths")
+    return tuple(sorted(values))
 
 
 def _read_buffers(s: Section | None) -> MappingProxyType | None:

@@ -117,6 +117,52 @@ class Section:
             return None
         return [(join_path(self.key_path(key), i), item) for i, item in enumerate(value)]
 
+    def read_list(
+        self,
+        key: str,
+        check_item: Callable[[Any], Any],
+        default: Any = MISSING,
+        length: int | None = None,
+        check_all: Callable[[tuple], tuple] | None = None,
+    ) -> tuple | None:
+        """A list whose items are checked one by one (problems name ``key[i]``), then as a whole."""
+        self._known.append(key)
+        if key not in self.data:
+            if default is MISSING:
+                self.log.add(self.key_path(key), "missing required key")
+                return None
+            return default
+        value, path = self.data[key], self.key_path(key)
+        if not isinstance(value, list) or not value or (length is not None and len(value) != length):
+            wanted = f"a list of {length}" if length else "a non-empty list"
+            self.log.add(path, f"must be {wanted}, got {describe(value)}")
+            return None
+        items, failed = [], False
+        for i, item in enumerate(value):
+            try:
+                items.append(check_item(item))
+            except Invalid as exc:
+                self.log.add(join_path(path, i), f"{exc}, got {describe(item)}")
+                failed = True
+        if failed:
+            return None
+        if check_all is None:
+            return tuple(items)
+        try:
+            return check_all(tuple(items))
+        except Invalid as exc:
+            self.log.add(path, str(exc))
+            return None
+
+    def read_pair(self, key: str, minimum: int, default: Any = MISSING) -> tuple[int, int] | None:
+        """``3`` (read as ``(3, 3)``) or ``[3, 5]``; each integer at least ``minimum``."""
+        value = self.data.get(key)
+        check = positive_int if minimum == 1 else non_negative_int
+        if _is_int(value):
+            number = self.read(key, check)
+            return None if number is None else (number, number)
+        return self.read_list(key, check, default, length=2)
+
     def finish(self, context: str = "") -> None:
         """Report every key that was not read (typos must not be silently ignored)."""
         for key in self.data:
@@ -197,13 +243,8 @@ def one_of(*options: Any) -> Callable[[Any], Any]:
     return check
 
 
-def int_or_pair(minimum: int) -> Callable[[Any], tuple[int, int]]:
-    """A check for ``3`` or ``[3, 5]``: an integer (or two) at least ``minimum``; returns a pair."""
+class Pair:
+    """Marks a key that takes ``3`` or ``[3, 5]``: integers at least ``minimum`` (read as a pair)."""
 
-    def check(value: Any) -> tuple[int, int]:
-        pair = [value, value] if _is_int(value) else value
-        if not isinstance(pair, list) or len(pair) != 2 or not all(_is_int(v) and v >= minimum for v in pair):
-            raise Invalid(f"must be an integer >= {minimum} or a list of two such integers")
-        return int(pair[0]), int(pair[1])
-
-    return check
+    def __init__(self, minimum: int):
+        self.minimum = minimum

@@ -12,11 +12,11 @@ from e2sim.config.formats import NumberFormat, parse_format
 from e2sim.config.reader import (
     MISSING,
     Invalid,
+    Pair,
     ProblemLog,
     Section,
     boolean,
     describe,
-    int_or_pair,
     non_negative_int,
     non_negative_number,
     one_of,
@@ -155,6 +155,8 @@ def _read_model(s: Section | None) -> ModelSpec | None:
         s.finish(" with layers")
         return ModelSpec("layers", layers=layers or ())
     arch = s.read("arch", one_of("lenet5", "resnet", "vgg"))
+    if arch is None:
+        return None  # already reported; its other keys cannot be judged without it
     if arch == "resnet":
         depth = s.read("depth", _resnet_depth)
         shortcut = s.read("shortcut", one_of(*SHORTCUTS), default="zero_pad")
@@ -166,8 +168,8 @@ def _read_model(s: Section | None) -> ModelSpec | None:
         batchnorm = s.read("batchnorm", boolean, default=True)
         s.finish(" for arch vgg")
         return ModelSpec("vgg", depth=depth, batchnorm=batchnorm)
-    s.finish(f" for arch {arch}" if arch else "")
-    return ModelSpec(arch or "lenet5")
+    s.finish(f" for arch {arch}")
+    return ModelSpec(arch)
 
 
 def _resnet_depth(value: Any) -> int:
@@ -176,18 +178,18 @@ def _resnet_depth(value: Any) -> int:
     return value
 
 
-_POOL_KEYS: dict[str, tuple[Callable, Any]] = {
-    "kernel": (int_or_pair(1), MISSING),
+_POOL_KEYS: dict[str, tuple[Callable | Pair, Any]] = {
+    "kernel": (Pair(1), MISSING),
     "stride": (positive_int, None),
-    "padding": (int_or_pair(0), (0, 0)),
+    "padding": (Pair(0), (0, 0)),
 }
-LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable, Any]]] = MappingProxyType(
+LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable | Pair, Any]]] = MappingProxyType(
     {
         "conv": {
             "out_channels": (positive_int, MISSING),
-            "kernel": (int_or_pair(1), MISSING),
+            "kernel": (Pair(1), MISSING),
             "stride": (positive_int, 1),
-            "padding": (int_or_pair(0), (0, 0)),
+            "padding": (Pair(0), (0, 0)),
             "bias": (boolean, True),
         },
         "linear": {"out_features": (positive_int, MISSING), "bias": (boolean, True)},
@@ -223,7 +225,10 @@ def _read_layer(path: str, item: Any, log: ProblemLog) -> LayerSpec | None:
     name = s.read("name", _layer_name, default=None)
     if kind is None:
         return None
-    attrs = {key: s.read(key, check, default) for key, (check, default) in LAYER_KEYS[kind].items()}
+    attrs = {
+        key: s.read_pair(key, check.minimum, default) if isinstance(check, Pair) else s.read(key, check, default)
+        for key, (check, default) in LAYER_KEYS[kind].items()
+    }
     body: tuple[LayerSpec, ...] = ()
     shortcut: tuple[LayerSpec, ...] = ()
     if kind == "residual":
@@ -251,7 +256,7 @@ def _read_training(s: Section | None) -> TrainingSpec | None:
     milestones: tuple[int, ...] = ()
     gamma = 0.1
     if schedule == "step":
-        milestones = s.read("lr_milestones_epochs", _milestones) or ()
+        milestones = s.read_list("lr_milestones_epochs", positive_int, check_all=_increasing) or ()
         gamma = s.read("lr_gamma", _fraction_below_one_positive, default=0.1)
         if epochs and milestones and milestones[-1] >= epochs:
             s.log.add(s.key_path("lr_milestones_epochs"), f"milestones must be below epochs ({epochs})")
@@ -274,15 +279,10 @@ def _fraction_below_one_positive(value: Any) -> float:
     return number
 
 
-def _milestones(value: Any) -> tuple[int, ...]:
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-        or any(b <= a for a, b in itertools.pairwise(value))
-    ):
-        raise Invalid("must be a non-empty increasing list of positive epoch numbers")
-    return tuple(value)
+def _increasing(values: tuple[int, ...]) -> tuple[int, ...]:
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise Invalid("must be increasing")
+    return values
 
 
 def _format_check(max_int_bits: int) -> Callable[[Any], NumberFormat]:

@@ -47,10 +47,10 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = exc.problem or exc.context or "cannot parse"
+        what = " ".join(str(exc.problem or exc.context or "cannot parse").split())
         raise SpecError.single(source, where, f"invalid YAML: {what}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError.single(source, "", f"invalid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # e.g. a character YAML does not allow
+        raise SpecError.single(source, "", f"invalid YAML: {' '.join(str(exc).split())}") from None
 
 
 def read_yaml_file(path: str | Path) -> Any:

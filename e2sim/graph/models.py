@@ -216,7 +216,7 @@ def build_model(workload: Workload) -> Model:
         return _vgg(b, spec, info.num_classes)
     last = spec.layers[-1].path if spec.layers else "model.layers"
     x = b.layer_list(INPUT, spec.layers, "")
-    return b.finish(x, "custom", info.num_classes, last)
+    return b.finish(x, "layer list", info.num_classes, last)
 
 
 def _lenet5(b: _Builder, num_classes: int) -> Model:

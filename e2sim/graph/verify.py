@@ -172,7 +172,7 @@ def _check_mirror(graph: TrainingGraph) -> list[str]:
                     problems.append(f"layer {layer}: parameter {p} lacks its gradient or its update")
         if fwd_op.kind in ("conv", "gemm"):
             for op in phases["bwd_data"] + phases["bwd_weight"]:
-                if op.macs != fwd_op.macs:
+                if op.kind == fwd_op.kind and op.macs != fwd_op.macs:  # not the layer's grad_sum
                     problems.append(f"{op.name}: {op.macs} MACs, forward has {fwd_op.macs}")
     for name, t in graph.tensors.items():
         primal = primal_of(name)
