@@ -34,6 +34,12 @@ def test_resnet20_option_a_is_the_usual_40_55m():
     assert graph.model.parameters == 269_722  # the usual 0.27 M: convs, BN γ and β, and the fc
 
 
+def test_resnet20_projection_adds_two_1x1_convs_and_their_bn():
+    graph, _ = fwd_macs_by_layer({"arch": "resnet", "depth": 20, "shortcut": "projection"})
+    assert graph.macs("fwd") == 40_551_040 + 2 * 131_072
+    assert graph.model.parameters == 269_722 + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+
+
 def test_resnet110_within_two_percent_of_253m():
     zero_pad, _ = fwd_macs_by_layer({"arch": "resnet", "depth": 110})
     projection, by_layer = fwd_macs_by_layer({"arch": "resnet", "depth": 110, "shortcut": "projection"})
@@ -41,6 +47,7 @@ def test_resnet110_within_two_percent_of_253m():
     # two 1×1 projections: 16->32 at 16×16 and 32->64 at 8×8, 131,072 MACs each
     assert projection.macs("fwd") - zero_pad.macs("fwd") == 2 * 131_072
     assert by_layer["layer2.0.shortcut_conv"] == by_layer["layer3.0.shortcut_conv"] == 131_072
+    assert (zero_pad.model.parameters, projection.model.parameters) == (1_727_962, 1_730_714)
     for graph in (zero_pad, projection):
         assert abs(graph.macs("fwd") / 253e6 - 1) < 0.02
 
