@@ -178,3 +178,18 @@ def test_verify_catches_a_missing_backward_op(graphs):
     problems = check_graph(broken)
     assert any("conv2.y.grad is written 0 times" in p for p in problems)
     assert any("layer relu2: the gradient of its input conv2.y is missing" in p for p in problems)
+
+
+def test_a_pool_before_any_parameter_has_no_backward():
+    spec = {
+        "name": "t",
+        "dataset": {"name": "mnist5k"},
+        "training": {"batch_size": 4, "epochs": 1, "lr": 0.1},
+        "model": {
+            "layers": [{"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]
+        },
+    }
+    graph = e2sim.lower(spec)
+    assert [op.name for op in graph.ops if op.layer == "maxpool1"] == ["maxpool1.fwd"]
+    assert "maxpool1.argmax" not in graph.tensors
+    assert "fc1.bwd_data" not in {op.name for op in graph.ops}  # its input needs no gradient either

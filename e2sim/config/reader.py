@@ -79,15 +79,22 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self.data
 
+    def _lookup(self, key: str, default: Any) -> tuple[bool, Any]:
+        """Mark ``key`` as known; (True, value) if present, else (False, default) and a missing
+        required key is recorded (default ``None`` then)."""
+        self._known.append(key)
+        if key in self.data:
+            return True, self.data[key]
+        if default is MISSING:
+            self.log.add(self.key_path(key), "missing required key")
+            return False, None
+        return False, default
+
     def read(self, key: str, check: Callable[[Any], Any], default: Any = MISSING) -> Any:
         """Return ``check(value)``; a missing required key or a failed check is recorded (-> None)."""
-        self._known.append(key)
-        if key not in self.data:
-            if default is MISSING:
-                self.log.add(self.key_path(key), "missing required key")
-                return None
-            return default
-        value = self.data[key]
+        found, value = self._lookup(key, default)
+        if not found:
+            return value
         try:
             return check(value)
         except Invalid as exc:
@@ -96,22 +103,16 @@ class Section:
 
     def section(self, key: str, default: Any = MISSING) -> Section | None:
         """The sub-mapping at ``key``; an absent optional one reads as an empty mapping."""
-        self._known.append(key)
-        if key not in self.data:
-            if default is MISSING:
-                self.log.add(self.key_path(key), "missing required key")
-                return None
-            return Section({}, self.key_path(key), self.log)
-        return Section.of(self.data[key], self.key_path(key), self.log)
+        found, value = self._lookup(key, default)
+        if not found:
+            return None if value is None else Section({}, self.key_path(key), self.log)
+        return Section.of(value, self.key_path(key), self.log)
 
     def items(self, key: str, default: Any = MISSING) -> list[tuple[str, Any]] | None:
         """The elements of the list at ``key`` with their paths; None if absent (optional) or invalid."""
-        self._known.append(key)
-        if key not in self.data:
-            if default is MISSING:
-                self.log.add(self.key_path(key), "missing required key")
+        found, value = self._lookup(key, default)
+        if not found:
             return None
-        value = self.data[key]
         if not isinstance(value, list) or not value:
             self.log.add(self.key_path(key), f"must be a non-empty list, got {describe(value)}")
             return None
@@ -126,13 +127,10 @@ class Section:
         check_all: Callable[[tuple], tuple] | None = None,
     ) -> tuple | None:
         """A list whose items are checked one by one (problems name ``key[i]``), then as a whole."""
-        self._known.append(key)
-        if key not in self.data:
-            if default is MISSING:
-                self.log.add(self.key_path(key), "missing required key")
-                return None
-            return default
-        value, path = self.data[key], self.key_path(key)
+        found, value = self._lookup(key, default)
+        if not found:
+            return value
+        path = self.key_path(key)
         if not isinstance(value, list) or not value or (length is not None and len(value) != length):
             wanted = f"a list of {length}" if length else "a non-empty list"
             self.log.add(path, f"must be {wanted}, got {describe(value)}")

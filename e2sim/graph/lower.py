@@ -271,17 +271,19 @@ def _lower_pool(g: _Lowering, layer) -> None:
         window = layer.kernel[0] * layer.kernel[1]
     y = g.tensor(f"{layer.name}.y", layer.name, "activation", (n, *layer.out_shape))
     out = g.tensors[y].numel
+    dx = g.grad_target(layer, 0)
     reads_back = [f"{y}.grad"]
     writes = [y]
     if layer.kind == "maxpool":
-        index_bits = max(1, math.ceil(math.log2(window)))
-        writes.append(g.tensor(f"{layer.name}.argmax", layer.name, "index", g.shape(y), bits=index_bits))
-        reads_back.append(writes[-1])
+        if dx:  # the argmax is saved only for a backward pass that reads it
+            index_bits = max(1, math.ceil(math.log2(window)))
+            writes.append(g.tensor(f"{layer.name}.argmax", layer.name, "index", g.shape(y), bits=index_bits))
+            reads_back.append(writes[-1])
         fwd_ops, bwd_ops = out * (window - 1), out  # compares; one scatter-add per output
     else:
         fwd_ops = bwd_ops = out * window  # window sum and scale; scale and spread
     g.op(layer, "fwd", "vector", [x], writes, ew=fwd_ops, elements=out)
-    if dx := g.grad_target(layer, 0):
+    if dx:
         g.error(dx, layer.name, x)
         g.op(layer, "bwd_data", "vector", reads_back, [dx], ew=bwd_ops, elements=g.tensors[x].numel)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 from e2sim.config.errors import SpecError
 from e2sim.config.workload import LayerSpec, ModelSpec, Workload
@@ -50,11 +51,12 @@ class Model:
     def parameters(self) -> int:
         return sum(numel(shape) for layer in self.layers for _, shape in layer.params())
 
+    @cached_property
+    def _by_name(self) -> dict[str, Layer]:
+        return {layer.name: layer for layer in self.layers}
+
     def layer(self, name: str) -> Layer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
+        return self._by_name[name]
 
 
 class _Builder:
