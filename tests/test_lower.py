@@ -7,8 +7,8 @@ from conftest import WORKLOADS
 
 import e2sim
 from e2sim.graph import GraphError, check_graph, verify
+from e2sim.graph.elementwise import sgd_step
 from e2sim.graph.ir import build_dag
-from e2sim.graph.lower import sgd_ops_per_parameter
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_update_counts_follow_the_optimizer():
     graph = e2sim.lower(workload, 1)
     assert sum(op.elementwise_ops for op in graph.ops if op.phase == "update") == 6 * params
     plain = dataclasses.replace(workload.training, momentum=0.0, weight_decay=0.0)
-    assert sgd_ops_per_parameter(plain) == 2
+    assert sgd_step(10, plain.momentum, plain.weight_decay) == 20
     graph = e2sim.lower(dataclasses.replace(workload, training=plain), 1)
     assert sum(op.elementwise_ops for op in graph.ops if op.phase == "update") == 2 * params
     assert not any(t.role == "momentum" for t in graph.tensors.values())

@@ -47,6 +47,16 @@ SHORTCUTS = ("zero_pad", "projection")
 POLICIES = ("baseline",)
 SCHEDULES = ("constant", "step", "cosine")
 ROUNDINGS = ("nearest", "stochastic", "truncate")
+# Dynamic-scale granularities per role: one scale per tensor, per output channel (weights, weight
+# gradients), per sample (activations, errors), or Banner et al.'s mean of per-sample ranges.
+SCALED_ROLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "weights": ("tensor", "channel"),
+        "activations": ("tensor", "sample", "batch_mean"),
+        "errors": ("tensor", "sample", "batch_mean"),
+        "gradients": ("tensor", "channel"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,11 @@ class PrecisionSpec:
     gradients: NumberFormat
     accumulator: NumberFormat
     rounding: str
+    scales: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(SCALED_ROLES, "tensor")))
+
+    def scale(self, role: str) -> str:
+        """Scale granularity of an ``intN`` role: tensor, channel, sample or batch_mean."""
+        return self.scales[role]
 
 
 @dataclass(frozen=True)
@@ -305,10 +320,27 @@ def _read_precision(s: Section | None) -> PrecisionSpec | None:
     formats = {role: s.read(role, _format_check(16), default=_FP32) for role in OPERAND_ROLES}
     accumulator = s.read("accumulator", _format_check(64), default=_FP32)
     rounding = s.read("rounding", one_of(*ROUNDINGS), default="nearest")
+    scales = _read_scales(s.section("scale", default={}), formats)
     s.finish()
     if accumulator is not None and all(formats.values()):
         _check_accumulator(s, formats, accumulator)
-    return PrecisionSpec(accumulator=accumulator, rounding=rounding, **formats)
+    return PrecisionSpec(accumulator=accumulator, rounding=rounding, scales=scales, **formats)
+
+
+def _read_scales(s: Section | None, formats: dict[str, NumberFormat | None]) -> Mapping[str, str]:
+    """Scale granularity per role; only integer (``intN``) formats have a dynamic scale."""
+    scales = dict.fromkeys(SCALED_ROLES, "tensor")
+    if s is None:
+        return MappingProxyType(scales)
+    for role, options in SCALED_ROLES.items():
+        if not s.has(role):
+            continue
+        scales[role] = s.read(role, one_of(*options))
+        fmt = formats[role]
+        if fmt is not None and fmt.kind != "int":
+            s.log.add(s.key_path(role), f"only intN formats have a dynamic scale, {role} is {fmt.name}")
+    s.finish()
+    return MappingProxyType(scales)
 
 
 def _check_accumulator(s: Section, formats: dict[str, NumberFormat], accumulator: NumberFormat) -> None:

@@ -12,20 +12,12 @@ import math
 from dataclasses import replace
 from types import MappingProxyType
 
-from e2sim.config.workload import TrainingSpec, Workload
+from e2sim.config.workload import Workload
+from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import ConvShape, GemmShape, Op, Tensor, TrainingGraph, build_dag
 from e2sim.graph.layers import INPUT, Layer
 from e2sim.graph.models import Model, build_model
 from e2sim.graph.verify import verify
-
-# Element-wise operations counted per element (an add, multiply, compare, exp, rsqrt ... is one op).
-BN_FWD_PER_ELEMENT = 8  # mean (1), variance (3), normalise (2), scale and shift (2)
-BN_FWD_PER_CHANNEL = 8  # mean and variance divides (2), eps add and rsqrt (2), running stats (4)
-BN_BWD_DATA_PER_ELEMENT = 9  # x̂ (2), Σdy and Σdy·x̂ (3), γ·inv_std·(dy − mean dy − x̂·mean dy·x̂) (4)
-BN_BWD_WEIGHT_PER_ELEMENT = 5  # x̂ (2), dγ += dy·x̂ (2), dβ += dy (1)
-SOFTMAX_CE_FWD_PER_LOGIT = 5  # max (1), subtract (1), exp (1), sum (1), normalise (1)
-SOFTMAX_CE_FWD_PER_SAMPLE = 2  # log of the label's probability (1), batch mean (1)
-SOFTMAX_CE_BWD_PER_LOGIT = 2  # subtract the one-hot label (1), scale by 1/N (1)
 
 # Tensor role -> precision field that gives its number format (label and index widths are derived).
 ROLE_FORMATS = MappingProxyType(
@@ -41,11 +33,6 @@ ROLE_FORMATS = MappingProxyType(
         "momentum": "gradients",
     }
 )
-
-
-def sgd_ops_per_parameter(training: TrainingSpec) -> int:
-    """Element-wise ops of one SGD step per parameter: weight decay (2), momentum (2), step (2)."""
-    return 2 + 2 * (training.weight_decay > 0) + 2 * (training.momentum > 0)
 
 
 def lower(workload: Workload, batch_size: int | None = None, check: bool = True) -> TrainingGraph:
@@ -73,7 +60,6 @@ class _Lowering:
         precision = workload.precision
         self.bits = {role: getattr(precision, field).bits for role, field in ROLE_FORMATS.items()}
         self.bits["label"] = max(1, math.ceil(math.log2(model.num_classes)))
-        self.sgd_ops = sgd_ops_per_parameter(workload.training)
         self.momentum = workload.training.momentum > 0
         # Flatten is a view: map every layer name to the layer whose output tensor it stands for.
         self.source = {INPUT: INPUT}
@@ -149,7 +135,9 @@ class _Lowering:
                 reads.append(v)
                 writes.append(self.tensor(f"{v}.next", layer.name, "momentum", self.shape(p)))
         count = sum(self.tensors[p].numel for p in params.values())
-        self.op(layer, "update", "vector", reads, writes, ew=self.sgd_ops * count, elements=count)
+        training = self.workload.training
+        ops = ew_ops.sgd_step(count, training.momentum, training.weight_decay)
+        self.op(layer, "update", "vector", reads, writes, ew=ops, elements=count)
 
     # -- the iteration -----------------------------------------------------------------------------
     def run(self) -> TrainingGraph:
@@ -240,15 +228,17 @@ def _lower_batchnorm(g: _Lowering, layer) -> None:
     g.inputs.append(running)
     running_next = g.tensor(f"{running}.next", layer.name, "stats", (2, channels))
     y = g.tensor(f"{layer.name}.y", layer.name, "activation", g.shape(x))
-    ew = BN_FWD_PER_ELEMENT * size + BN_FWD_PER_CHANNEL * channels
+    ew = ew_ops.batchnorm_forward(size, channels)
     g.op(layer, "fwd", "vector", [x, *params.values(), running], [y, *stats, running_next], ew=ew, elements=size)
     dy = f"{y}.grad"
     if dx := g.grad_target(layer, 0):
         g.error(dx, layer.name, x)
         g.op(layer, "bwd_data", "vector", [dy, x, params["gamma"], *stats], [dx],
-             ew=BN_BWD_DATA_PER_ELEMENT * size, elements=size)  # fmt: skip
+             ew=ew_ops.batchnorm_backward_data(size), elements=size)  # fmt: skip
     grads = [g.tensor(f"{t}.grad", layer.name, "weight_grad", (channels,)) for t in params.values()]
-    g.op(layer, "bwd_weight", "vector", [x, dy, *stats], grads, ew=BN_BWD_WEIGHT_PER_ELEMENT * size, elements=size)
+    g.op(
+        layer, "bwd_weight", "vector", [x, dy, *stats], grads, ew=ew_ops.batchnorm_backward_weight(size), elements=size
+    )
     g.update_op(layer, params)
 
 
@@ -279,9 +269,9 @@ def _lower_pool(g: _Lowering, layer) -> None:
             index_bits = max(1, math.ceil(math.log2(window)))
             writes.append(g.tensor(f"{layer.name}.argmax", layer.name, "index", g.shape(y), bits=index_bits))
             reads_back.append(writes[-1])
-        fwd_ops, bwd_ops = out * (window - 1), out  # compares; one scatter-add per output
+        fwd_ops, bwd_ops = ew_ops.maxpool_forward(out, window), ew_ops.maxpool_backward(out)
     else:
-        fwd_ops = bwd_ops = out * window  # window sum and scale; scale and spread
+        fwd_ops = bwd_ops = ew_ops.avgpool(out, window)
     g.op(layer, "fwd", "vector", [x], writes, ew=fwd_ops, elements=out)
     if dx:
         g.error(dx, layer.name, x)
@@ -314,11 +304,11 @@ def _lower_loss(g: _Lowering, layer) -> None:
     size = g.tensors[logits].numel
     loss = g.tensor(f"{layer.name}.y", layer.name, "loss", ())
     probs = g.tensor(f"{layer.name}.probs", layer.name, "activation", g.shape(logits))
-    ew = SOFTMAX_CE_FWD_PER_LOGIT * size + SOFTMAX_CE_FWD_PER_SAMPLE * n
+    ew = ew_ops.softmax_cross_entropy_forward(size, n)
     g.op(layer, "fwd", "vector", [logits, "input.labels"], [loss, probs], ew=ew, elements=size)
     if dx := g.grad_target(layer, 0):
         g.error(dx, layer.name, logits)
-        g.op(layer, "bwd_data", "vector", [probs, "input.labels"], [dx], ew=SOFTMAX_CE_BWD_PER_LOGIT * size,
+        g.op(layer, "bwd_data", "vector", [probs, "input.labels"], [dx], ew=ew_ops.softmax_cross_entropy_backward(size),
              elements=size)  # fmt: skip
 
 

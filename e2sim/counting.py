@@ -1,0 +1,82 @@
+"""Counts of what the kernels executed, keyed by the graph op (or functional call) that issued them.
+
+These counts are the input of the accelerator model and of every policy: MACs by operand
+bit-widths (``"8x8"``: an 8-bit by 8-bit product), MACs a policy skipped, element-wise ops,
+elements read and written per operand, and saturated (clipped) values per operand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+def _add(into: dict[str, int], more: Mapping[str, int] | None) -> None:
+    for key, value in (more or {}).items():
+        into[key] = into.get(key, 0) + int(value)
+
+
+@dataclass
+class OpCount:
+    calls: int = 0
+    macs: dict[str, int] = field(default_factory=dict)
+    skipped_macs: int = 0
+    elementwise_ops: int = 0
+    reads: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)
+    saturated: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(self.macs.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "calls": self.calls,
+            "macs": dict(sorted(self.macs.items())),
+            "skipped_macs": self.skipped_macs,
+            "elementwise_ops": self.elementwise_ops,
+            "reads": dict(sorted(self.reads.items())),
+            "writes": dict(sorted(self.writes.items())),
+            "saturated": dict(sorted(self.saturated.items())),
+        }
+
+
+@dataclass
+class OpCounter:
+    """Accumulates :class:`OpCount` per op name; pass one to functional calls to record them."""
+
+    ops: dict[str, OpCount] = field(default_factory=dict)
+
+    def record(
+        self,
+        op: str,
+        macs: Mapping[str, int] | None = None,
+        skipped_macs: int = 0,
+        elementwise_ops: int = 0,
+        reads: Mapping[str, int] | None = None,
+        writes: Mapping[str, int] | None = None,
+        saturated: Mapping[str, int] | None = None,
+    ) -> None:
+        count = self.ops.setdefault(op, OpCount())
+        count.calls += 1
+        _add(count.macs, macs)
+        count.skipped_macs += int(skipped_macs)
+        count.elementwise_ops += int(elementwise_ops)
+        _add(count.reads, reads)
+        _add(count.writes, writes)
+        _add(count.saturated, {k: v for k, v in (saturated or {}).items() if v})
+
+    def total_macs(self) -> int:
+        return sum(c.total_macs for c in self.ops.values())
+
+    def merge(self, other: OpCounter) -> None:
+        for name, count in other.ops.items():
+            mine = self.ops.setdefault(name, OpCount())
+            mine.calls += count.calls
+            _add(mine.macs, count.macs)
+            mine.skipped_macs += count.skipped_macs
+            mine.elementwise_ops += count.elementwise_ops
+            _add(mine.reads, count.reads)
+            _add(mine.writes, count.writes)
+            _add(mine.saturated, count.saturated)

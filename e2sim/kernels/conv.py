@@ -1,0 +1,52 @@
+"""im2col / col2im for convolutions as GEMMs (NCHW).
+
+The column matrix has one row per (c, r, s) and one column per (n, p, q):
+``cols[(c*R + r)*S + s, (n*P + p)*Q + q] = x[n, c, p*stride - pad_h + r, q*stride - pad_w + s]``
+(zero where that falls in the padding). Forward: ``W(K, CRS) @ cols``; backward-data: ``col2im``
+of ``W.T @ dY(K, NPQ)``; backward-weight: ``dY(K, NPQ) @ cols.T``.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def im2col(x, r, s, stride, pad_h, pad_w, p, q):
+    n_, c_, h_, w_ = x.shape
+    cols = np.zeros((c_ * r * s, n_ * p * q), x.dtype)
+    for cn in range(c_ * n_):
+        c, n = cn // n_, cn % n_
+        for i in range(r):
+            for j in range(s):
+                row = (c * r + i) * s + j
+                for pp in range(p):
+                    h = pp * stride - pad_h + i
+                    if h < 0 or h >= h_:
+                        continue
+                    base = (n * p + pp) * q
+                    for qq in range(q):
+                        w = qq * stride - pad_w + j
+                        if 0 <= w < w_:
+                            cols[row, base + qq] = x[n, c, h, w]
+    return cols
+
+
+@njit(cache=True)
+def col2im(cols, n_, c_, h_, w_, r, s, stride, pad_h, pad_w, p, q):
+    """The adjoint of im2col: overlapping window entries are summed into x (N, C, H, W)."""
+    x = np.zeros((n_, c_, h_, w_), cols.dtype)
+    for cn in range(c_ * n_):
+        c, n = cn // n_, cn % n_
+        for i in range(r):
+            for j in range(s):
+                row = (c * r + i) * s + j
+                for pp in range(p):
+                    h = pp * stride - pad_h + i
+                    if h < 0 or h >= h_:
+                        continue
+                    base = (n * p + pp) * q
+                    for qq in range(q):
+                        w = qq * stride - pad_w + j
+                        if 0 <= w < w_:
+                            x[n, c, h, w] += cols[row, base + qq]
+    return x

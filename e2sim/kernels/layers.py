@@ -1,0 +1,208 @@
+"""Element-wise and reduction kernels of the non-GEMM layers (float32, NCHW)."""
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def batchnorm_train(x, gamma, beta, eps):
+    """Batch statistics over (N, H, W) per channel. Returns y, mean, inv_std (biased variance)."""
+    n_, c_, hw = x.shape[0], x.shape[1], x.shape[2]
+    y = np.empty_like(x)
+    mean = np.empty(c_, np.float32)
+    inv_std = np.empty(c_, np.float32)
+    count = n_ * hw
+    for c in range(c_):
+        total = 0.0
+        for n in range(n_):
+            for i in range(hw):
+                total += x[n, c, i]
+        mu = total / count
+        sq = 0.0
+        for n in range(n_):
+            for i in range(hw):
+                d = x[n, c, i] - mu
+                sq += d * d
+        istd = 1.0 / math.sqrt(sq / count + eps)
+        mean[c] = mu
+        inv_std[c] = istd
+        a = gamma[c] * istd
+        b = beta[c] - a * mu
+        for n in range(n_):
+            for i in range(hw):
+                y[n, c, i] = a * x[n, c, i] + b
+    return y, mean, inv_std
+
+
+@njit(cache=True)
+def batchnorm_eval(x, gamma, beta, running_mean, running_var, eps):
+    y = np.empty_like(x)
+    for c in range(x.shape[1]):
+        a = gamma[c] / math.sqrt(running_var[c] + eps)
+        b = beta[c] - a * running_mean[c]
+        for n in range(x.shape[0]):
+            for i in range(x.shape[2]):
+                y[n, c, i] = a * x[n, c, i] + b
+    return y
+
+
+@njit(cache=True)
+def batchnorm_backward(dy, x, gamma, mean, inv_std):
+    """Returns dx, dgamma, dbeta for batch-statistics batch norm (x, dy as (N, C, HW))."""
+    n_, c_, hw = x.shape[0], x.shape[1], x.shape[2]
+    dx = np.empty_like(x)
+    dgamma = np.empty(c_, np.float32)
+    dbeta = np.empty(c_, np.float32)
+    count = n_ * hw
+    for c in range(c_):
+        sum_dy = 0.0
+        sum_dy_xhat = 0.0
+        for n in range(n_):
+            for i in range(hw):
+                sum_dy += dy[n, c, i]
+                sum_dy_xhat += dy[n, c, i] * (x[n, c, i] - mean[c]) * inv_std[c]
+        dgamma[c] = sum_dy_xhat
+        dbeta[c] = sum_dy
+        k = gamma[c] * inv_std[c]
+        mean_dy = sum_dy / count
+        mean_dy_xhat = sum_dy_xhat / count
+        for n in range(n_):
+            for i in range(hw):
+                xhat = (x[n, c, i] - mean[c]) * inv_std[c]
+                dx[n, c, i] = k * (dy[n, c, i] - mean_dy - xhat * mean_dy_xhat)
+    return dx, dgamma, dbeta
+
+
+@njit(cache=True)
+def relu(x):
+    y = np.empty_like(x)
+    for i in range(x.size):
+        y.flat[i] = x.flat[i] if x.flat[i] > 0 else 0.0
+    return y
+
+
+@njit(cache=True)
+def relu_backward(dy, y):
+    dx = np.empty_like(dy)
+    for i in range(dy.size):
+        dx.flat[i] = dy.flat[i] if y.flat[i] > 0 else 0.0
+    return dx
+
+
+@njit(cache=True)
+def maxpool(x, r, s, stride, pad_h, pad_w, p, q):
+    """Returns y and the argmax within each window (r_index * S + s_index); padding never wins."""
+    n_, c_, h_, w_ = x.shape
+    y = np.empty((n_, c_, p, q), x.dtype)
+    arg = np.empty((n_, c_, p, q), np.int8 if r * s <= 127 else np.int32)
+    for nc in range(n_ * c_):
+        n, c = nc // c_, nc % c_
+        for pp in range(p):
+            for qq in range(q):
+                best = -np.inf
+                best_k = 0
+                for i in range(r):
+                    h = pp * stride - pad_h + i
+                    if h < 0 or h >= h_:
+                        continue
+                    for j in range(s):
+                        w = qq * stride - pad_w + j
+                        if 0 <= w < w_ and x[n, c, h, w] > best:
+                            best = x[n, c, h, w]
+                            best_k = i * s + j
+                y[n, c, pp, qq] = best
+                arg[n, c, pp, qq] = best_k
+    return y, arg
+
+
+@njit(cache=True)
+def maxpool_backward(dy, arg, h_, w_, s, stride, pad_h, pad_w):
+    n_, c_, p, q = dy.shape
+    dx = np.zeros((n_, c_, h_, w_), dy.dtype)
+    for nc in range(n_ * c_):
+        n, c = nc // c_, nc % c_
+        for pp in range(p):
+            for qq in range(q):
+                k = arg[n, c, pp, qq]
+                dx[n, c, pp * stride - pad_h + k // s, qq * stride - pad_w + k % s] += dy[n, c, pp, qq]
+    return dx
+
+
+@njit(cache=True)
+def avgpool(x, r, s, stride, pad_h, pad_w, p, q):
+    """Average over R×S windows; padded positions count as zeros (divisor always R·S)."""
+    n_, c_, h_, w_ = x.shape
+    y = np.zeros((n_, c_, p, q), x.dtype)
+    scale = 1.0 / (r * s)
+    for nc in range(n_ * c_):
+        n, c = nc // c_, nc % c_
+        for pp in range(p):
+            for qq in range(q):
+                total = 0.0
+                for i in range(r):
+                    h = pp * stride - pad_h + i
+                    if 0 <= h < h_:
+                        for j in range(s):
+                            w = qq * stride - pad_w + j
+                            if 0 <= w < w_:
+                                total += x[n, c, h, w]
+                y[n, c, pp, qq] = total * scale
+    return y
+
+
+@njit(cache=True)
+def avgpool_backward(dy, h_, w_, r, s, stride, pad_h, pad_w):
+    n_, c_, p, q = dy.shape
+    dx = np.zeros((n_, c_, h_, w_), dy.dtype)
+    scale = 1.0 / (r * s)
+    for nc in range(n_ * c_):
+        n, c = nc // c_, nc % c_
+        for pp in range(p):
+            for qq in range(q):
+                g = dy[n, c, pp, qq] * scale
+                for i in range(r):
+                    h = pp * stride - pad_h + i
+                    if 0 <= h < h_:
+                        for j in range(s):
+                            w = qq * stride - pad_w + j
+                            if 0 <= w < w_:
+                                dx[n, c, h, w] += g
+    return dx
+
+
+@njit(cache=True)
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy over the batch; returns (loss, probabilities, dlogits)."""
+    n_, k_ = logits.shape
+    probs = np.empty_like(logits)
+    dlogits = np.empty_like(logits)
+    loss = 0.0
+    for n in range(n_):
+        top = logits[n, 0]
+        for k in range(1, k_):
+            top = max(top, logits[n, k])
+        total = 0.0
+        for k in range(k_):
+            e = math.exp(logits[n, k] - top)
+            probs[n, k] = e
+            total += e
+        for k in range(k_):
+            probs[n, k] /= total
+            dlogits[n, k] = probs[n, k] / n_
+        dlogits[n, labels[n]] -= 1.0 / n_
+        loss -= logits[n, labels[n]] - top - math.log(total)
+    return loss / n_, probs, dlogits
+
+
+@njit(cache=True)
+def sgd_update(w, grad, velocity, lr, momentum, weight_decay):
+    """In place: d = g + wd·w; v = μ·v + d; w -= lr·v (PyTorch SGD, no dampening, no Nesterov)."""
+    for i in range(w.size):
+        d = grad.flat[i] + weight_decay * w.flat[i]
+        if momentum > 0.0:
+            v = momentum * velocity.flat[i] + d
+            velocity.flat[i] = v
+            d = v
+        w.flat[i] -= lr * d

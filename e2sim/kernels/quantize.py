@@ -1,0 +1,86 @@
+"""Rounding to integer grids and to narrow floating formats, with saturation counts.
+
+Rounding modes: 0 nearest (ties to even), 1 stochastic, 2 truncate (toward zero). Stochastic
+rounding draws u ~ U[0, 1) from a counter-based generator: element i of a call with ``seed`` uses
+``uniform01(seed, i)``, so results depend only on (seed, i) and never on threads or call order.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+NEAREST, STOCHASTIC, TRUNCATE = 0, 1, 2
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TWO_POW_M53 = 1.0 / 9007199254740992.0
+
+
+@njit(cache=True, inline="always")
+def uniform01(seed, i):
+    """SplitMix64 of (seed, i) -> a float64 in [0, 1) with 53 random bits."""
+    z = np.uint64(seed) + (np.uint64(i) + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * _TWO_POW_M53
+
+
+@njit(cache=True, inline="always")
+def _round(v, mode, seed, i):
+    if mode == NEAREST:
+        return np.rint(v)
+    if mode == STOCHASTIC:
+        return math.floor(v + uniform01(seed, i))
+    return math.trunc(v)
+
+
+@njit(cache=True)
+def quantize_to_grid(x, inv_scale, inner, qmin, qmax, mode, seed):
+    """Integer grid values round(x * inv_scale[g]) clipped to [qmin, qmax], as float32.
+
+    ``x`` is flat; element i belongs to scale group ``(i // inner) % inv_scale.size`` (a tensor
+    axis with ``inner`` elements after it). Returns (values, number of clipped elements).
+    """
+    groups = inv_scale.size
+    out = np.empty(x.size, np.float32)
+    saturated = 0
+    for i in range(x.size):
+        r = _round(np.float64(x[i]) * inv_scale[(i // inner) % groups], mode, seed, i)
+        if r > qmax:
+            r = qmax
+            saturated += 1
+        elif r < qmin:
+            r = qmin
+            saturated += 1
+        out[i] = r
+    return out, saturated
+
+
+@njit(cache=True)
+def round_to_float_format(x, mantissa_bits, min_exponent, max_value, mode, seed):
+    """Round to a float format with ``mantissa_bits`` stored bits, smallest normal exponent
+    ``min_exponent`` (subnormals below it) and largest finite ``max_value``; larger magnitudes
+    (and infinities) saturate to ``max_value`` and are counted. Returns (values, saturated)."""
+    out = np.empty(x.size, np.float32)
+    saturated = 0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        if v == 0.0 or v != v:
+            out[i] = v
+            continue
+        a = abs(v)
+        if a > max_value:
+            out[i] = math.copysign(max_value, v)
+            saturated += 1
+            continue
+        _, e = math.frexp(a)  # a = m * 2**e with m in [0.5, 1): leading bit 2**(e - 1)
+        ulp = math.ldexp(1.0, max(e - 1, min_exponent) - mantissa_bits)
+        y = _round(a / ulp, mode, seed, i) * ulp
+        if y > max_value:
+            y = max_value
+            saturated += 1
+        out[i] = math.copysign(y, v)
+    return out, saturated

@@ -1,0 +1,1 @@
+"""Number formats applied to arrays: quantization, exact integer GEMMs, saturation."""

@@ -1,0 +1,137 @@
+"""Quantize float32 arrays to a :class:`NumberFormat` (integer grid with a scale, or a narrow float).
+
+Integer formats (``intN``) use a dynamic, range-based scale: ``scale = range / (2**(N-1) - 1)``
+with ``range = max|x|`` over a group (symmetric grid, no zero point). Groups:
+``tensor`` (one scale), ``channel`` / ``sample`` (one per index of ``axis``), ``batch_mean``
+(Banner et al. 2018: the mean over samples of each sample's max|x|, one scale; values beyond it
+saturate). Static ``qM.N`` formats use ``scale = 2**-N``. Float formats round each value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from e2sim.config.formats import NumberFormat
+from e2sim.kernels.quantize import NEAREST, STOCHASTIC, TRUNCATE, quantize_to_grid, round_to_float_format
+
+ROUNDING_MODES = {"nearest": NEAREST, "stochastic": STOCHASTIC, "truncate": TRUNCATE}
+GRANULARITIES = ("tensor", "channel", "sample", "batch_mean")
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """``values`` (float32) are integer grid values when ``scale`` is set, real numbers otherwise;
+    ``scale`` broadcasts against ``values``. ``saturated`` counts elements clipped to the range."""
+
+    values: np.ndarray
+    scale: np.ndarray | None
+    saturated: int
+    bits: int
+
+    @property
+    def is_integer(self) -> bool:
+        return self.scale is not None
+
+    def dequantize(self) -> np.ndarray:
+        return self.values if self.scale is None else (self.values * self.scale).astype(np.float32)
+
+    def bound(self) -> float:
+        """Largest magnitude of ``values`` (the integer range for integer formats)."""
+        return float(np.max(np.abs(self.values))) if self.values.size else 0.0
+
+
+def float_format_limits(fmt: NumberFormat) -> tuple[int, float]:
+    """(smallest normal exponent, largest finite value) of a float format.
+
+    IEEE-like formats reserve the top exponent for inf/NaN; fp8_e4m3 follows the OCP "E4M3FN"
+    convention (no infinities, only mantissa all-ones at the top exponent is NaN: max 448).
+    """
+    bias = 2 ** (fmt.exponent_bits - 1) - 1
+    if fmt.name == "fp8_e4m3":
+        return 1 - bias, 448.0
+    top = 2**fmt.exponent_bits - 2 - bias
+    return 1 - bias, (2.0 - 2.0**-fmt.mantissa_bits) * 2.0**top
+
+
+def quantize(
+    x: np.ndarray,
+    fmt: NumberFormat,
+    rounding: str = "nearest",
+    granularity: str = "tensor",
+    axis: int = 0,
+    seed: int = 0,
+) -> Quantized:
+    """Quantize float32 ``x``; ``axis`` is the axis of a ``channel``/``sample`` scale."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    mode = ROUNDING_MODES[rounding]
+    if fmt.kind == "float":
+        if fmt.bits == 32 and fmt.exponent_bits == 8:
+            return Quantized(x, None, 0, 32)
+        min_exponent, max_value = float_format_limits(fmt)
+        values, saturated = round_to_float_format(x.ravel(), fmt.mantissa_bits, min_exponent, max_value, mode, seed)
+        return Quantized(values.reshape(x.shape), None, int(saturated), fmt.bits)
+    if fmt.kind == "fixed":
+        scale = np.full(1, 2.0**-fmt.fraction_bits)
+        qmax = 2 ** (fmt.bits - 1) - 1
+        qmin, shape = -qmax - 1, (1,) * x.ndim
+        inner = x.size
+    else:
+        qmax = 2 ** (fmt.bits - 1) - 1
+        qmin = -qmax
+        scale, shape, inner = _dynamic_scale(x, qmax, granularity, axis)
+    values, saturated = quantize_to_grid(x.ravel(), 1.0 / scale, max(inner, 1), float(qmin), float(qmax), mode, seed)
+    return Quantized(values.reshape(x.shape), scale.reshape(shape).astype(np.float32), int(saturated), fmt.bits)
+
+
+def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tuple[np.ndarray, tuple, int]:
+    """Per-group scale (float64), its broadcast shape, and the element count after ``axis``."""
+    magnitude = np.abs(x)
+    if granularity in ("channel", "sample") and x.ndim > 0:
+        others = tuple(i for i in range(x.ndim) if i != axis)
+        ranges = magnitude.max(axis=others) if x.size else np.zeros(x.shape[axis])
+        shape = tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim))
+        inner = int(np.prod(x.shape[axis + 1 :]))
+    else:
+        if granularity == "batch_mean" and x.ndim > 1 and x.size:
+            ranges = np.array([magnitude.reshape(x.shape[0], -1).max(axis=1).mean()])
+        else:
+            ranges = np.array([magnitude.max() if x.size else 0.0])
+        shape, inner = (1,) * x.ndim, x.size
+    ranges = ranges.astype(np.float64)
+    scale = np.where(ranges > 0, ranges / qmax, 1.0)
+    return scale, shape, inner
+
+
+def saturate_accumulator(acc: np.ndarray, fmt: NumberFormat) -> tuple[np.ndarray, int]:
+    """Clip exact integer sums to an ``intN`` accumulator; returns (values, number clipped)."""
+    if not fmt.is_integer:
+        return acc, 0
+    top = 2.0 ** (fmt.bits - 1)
+    clipped = int(np.count_nonzero((acc > top - 1) | (acc < -top)))
+    return (np.clip(acc, -top, top - 1) if clipped else acc), clipped
+
+
+def exact_integer_matmul(a: np.ndarray, b: np.ndarray, bound_a: float, bound_b: float) -> np.ndarray:
+    """``a @ b`` for integer-valued float arrays, exactly, as float64.
+
+    BLAS is used in float32 when every partial sum stays below 2**24 (the reduction is cut into
+    chunks that guarantee it) and in float64 (2**53) otherwise; chunk results add up in float64.
+    """
+    k = a.shape[1]
+    per_term = bound_a * bound_b
+    out = np.zeros((a.shape[0], b.shape[1]), np.float64)
+    if per_term == 0 or k == 0:
+        return out
+    chunk = int(2**24 // per_term)
+    dtype = np.float32
+    if chunk < min(k, 64):
+        chunk, dtype = int(2**53 // per_term), np.float64
+        if chunk < 1:
+            raise OverflowError("integer operands too wide for an exact float64 product")
+    a = a.astype(dtype, copy=False)
+    b = b.astype(dtype, copy=False)
+    for start in range(0, k, chunk):
+        out += a[:, start : start + chunk] @ b[start : start + chunk]
+    return out
