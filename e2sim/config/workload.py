@@ -146,7 +146,7 @@ def read_workload(data: Any, source: str) -> Workload:
     dataset = _read_dataset(top.section("dataset"))
     model = _read_model(top.section("model"))
     training = _read_training(top.section("training"))
-    precision = _read_precision(top.section("precision", default={}))
+    precision = read_precision(top.section("precision", default={}))
     policy = top.read("policy", one_of(*POLICIES), default="baseline")
     top.finish()
     log.raise_if_any()
@@ -314,7 +314,7 @@ _FP32 = parse_format("fp32")
 OPERAND_ROLES = ("weights", "activations", "errors", "gradients")
 
 
-def _read_precision(s: Section | None) -> PrecisionSpec | None:
+def read_precision(s: Section | None) -> PrecisionSpec | None:
     if s is None:
         return None
     formats = {role: s.read(role, _format_check(16), default=_FP32) for role in OPERAND_ROLES}

@@ -96,7 +96,7 @@ def maxpool(x, r, s, stride, pad_h, pad_w, p, q):
     """Returns y and the argmax within each window (r_index * S + s_index); padding never wins."""
     n_, c_, h_, w_ = x.shape
     y = np.empty((n_, c_, p, q), x.dtype)
-    arg = np.empty((n_, c_, p, q), np.int8 if r * s <= 127 else np.int32)
+    arg = np.empty((n_, c_, p, q), np.int32)
     for nc in range(n_ * c_):
         n, c = nc // c_, nc % c_
         for pp in range(p):

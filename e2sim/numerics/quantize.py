@@ -70,7 +70,9 @@ def quantize(
         if fmt.bits == 32 and fmt.exponent_bits == 8:
             return Quantized(x, None, 0, 32)
         min_exponent, max_value = float_format_limits(fmt)
-        values, saturated = round_to_float_format(x.ravel(), fmt.mantissa_bits, min_exponent, max_value, mode, seed)
+        values, saturated = round_to_float_format(
+            x.ravel(), fmt.mantissa_bits, min_exponent, max_value, mode, np.uint64(seed)
+        )
         return Quantized(values.reshape(x.shape), None, int(saturated), fmt.bits)
     if fmt.kind == "fixed":
         scale = np.full(1, 2.0**-fmt.fraction_bits)
@@ -81,7 +83,9 @@ def quantize(
         qmax = 2 ** (fmt.bits - 1) - 1
         qmin = -qmax
         scale, shape, inner = _dynamic_scale(x, qmax, granularity, axis)
-    values, saturated = quantize_to_grid(x.ravel(), 1.0 / scale, max(inner, 1), float(qmin), float(qmax), mode, seed)
+    values, saturated = quantize_to_grid(
+        x.ravel(), 1.0 / scale, max(inner, 1), float(qmin), float(qmax), mode, np.uint64(seed)
+    )
     return Quantized(values.reshape(x.shape), scale.reshape(shape).astype(np.float32), int(saturated), fmt.bits)
 
 
@@ -135,3 +139,11 @@ def exact_integer_matmul(a: np.ndarray, b: np.ndarray, bound_a: float, bound_b: 
     for start in range(0, k, chunk):
         out += a[:, start : start + chunk] @ b[start : start + chunk]
     return out
+
+
+def derive_seed(seed: int, salt: int) -> int:
+    """An independent 64-bit seed for stream ``salt`` of ``seed`` (SplitMix64 finaliser)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (salt + 1) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)

@@ -1,0 +1,282 @@
+"""The functional API: fp32 results against twins, gradients against float64 finite differences,
+integer arithmetic against exact integer references, rounding and saturation, counting."""
+
+import numpy as np
+import pytest
+import twins
+
+import e2sim.functional as F
+from e2sim import SpecError
+from e2sim.config.formats import parse_format
+from e2sim.numerics.quantize import exact_integer_matmul, quantize
+
+rng = np.random.default_rng(1)
+CONV_CASES = [(1, 0, 3), (2, 1, 3), (2, 2, 5), (1, 1, 1), (3, 0, 2)]  # stride, padding, kernel
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def rel_error(a, b):
+    return np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300)
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Central differences of scalar f at float64 x."""
+    x = x.astype(np.float64).copy()
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f(x)
+        x[i] = old - eps
+        down = f(x)
+        x[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize(("stride", "padding", "kernel"), CONV_CASES)
+def test_conv2d_matches_twin_and_finite_differences(stride, padding, kernel):
+    x, w, b = rand(2, 3, 7, 6), rand(4, 3, kernel, kernel), rand(4)
+    y = F.conv2d(x, w, b, stride, padding)
+    np.testing.assert_allclose(
+        y, twins.conv2d(x.astype(np.float64), w, b, stride, padding, padding), rtol=1e-4, atol=1e-5
+    )
+    probe = rng.standard_normal(y.shape)
+    dx = F.conv2d_grad_input(probe.astype(np.float32), w, x.shape, stride, padding)
+    dw, db = F.conv2d_grad_weight(x, probe.astype(np.float32), w.shape, stride, padding, bias=True)
+    fx = numeric_grad(lambda v: np.sum(twins.conv2d(v, w.astype(np.float64), b, stride, padding, padding) * probe), x)
+    fw = numeric_grad(lambda v: np.sum(twins.conv2d(x.astype(np.float64), v, b, stride, padding, padding) * probe), w)
+    assert rel_error(dx, fx) <= 1e-4 and rel_error(dw, fw) <= 1e-4
+    np.testing.assert_allclose(db, probe.sum(axis=(0, 2, 3)), rtol=1e-5)
+    # and the backward ops equal their twins
+    np.testing.assert_allclose(
+        dx, twins.conv2d_grad_input(probe, w, x.shape, stride, padding, padding), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        dw, twins.conv2d_grad_weight(x, probe, w.shape, stride, padding, padding), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_linear_matches_finite_differences():
+    x, w, b = rand(5, 7), rand(3, 7), rand(3)
+    y = F.linear(x, w, b)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T + b, rtol=1e-5, atol=1e-6)
+    probe = rng.standard_normal(y.shape)
+    dx = F.linear_grad_input(probe.astype(np.float32), w)
+    dw, db = F.linear_grad_weight(x, probe.astype(np.float32), bias=True)
+    fx = numeric_grad(lambda v: np.sum((v @ w.T.astype(np.float64) + b) * probe), x)
+    fw = numeric_grad(lambda v: np.sum((x.astype(np.float64) @ v.T + b) * probe), w)
+    assert rel_error(dx, fx) <= 1e-4 and rel_error(dw, fw) <= 1e-4
+    np.testing.assert_allclose(db, probe.sum(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 2), (6, 5)])
+def test_batchnorm_matches_finite_differences(shape):
+    x, gamma, beta = rand(*shape), rand(shape[1]), rand(shape[1])
+    y, mean, inv_std = F.batchnorm(x, gamma, beta)
+    probe = rng.standard_normal(shape)
+    dx, dgamma, dbeta = F.batchnorm_backward(probe.astype(np.float32), x, gamma, mean, inv_std)
+
+    def loss(xv=x, gv=gamma, bv=beta):
+        return np.sum(twins.batchnorm(np.asarray(xv, np.float64), np.asarray(gv, np.float64), bv, 1e-5)[0] * probe)
+
+    assert rel_error(dx, numeric_grad(lambda v: loss(xv=v), x)) <= 1e-4
+    assert rel_error(dgamma, numeric_grad(lambda v: loss(gv=v), gamma)) <= 1e-4
+    assert rel_error(dbeta, numeric_grad(lambda v: loss(bv=v), beta)) <= 1e-4
+
+
+def test_pooling_matches_finite_differences():
+    x = rand(2, 3, 6, 7)
+    y, arg = F.max_pool2d(x, 3, stride=2, padding=1)
+    probe = rng.standard_normal(y.shape)
+    dx = F.max_pool2d_backward(probe.astype(np.float32), arg, x.shape, 3, stride=2, padding=1)
+    fx = numeric_grad(lambda v: np.sum(twins.maxpool(v, 3, 3, 2, 1, 1)[0] * probe), x)
+    assert rel_error(dx, fx) <= 1e-4
+    ya = F.avg_pool2d(x, 2, stride=2, padding=1)
+    probe = rng.standard_normal(ya.shape)
+    dxa = F.avg_pool2d_backward(probe.astype(np.float32), x.shape, 2, stride=2, padding=1)
+    assert rel_error(dxa, numeric_grad(lambda v: np.sum(twins.avgpool(v, 2, 2, 2, 1, 1) * probe), x)) <= 1e-4
+    yg = F.global_avg_pool(x)
+    np.testing.assert_allclose(yg, x.mean(axis=(2, 3)), rtol=1e-5)
+    probe = rng.standard_normal(yg.shape)
+    dxg = F.global_avg_pool_backward(probe.astype(np.float32), x.shape)
+    assert rel_error(dxg, numeric_grad(lambda v: np.sum(v.mean(axis=(2, 3)) * probe), x)) <= 1e-4
+
+
+def test_softmax_cross_entropy_matches_finite_differences():
+    logits, labels = rand(6, 5), rng.integers(0, 5, 6)
+    loss, dlogits = F.softmax_cross_entropy(logits, labels)
+    assert np.isclose(loss, twins.softmax_cross_entropy(logits.astype(np.float64), labels)[0], rtol=1e-6)
+    fd = numeric_grad(lambda v: twins.softmax_cross_entropy(v, labels)[0], logits)
+    assert rel_error(dlogits, fd) <= 1e-4
+
+
+INT8 = dict(weights="int8", activations="int8", errors="int8", gradients="int16", accumulator="int32")
+
+
+def integer_valued(*shape, top=127):
+    """Integers in [-top, top] with |max| exactly ``top``, so a per-tensor scale is exactly 1."""
+    a = rng.integers(-top, top + 1, shape).astype(np.float32)
+    a.flat[0] = top
+    return a
+
+
+@pytest.mark.parametrize(("stride", "padding", "kernel"), CONV_CASES)
+def test_integer_conv_equals_an_exact_integer_reference(stride, padding, kernel):
+    fmt = F.precision(**INT8)
+    x, w = integer_valued(2, 3, 7, 6), integer_valued(4, 3, kernel, kernel)
+    xi, wi = x.astype(np.int64), w.astype(np.int64)
+    y = F.conv2d(x, w, stride=stride, padding=padding, fmt=fmt)
+    np.testing.assert_array_equal(y, twins.conv2d(xi, wi, None, stride, padding, padding))
+    dy = integer_valued(*y.shape)
+    dx = F.conv2d_grad_input(dy, w, x.shape, stride, padding, fmt=fmt)
+    np.testing.assert_array_equal(
+        dx, twins.conv2d_grad_input(dy.astype(np.int64), wi, x.shape, stride, padding, padding)
+    )
+    wide = F.precision(**{**INT8, "gradients": "int16"})
+    acc = twins.conv2d_grad_weight(xi, dy.astype(np.int64), w.shape, stride, padding, padding)
+    dw = F.conv2d_grad_weight(x, dy, w.shape, stride, padding, fmt=wide)
+    # the weight gradient is then rounded to int16 with a per-tensor scale
+    expected = quantize(acc.astype(np.float32), parse_format("int16")).dequantize()
+    np.testing.assert_array_equal(dw, expected)
+
+
+def test_integer_linear_equals_an_exact_integer_reference():
+    fmt = F.precision(**INT8)
+    x, w = integer_valued(5, 40), integer_valued(3, 40)
+    np.testing.assert_array_equal(F.linear(x, w, fmt=fmt), x.astype(np.int64) @ w.astype(np.int64).T)
+    dy = integer_valued(5, 3)
+    np.testing.assert_array_equal(F.linear_grad_input(dy, w, fmt=fmt), dy.astype(np.int64) @ w.astype(np.int64))
+
+
+def test_accumulator_overflow_saturates_and_is_counted():
+    fmt = F.precision(**{**INT8, "accumulator": "int16"})
+    x, w = integer_valued(2, 8, 5, 5), integer_valued(4, 8, 3, 3)
+    x[:], w[:] = 127, 127  # every sum is 72 * 127 * 127, far above int16
+    counter = F.OpCounter()
+    y = F.conv2d(x, w, fmt=fmt, counter=counter, op="c")
+    assert np.all(y == 32767)
+    assert counter.ops["c"].saturated["accumulator"] == y.size
+
+
+def test_exact_integer_matmul_is_exact_on_wide_reductions():
+    a = rng.integers(-32767, 32768, (3, 5000)).astype(np.float32)
+    b = rng.integers(-127, 128, (5000, 4)).astype(np.float32)
+    got = exact_integer_matmul(a, b, 32767, 127)
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    a8 = rng.integers(-127, 128, (3, 200_000)).astype(np.float32)
+    b8 = rng.integers(-127, 128, (200_000, 2)).astype(np.float32)
+    np.testing.assert_array_equal(exact_integer_matmul(a8, b8, 127, 127), a8.astype(np.int64) @ b8.astype(np.int64))
+
+
+def test_stochastic_rounding_is_unbiased_and_reproducible():
+    fmt = parse_format("int4")
+    x = np.full(200_000, 0.3, np.float32)
+    x[0] = 7.0  # scale = 1: the grid is the integers, 0.3 rounds to 0 or 1
+    a = quantize(x, fmt, "stochastic", seed=5)
+    b = quantize(x, fmt, "stochastic", seed=5)
+    c = quantize(x, fmt, "stochastic", seed=6)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert not np.array_equal(a.values, c.values)
+    assert abs(a.values[1:].mean() - 0.3) < 0.005
+    nearest = quantize(x, fmt, "nearest")
+    assert nearest.values[1:].mean() == 0.0  # biased: every 0.3 rounds down
+
+
+def test_float_formats_round_like_hardware():
+    x = (rng.standard_normal(10_000) * 10.0 ** rng.integers(-8, 5, 10_000)).astype(np.float32)
+    x = x[np.abs(x) < 65504]
+    fp16 = quantize(x, parse_format("fp16"))
+    np.testing.assert_array_equal(fp16.values, x.astype(np.float16).astype(np.float32))
+    bf16 = quantize(x, parse_format("bf16")).values
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # round to nearest even on 16 bits
+    np.testing.assert_array_equal(bf16, rounded.astype(np.uint32).view(np.float32))
+    tiny = [2.0**-9, 2.0**-10, 3 * 2.0**-10]  # the smallest subnormal, half of it (ties to even: 0), 1.5×
+    e4m3 = quantize(np.array([500.0, 448.0, -1000.0, *tiny], np.float32), parse_format("fp8_e4m3"))
+    np.testing.assert_array_equal(e4m3.values, [448.0, 448.0, -448.0, 2.0**-9, 0.0, 2.0**-8])
+    assert e4m3.saturated == 2
+    subnormals = [m * 2.0**-9 for m in range(1, 8)]
+    normals = [(1 + m / 8) * 2.0**e for e in range(-6, 9) for m in range(8) if (e, m) != (8, 7)]  # S.1111.111 is NaN
+    codes = np.array(subnormals + normals, np.float32)
+    assert len(codes) == 126 and codes.max() == 448
+    np.testing.assert_array_equal(quantize(codes, parse_format("fp8_e4m3")).values, codes)
+    between = (codes[:-1] + codes[1:]) / 2 + np.diff(codes) / 8  # just above each midpoint: rounds up
+    np.testing.assert_array_equal(quantize(between, parse_format("fp8_e4m3")).values, codes[1:])
+
+
+def test_static_q_format_saturates_and_counts():
+    q = quantize(np.array([0.5, -1.0, 1.5, -2.0, 0.3], np.float32), parse_format("q1.7"))
+    np.testing.assert_array_equal(q.dequantize(), [0.5, -1.0, 127 / 128, -1.0, 38 / 128])
+    assert q.saturated == 2
+
+
+def test_scale_granularities():
+    w = rand(4, 3, 3, 3)
+    w[2] *= 100
+    per_tensor = quantize(w, parse_format("int8"))
+    per_channel = quantize(w, parse_format("int8"), granularity="channel", axis=0)
+    assert per_channel.scale.shape == (4, 1, 1, 1) and per_tensor.scale.shape == (1, 1, 1, 1)
+    assert np.abs(per_channel.dequantize() - w).max() < np.abs(per_tensor.dequantize() - w).max()
+    x = np.abs(rand(8, 10)) + 0.1
+    x[0] *= 50  # an outlier sample: Banner's mean of per-sample ranges clips it
+    mean_range = quantize(x, parse_format("int8"), granularity="batch_mean")
+    assert mean_range.saturated > 0 and mean_range.scale.size == 1
+
+
+def test_quantized_training_ops_are_close_to_fp32():
+    fmt = F.precision(**INT8, rounding="stochastic", scale={"weights": "channel", "activations": "sample"})
+    x, w = rand(4, 8, 9, 9), rand(16, 8, 3, 3)
+    assert rel_error(F.conv2d(x, w, padding=1, fmt=fmt, seed=3), F.conv2d(x, w, padding=1)) < 0.02
+    dy = rand(4, 16, 9, 9)
+    assert (
+        rel_error(F.conv2d_grad_input(dy, w, x.shape, 1, 1, fmt=fmt), F.conv2d_grad_input(dy, w, x.shape, 1, 1)) < 0.02
+    )
+    assert (
+        rel_error(F.conv2d_grad_weight(x, dy, w.shape, 1, 1, fmt=fmt), F.conv2d_grad_weight(x, dy, w.shape, 1, 1))
+        < 0.02
+    )
+    half = F.precision(weights="fp16", activations="bf16", errors="fp8_e5m2", gradients="fp16")
+    assert rel_error(F.conv2d(x, w, padding=1, fmt=half), F.conv2d(x, w, padding=1)) < 0.01
+
+
+def test_counting_records_and_does_not_change_results():
+    fmt = F.precision(**INT8)
+    x, w, b = rand(2, 3, 8, 8), rand(5, 3, 3, 3), rand(5)
+    counter = F.OpCounter()
+    y = F.conv2d(x, w, b, padding=1, fmt=fmt, counter=counter, op="conv1.fwd")
+    np.testing.assert_array_equal(y, F.conv2d(x, w, b, padding=1, fmt=fmt))
+    count = counter.ops["conv1.fwd"]
+    assert count.macs == {"8x8": 2 * 5 * 3 * 8 * 8 * 9}
+    assert count.reads == {"x": x.size, "w": w.size, "b": 5} and count.writes == {"y": y.size}
+    assert count.elementwise_ops == y.size  # the bias adds
+    F.relu(y, counter=counter, op="relu1.fwd")
+    assert counter.ops["relu1.fwd"].elementwise_ops == y.size
+    F.conv2d(x, w, padding=1, counter=counter, op="fp32")
+    assert counter.ops["fp32"].macs == {"32x32": 2 * 5 * 3 * 8 * 8 * 9}
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: F.conv2d(np.zeros((1, 3, 5, 5)), np.zeros((2, 3, 3, 3), np.float32)), TypeError,
+         "x must be a float32"),
+        (lambda: F.conv2d(np.zeros((1, 3, 5, 5), np.float32), np.zeros((2, 4, 3, 3), np.float32)), ValueError,
+         r"w has shape \(2, 4, 3, 3\), expected \(2, 3, 3, 3\)"),
+        (lambda: F.conv2d(np.zeros((1, 3, 2, 2), np.float32), np.zeros((2, 3, 3, 3), np.float32)), ValueError,
+         "window 3 does not fit"),
+        (lambda: F.conv2d(np.zeros((1, 3, 5, 5), np.float32), np.zeros((2, 3, 3, 3), np.float32), stride=0),
+         ValueError, "stride must be a positive integer"),
+        (lambda: F.linear(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32)), ValueError, "w has shape"),
+        (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 3])), ValueError,
+         r"labels must lie"),
+        (lambda: F.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2, padding=2), ValueError, "at most half the window"),
+        (lambda: F.precision(weights="int99"), SpecError, "precision\\(\\): weights: integer formats"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

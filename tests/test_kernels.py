@@ -1,0 +1,97 @@
+"""Every numba kernel against its plain-numpy twin (tests/twins.py)."""
+
+import numpy as np
+import pytest
+import twins
+
+from e2sim.kernels import conv, layers, quantize
+
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_quantize_to_grid_matches_twin(mode):
+    x = rand(3, 7) * 5
+    inv_scale = np.array([3.0, 0.5, 10.0])
+    got = quantize.quantize_to_grid(x.ravel(), inv_scale, 7, -20.0, 19.0, mode, 12345)
+    want = twins.quantize_to_grid(x.ravel(), inv_scale, 7, -20.0, 19.0, mode, 12345)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1] > 0
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize(("mantissa", "min_exp", "max_value"), [(3, -6, 448.0), (2, -14, 57344.0), (10, -14, 65504.0)])
+def test_round_to_float_format_matches_twin(mode, mantissa, min_exp, max_value):
+    x = np.concatenate([rand(200) * 10.0 ** rng.integers(-9, 6, 200), [0.0, 2.0**-9, 1e6, -1e6, 1.0, 0.75]])
+    x = x.astype(np.float32)
+    got = quantize.round_to_float_format(x, mantissa, min_exp, max_value, mode, 7)
+    want = twins.round_to_float_format(x, mantissa, min_exp, max_value, mode, 7)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1] >= 2
+
+
+def test_uniform01_matches_twin():
+    got = [quantize.uniform01(np.uint64(99), np.uint64(i)) for i in range(50)]
+    assert got == [twins.uniform01(99, i) for i in range(50)]
+
+
+@pytest.mark.parametrize(
+    ("stride", "ph", "pw", "r", "s"), [(1, 0, 0, 3, 3), (2, 1, 1, 3, 3), (2, 2, 0, 5, 3), (3, 0, 1, 1, 2)]
+)
+def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s):
+    x = rand(2, 3, 9, 8)
+    p, q = (9 + 2 * ph - r) // stride + 1, (8 + 2 * pw - s) // stride + 1
+    cols = conv.im2col(x, r, s, stride, ph, pw, p, q)
+    np.testing.assert_array_equal(cols, twins.im2col(x, r, s, stride, ph, pw, p, q))
+    # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
+    c = rand(*cols.shape)
+    back = conv.col2im(c, 2, 3, 9, 8, r, s, stride, ph, pw, p, q)
+    assert np.isclose(np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), back), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 7, 1, 1)])
+def test_batchnorm_kernels_match_twins(shape):
+    x, gamma, beta = rand(*shape), rand(shape[1]), rand(shape[1])
+    view = x.reshape(shape[0], shape[1], -1)
+    y, mean, inv_std = layers.batchnorm_train(view, gamma, beta, 1e-5)
+    ty, tmean, tinv = twins.batchnorm(x.astype(np.float64), gamma, beta, 1e-5)
+    np.testing.assert_allclose(y.reshape(shape), ty, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mean, tmean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inv_std, tinv, rtol=1e-4)
+    rm, rv = rand(shape[1]), np.abs(rand(shape[1])) + 0.5
+    eval_y = layers.batchnorm_eval(view, gamma, beta, rm, rv, 1e-5).reshape(shape)
+    want = gamma[None, :, None, None] * (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(eval_y, want + beta[None, :, None, None], rtol=1e-4, atol=1e-5)
+
+
+def test_pool_kernels_match_twins():
+    x = rand(2, 3, 7, 6)
+    y, arg = layers.maxpool(x, 3, 2, 2, 1, 1, 4, 4)
+    ty, targ = twins.maxpool(x.astype(np.float64), 3, 2, 2, 1, 1)
+    np.testing.assert_array_equal(y, ty.astype(np.float32))
+    np.testing.assert_array_equal(arg, targ)
+    np.testing.assert_allclose(
+        layers.avgpool(x, 3, 2, 2, 1, 1, 4, 4), twins.avgpool(x, 3, 2, 2, 1, 1), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_relu_softmax_and_sgd_kernels_match_twins():
+    x = rand(5, 4)
+    np.testing.assert_array_equal(layers.relu(x), np.maximum(x, 0))
+    dy = rand(5, 4)
+    np.testing.assert_array_equal(layers.relu_backward(dy, layers.relu(x)), np.where(x > 0, dy, 0))
+    labels = np.array([0, 3, 2, 1, 3])
+    loss, probs, dlogits = layers.softmax_cross_entropy(x, labels)
+    tloss, tprobs, tdlogits = twins.softmax_cross_entropy(x.astype(np.float64), labels)
+    assert np.isclose(loss, tloss, rtol=1e-6)
+    np.testing.assert_allclose(probs, tprobs, rtol=1e-5)
+    np.testing.assert_allclose(dlogits, tdlogits, rtol=1e-5, atol=1e-7)
+    w, g, v = rand(10), rand(10), rand(10)
+    tw, tv = twins.sgd(w.astype(np.float64), g, v, 0.1, 0.9, 1e-3)
+    layers.sgd_update(w, g, v, 0.1, 0.9, 1e-3)
+    np.testing.assert_allclose(w, tw, rtol=1e-6)
+    np.testing.assert_allclose(v, tv, rtol=1e-6, atol=1e-7)

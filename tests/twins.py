@@ -1,0 +1,154 @@
+"""Plain-numpy twins of the numba kernels (float64 unless integer), written for clarity, not speed."""
+
+import math
+
+import numpy as np
+
+MASK = (1 << 64) - 1
+
+
+def uniform01(seed: int, i: int) -> float:
+    z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    z ^= z >> 31
+    return (z >> 11) / 2.0**53
+
+
+def round_value(v: float, mode: int, seed: int, i: int) -> float:
+    if mode == 0:
+        return float(np.rint(v))
+    if mode == 1:
+        return math.floor(v + uniform01(seed, i))
+    return float(math.trunc(v))
+
+
+def quantize_to_grid(x, inv_scale, inner, qmin, qmax, mode, seed):
+    out, saturated = [], 0
+    for i, v in enumerate(np.asarray(x, np.float64)):
+        r = round_value(v * inv_scale[(i // inner) % inv_scale.size], mode, seed, i)
+        if r > qmax or r < qmin:
+            saturated += 1
+        out.append(min(max(r, qmin), qmax))
+    return np.array(out, np.float32), saturated
+
+
+def round_to_float_format(x, mantissa_bits, min_exponent, max_value, mode, seed):
+    out, saturated = [], 0
+    for i, v in enumerate(np.asarray(x, np.float64)):
+        if v == 0 or np.isnan(v):
+            out.append(v)
+            continue
+        a = abs(v)
+        if a > max_value:
+            out.append(math.copysign(max_value, v))
+            saturated += 1
+            continue
+        exponent = max(math.floor(math.log2(a)), min_exponent)
+        if 2.0**exponent > a and exponent > min_exponent:  # guard log2 rounding at powers of two
+            exponent -= 1
+        ulp = 2.0 ** (exponent - mantissa_bits)
+        y = round_value(a / ulp, mode, seed, i) * ulp
+        if y > max_value:
+            y, saturated = max_value, saturated + 1
+        out.append(math.copysign(y, v))
+    return np.array(out, np.float32), saturated
+
+
+def pad(x, ph, pw):
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def windows(x, r, s, stride, p, q):
+    """x[:, :, i*stride + a, j*stride + b] for each kernel offset (a, b): yields (a, b, slice)."""
+    for a in range(r):
+        for b in range(s):
+            yield a, b, x[:, :, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride]
+
+
+def conv2d(x, w, b, stride, ph, pw):
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    p, q = (h + 2 * ph - r) // stride + 1, (wd + 2 * pw - s) // stride + 1
+    y = np.zeros((n, k, p, q), np.result_type(x, w))
+    for a, bb, win in windows(pad(x, ph, pw), r, s, stride, p, q):
+        y += np.einsum("ncpq,kc->nkpq", win, w[:, :, a, bb])
+    return y if b is None else y + b[None, :, None, None]
+
+
+def conv2d_grad_input(dy, w, input_shape, stride, ph, pw):
+    n, c, h, wd = input_shape
+    k, _, r, s = w.shape
+    p, q = dy.shape[2:]
+    dx = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), np.result_type(dy, w))
+    for a in range(r):
+        for b in range(s):
+            dx[:, :, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride] += np.einsum(
+                "nkpq,kc->ncpq", dy, w[:, :, a, b]
+            )
+    return dx[:, :, ph : ph + h, pw : pw + wd]
+
+
+def conv2d_grad_weight(x, dy, weight_shape, stride, ph, pw):
+    k, c, r, s = weight_shape
+    p, q = dy.shape[2:]
+    dw = np.zeros(weight_shape, np.result_type(x, dy))
+    for a, b, win in windows(pad(x, ph, pw), r, s, stride, p, q):
+        dw[:, :, a, b] = np.einsum("nkpq,ncpq->kc", dy, win)
+    return dw
+
+
+def im2col(x, r, s, stride, ph, pw, p, q):
+    n, c = x.shape[:2]
+    cols = np.zeros((c * r * s, n * p * q), x.dtype)
+    xp = pad(x, ph, pw)
+    for a, b, win in windows(xp, r, s, stride, p, q):
+        for ch in range(c):
+            cols[(ch * r + a) * s + b] = win[:, ch].reshape(-1)
+    return cols
+
+
+def batchnorm(x, gamma, beta, eps):
+    axes = (0, 2, 3) if x.ndim == 4 else (0,)
+    shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    inv_std = 1 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    return gamma.reshape(shape) * xhat + beta.reshape(shape), mean, inv_std
+
+
+def maxpool(x, r, s, stride, ph, pw):
+    n, c, h, w = x.shape
+    p, q = (h + 2 * ph - r) // stride + 1, (w + 2 * pw - s) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    y = np.full((n, c, p, q), -np.inf)
+    arg = np.zeros((n, c, p, q), np.int64)
+    for a, b, win in windows(xp, r, s, stride, p, q):
+        better = win > y
+        y = np.where(better, win, y)
+        arg = np.where(better, a * s + b, arg)
+    return y, arg
+
+
+def avgpool(x, r, s, stride, ph, pw):
+    n, c, h, w = x.shape
+    p, q = (h + 2 * ph - r) // stride + 1, (w + 2 * pw - s) // stride + 1
+    return sum(win for _, _, win in windows(pad(x, ph, pw), r, s, stride, p, q)) / (r * s)
+
+
+def softmax_cross_entropy(logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    n = len(labels)
+    onehot = np.eye(logits.shape[1])[labels]
+    return -log_probs[np.arange(n), labels].mean(), probs, (probs - onehot) / n
+
+
+def sgd(w, g, v, lr, momentum, weight_decay):
+    d = g + weight_decay * w
+    if momentum > 0:
+        v = momentum * v + d
+        d = v
+    return w - lr * d, v
