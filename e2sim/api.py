@@ -10,6 +10,8 @@ from e2sim.config.workload import Workload
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
 from e2sim.hw import Accelerator
+from e2sim.train.loop import TrainResult
+from e2sim.train.loop import train as train_workload
 
 WorkloadLike = str | Path | Mapping | Workload
 HardwareLike = str | Path | Mapping | Accelerator
@@ -37,3 +39,17 @@ def load_hw(spec: HardwareLike) -> Accelerator:
 def lower(workload: WorkloadLike, batch_size: int | None = None) -> TrainingGraph:
     """One training iteration as a verified dataflow graph (batch: the workload's unless given)."""
     return lower_workload(load_workload(workload), batch_size)
+
+
+def train(
+    workload: WorkloadLike,
+    epochs: int | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a workload by executing its lowered graph with the reduced-precision kernels.
+
+    Returns per-epoch accuracy, and the counts of everything executed by graph op."""
+    return train_workload(load_workload(workload), epochs, data_dir, progress, checkpoint, resume)

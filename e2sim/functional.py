@@ -335,16 +335,24 @@ def batchnorm_eval(x, gamma, beta, running_mean, running_var, eps=1e-5) -> np.nd
     return layer_kernels.batchnorm_eval(_channels_view(x), *arrays, float(eps)).reshape(x.shape)
 
 
-def batchnorm_backward(dy, x, gamma, mean, inv_std, *, counter=None, op="batchnorm_backward"):
-    """Returns (dx, dgamma, dbeta) of training-mode batch norm."""
+def batchnorm_backward(dy, x, gamma, mean, inv_std, *, counter=None, op="batchnorm_backward", weight_op=None):
+    """Returns (dx, dgamma, dbeta) of training-mode batch norm; the input-gradient work is recorded
+    under ``op``, the parameter-gradient work under ``weight_op`` (default ``op + ".weight"``)."""
     x = _array("x", x, (2, 4))
     dy = _array("dy", dy, x.ndim)
     _shape("dy", dy, x.shape)
     arrays = [_array(name, a, 1) for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std))]
     dx, dgamma, dbeta = layer_kernels.batchnorm_backward(_channels_view(dy), _channels_view(x), *arrays)
     if counter is not None:
-        counter.record(op + ".data", elementwise_ops=ew_ops.batchnorm_backward_data(x.size))
-        counter.record(op + ".weight", elementwise_ops=ew_ops.batchnorm_backward_weight(x.size))
+        c = x.shape[1]
+        counter.record(
+            op,
+            elementwise_ops=ew_ops.batchnorm_backward_data(x.size),
+            reads={"dy": x.size, "x": x.size, "gamma": c, "mean": c, "inv_std": c},
+            writes={"dx": x.size},
+        )
+        counter.record(weight_op or op + ".weight", elementwise_ops=ew_ops.batchnorm_backward_weight(x.size),
+                       reads={"dy": x.size, "x": x.size, "mean": c, "inv_std": c}, writes={"dgamma": c, "dbeta": c})  # fmt: skip
     return dx.reshape(x.shape), dgamma, dbeta
 
 
@@ -441,8 +449,10 @@ def add(a, b, *, counter=None, op="add") -> np.ndarray:
     return a + b
 
 
-def softmax_cross_entropy(logits, labels, *, counter=None, op="softmax_cross_entropy", probabilities=False):
-    """Mean cross-entropy of integer ``labels``; returns (loss, dlogits) (+ probabilities if asked)."""
+def softmax_cross_entropy(logits, labels, *, counter=None, op="softmax_cross_entropy", backward_op=None,
+                          probabilities=False):  # fmt: skip
+    """Mean cross-entropy of integer ``labels``; returns (loss, dlogits) (+ probabilities if asked).
+    The forward work is recorded under ``op``, the gradient under ``backward_op`` (``op + ".backward"``)."""
     logits = _array("logits", logits, 2)
     labels = np.asarray(labels)
     if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
@@ -451,8 +461,15 @@ def softmax_cross_entropy(logits, labels, *, counter=None, op="softmax_cross_ent
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
     loss, probs, dlogits = layer_kernels.softmax_cross_entropy(logits, labels.astype(np.int64))
     if counter is not None:
-        counter.record(op, elementwise_ops=ew_ops.softmax_cross_entropy_forward(logits.size, logits.shape[0]))
-        counter.record(op + ".backward", elementwise_ops=ew_ops.softmax_cross_entropy_backward(logits.size))
+        n = logits.shape[0]
+        counter.record(
+            op,
+            elementwise_ops=ew_ops.softmax_cross_entropy_forward(logits.size, n),
+            reads={"logits": logits.size, "labels": n},
+            writes={"loss": 1, "probs": logits.size},
+        )
+        counter.record(backward_op or op + ".backward", elementwise_ops=ew_ops.softmax_cross_entropy_backward(logits.size),
+                       reads={"probs": logits.size, "labels": n}, writes={"dlogits": logits.size})  # fmt: skip
     return (float(loss), dlogits, probs) if probabilities else (float(loss), dlogits)
 
 

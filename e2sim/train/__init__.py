@@ -1,0 +1,1 @@
+"""Training: datasets, the graph executor and the training loop."""

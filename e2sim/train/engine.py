@@ -1,0 +1,335 @@
+"""Executes a lowered TrainingGraph op by op with the functional kernels: the graph that is priced
+is the graph that ran. Every op's work is recorded under its graph name in an OpCounter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import e2sim.functional as F
+from e2sim.config.workload import PrecisionSpec
+from e2sim.counting import OpCounter
+from e2sim.graph import elementwise as ew_ops
+from e2sim.graph.ir import Op, TrainingGraph
+from e2sim.graph.layers import Layer
+from e2sim.numerics.quantize import derive_seed
+
+BN_RUNNING_MOMENTUM = 0.1  # running = (1 - m)·running + m·batch statistic (PyTorch's default)
+
+
+@dataclass
+class TrainState:
+    """Everything that persists between iterations: parameters, momentum buffers, BN running
+    statistics, by their graph tensor names (``conv1.w``, ``conv1.w.momentum``, ``bn1.running_stats``)."""
+
+    arrays: dict[str, np.ndarray]
+
+
+def init_state(graph: TrainingGraph, seed: int) -> TrainState:
+    """He-normal conv weights (fan-in), PyTorch-default linear layers, BN γ = 1 and β = 0, zero momentum."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for name in sorted(graph.inputs):
+        t = graph.tensors[name]
+        layer = graph.model.layer(t.layer) if t.layer != "input" else None
+        if t.role in ("input", "label"):
+            continue
+        if t.role == "momentum":
+            arrays[name] = np.zeros(t.shape, np.float32)
+        elif t.role == "stats":  # running mean (row 0) and variance (row 1)
+            arrays[name] = np.stack([np.zeros(t.shape[1]), np.ones(t.shape[1])]).astype(np.float32)
+        elif layer is not None and layer.kind == "batchnorm":
+            arrays[name] = np.full(t.shape, 1.0 if name.endswith(".gamma") else 0.0, np.float32)
+        elif layer is not None and layer.kind == "conv" and t.role == "weight":
+            fan_in = int(np.prod(t.shape[1:]))
+            arrays[name] = (rng.standard_normal(t.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        else:  # linear weights and all biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            weight = graph.tensors[f"{t.layer}.w"]
+            bound = 1.0 / np.sqrt(np.prod(weight.shape[1:]))
+            arrays[name] = rng.uniform(-bound, bound, t.shape).astype(np.float32)
+    return TrainState(arrays)
+
+
+@dataclass
+class _Step:
+    """The tensors of one iteration and what the ops need to run."""
+
+    graph: TrainingGraph
+    tensors: dict[str, np.ndarray]
+    fmt: PrecisionSpec | None
+    counter: OpCounter | None
+    seed: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    stash: dict[str, tuple]
+
+
+class GraphExecutor:
+    """Runs the ops of ``graph`` on a state; the batch may be smaller than the graph's (last batch)."""
+
+    def __init__(self, graph: TrainingGraph, fmt: PrecisionSpec | None, momentum: float, weight_decay: float):
+        self.graph = graph
+        self.fmt = fmt
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.layers = {layer.name: layer for layer in graph.model.layers}
+        self.logits = next(op.reads[0] for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
+        self.handlers: list[tuple[Op, Layer, Callable]] = []
+        for op in graph.ops:
+            key = "grad_sum" if op.name.endswith(".grad_sum") else (op.layer_kind, op.phase)
+            self.handlers.append((op, self.layers[op.layer], _HANDLERS[key]))
+
+    def step(
+        self, state: TrainState, images, labels, lr: float, seed: int, counter: OpCounter | None
+    ) -> tuple[float, int]:
+        """One training iteration (forward, backward, update) in place on ``state``.
+        Returns (loss, number of correct predictions in the batch)."""
+        tensors = dict(state.arrays)
+        tensors["input.x"], tensors["input.labels"] = images, labels
+        step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {})
+        for index, (op, layer, handler) in enumerate(self.handlers):
+            handler(step, op, layer, derive_seed(seed, index))
+        for name in state.arrays:
+            state.arrays[name] = tensors[f"{name}.next"]
+        probs = tensors["loss.probs"]
+        return float(tensors["loss.y"]), int(np.sum(np.argmax(probs, axis=1) == labels))
+
+    def predict(self, state: TrainState, images: np.ndarray) -> np.ndarray:
+        """Logits of the forward ops in inference mode (BN with running statistics, fp32 or the
+        workload's formats, nothing counted)."""
+        tensors = dict(state.arrays)
+        tensors["input.x"] = images
+        step = _Step(self.graph, tensors, self.fmt, None, 0, 0.0, 0.0, 0.0, {"eval": ()})
+        for index, (op, layer, handler) in enumerate(self.handlers):
+            if op.phase != "fwd" or layer.kind == "loss":
+                continue
+            handler(step, op, layer, derive_seed(0, index))
+        return tensors[self.logits]
+
+
+# -- handlers: one per (layer kind, phase) ---------------------------------------------------------------
+
+
+def _conv_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    bias = t[op.reads[2]] if layer.bias else None
+    t[op.writes[0]] = F.conv2d(t[op.reads[0]], t[op.reads[1]], bias, layer.stride, layer.padding, s.fmt,
+                               counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+
+
+def _conv_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    dy = t[op.reads[0]]
+    shape = (dy.shape[0], *layer.in_shapes[0])
+    t[op.writes[0]] = F.conv2d_grad_input(dy, t[op.reads[1]], shape, layer.stride, layer.padding, s.fmt,
+                                          counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+
+
+def _conv_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    w_shape = s.graph.tensors[op.writes[0]].shape
+    out = F.conv2d_grad_weight(t[op.reads[0]], t[op.reads[1]], w_shape, layer.stride, layer.padding, s.fmt,
+                               bias=layer.bias, counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+    for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
+        t[name] = value
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)
+
+
+def _linear_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    bias = t[op.reads[2]] if layer.bias else None
+    t[op.writes[0]] = F.linear(_flat(t[op.reads[0]]), t[op.reads[1]], bias, s.fmt, counter=s.counter, op=op.name,
+                               seed=seed)  # fmt: skip
+
+
+def _linear_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    dx = F.linear_grad_input(t[op.reads[0]], t[op.reads[1]], s.fmt, counter=s.counter, op=op.name, seed=seed)
+    t[op.writes[0]] = dx.reshape(dx.shape[0], *s.graph.tensors[op.writes[0]].shape[1:])
+
+
+def _linear_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    out = F.linear_grad_weight(_flat(t[op.reads[0]]), t[op.reads[1]], s.fmt, bias=layer.bias, counter=s.counter,
+                               op=op.name, seed=seed)  # fmt: skip
+    for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
+        t[name] = value
+
+
+def _update(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    for short, _ in layer.params():
+        name = f"{layer.name}.{short}"
+        w = t[name].copy()  # the state keeps its arrays until the iteration ends
+        velocity = t[f"{name}.momentum"].copy() if s.momentum > 0 else None
+        F.sgd_update(w, t[f"{name}.grad"], velocity, s.lr, s.momentum, s.weight_decay, counter=s.counter, op=op.name)
+        t[f"{name}.next"] = w
+        if velocity is not None:
+            t[f"{name}.momentum.next"] = velocity
+
+
+def _batchnorm_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    x, gamma, beta, running = (t[n] for n in op.reads)
+    if "eval" in s.stash:
+        t[op.writes[0]] = F.batchnorm_eval(x, gamma, beta, running[0], running[1], layer.eps)
+        return
+    y, mean, inv_std = F.batchnorm(x, gamma, beta, layer.eps, counter=s.counter, op=op.name)
+    count = x.size // x.shape[1]
+    variance = (1.0 / inv_std.astype(np.float64) ** 2 - layer.eps) * count / max(count - 1, 1)  # unbiased
+    new = running.astype(np.float64) * (1 - BN_RUNNING_MOMENTUM) + BN_RUNNING_MOMENTUM * np.stack([mean, variance])
+    for name, value in zip(op.writes, (y, mean, inv_std, new.astype(np.float32)), strict=True):
+        t[name] = value
+
+
+def _batchnorm_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    dy, x, gamma, mean, inv_std = (t[n] for n in op.reads)
+    weight_op = f"{layer.name}.bwd_weight"
+    dx, dgamma, dbeta = F.batchnorm_backward(dy, x, gamma, mean, inv_std, counter=s.counter, op=op.name,
+                                             weight_op=weight_op)  # fmt: skip
+    t[op.writes[0]] = dx
+    s.stash[weight_op] = (dgamma, dbeta)  # one fused kernel computes both gradients
+
+
+def _batchnorm_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    if op.name not in s.stash:  # no input gradient needed: compute the parameter gradients alone
+        x, dy, mean, inv_std = (t[n] for n in op.reads)
+        gamma = t[f"{layer.name}.gamma"]
+        _, dgamma, dbeta = F.batchnorm_backward(dy, x, gamma, mean, inv_std, counter=None)
+        if s.counter is not None:
+            s.counter.record(op.name, elementwise_ops=ew_ops.batchnorm_backward_weight(x.size))
+        s.stash[op.name] = (dgamma, dbeta)
+    t[op.writes[0]], t[op.writes[1]] = s.stash.pop(op.name)
+
+
+def _relu_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    s.tensors[op.writes[0]] = F.relu(s.tensors[op.reads[0]], counter=s.counter, op=op.name)
+
+
+def _relu_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    t[op.writes[0]] = F.relu_backward(t[op.reads[0]], t[op.reads[1]], counter=s.counter, op=op.name)
+
+
+def _maxpool_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    y, arg = F.max_pool2d(t[op.reads[0]], layer.kernel, layer.stride, layer.padding, counter=s.counter, op=op.name)
+    t[op.writes[0]] = y
+    if len(op.writes) > 1:
+        t[op.writes[1]] = arg
+
+
+def _maxpool_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    dy = t[op.reads[0]]
+    shape = (dy.shape[0], *layer.in_shapes[0])
+    t[op.writes[0]] = F.max_pool2d_backward(dy, t[op.reads[1]], shape, layer.kernel, layer.stride, layer.padding,
+                                            counter=s.counter, op=op.name)  # fmt: skip
+
+
+def _avgpool_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    t[op.writes[0]] = F.avg_pool2d(t[op.reads[0]], layer.kernel, layer.stride, layer.padding, counter=s.counter,
+                                   op=op.name)  # fmt: skip
+
+
+def _avgpool_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    dy = t[op.reads[0]]
+    shape = (dy.shape[0], *layer.in_shapes[0])
+    t[op.writes[0]] = F.avg_pool2d_backward(dy, shape, layer.kernel, layer.stride, layer.padding, counter=s.counter,
+                                            op=op.name)  # fmt: skip
+
+
+def _gap_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    s.tensors[op.writes[0]] = F.global_avg_pool(s.tensors[op.reads[0]], counter=s.counter, op=op.name)
+
+
+def _gap_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+    dy = s.tensors[op.reads[0]]
+    shape = (dy.shape[0], *layer.in_shapes[0])
+    s.tensors[op.writes[0]] = F.global_avg_pool_backward(dy, shape, counter=s.counter, op=op.name)
+
+
+def _add_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    t[op.writes[0]] = F.add(t[op.reads[0]], t[op.reads[1]], counter=s.counter, op=op.name)
+
+
+def _pass_gradient(s: _Step, op: Op, layer, seed: int) -> None:
+    """Residual add backward: both inputs receive the output gradient itself (no copy, no op)."""
+    for name in op.writes:
+        s.tensors[name] = s.tensors[op.reads[0]]
+    if s.counter is not None:
+        s.counter.record(op.name, reads={"dy": s.tensors[op.reads[0]].size})
+
+
+def _zero_pad_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    x = s.tensors[op.reads[0]]
+    n, c = x.shape[:2]
+    sub = x[:, :, :: layer.stride, :: layer.stride]
+    y = np.zeros((n, layer.out_channels, *sub.shape[2:]), np.float32)
+    y[:, :c] = sub
+    s.tensors[op.writes[0]] = y
+    if s.counter is not None:
+        s.counter.record(op.name, reads={"x": sub.size}, writes={"y": y.size})
+
+
+def _zero_pad_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+    dy = s.tensors[op.reads[0]]
+    c, h, w = layer.in_shapes[0]
+    dx = np.zeros((dy.shape[0], c, h, w), np.float32)
+    dx[:, :, :: layer.stride, :: layer.stride] = dy[:, :c]
+    s.tensors[op.writes[0]] = dx
+    if s.counter is not None:
+        s.counter.record(op.name, reads={"dy": dy[:, :c].size}, writes={"dx": dx.size})
+
+
+def _grad_sum(s: _Step, op: Op, layer, seed: int) -> None:
+    parts = [s.tensors[name] for name in op.reads]
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    s.tensors[op.writes[0]] = total
+    if s.counter is not None:
+        s.counter.record(op.name, elementwise_ops=(len(parts) - 1) * total.size,
+                         reads={"parts": len(parts) * total.size}, writes={"sum": total.size})  # fmt: skip
+
+
+def _loss_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    loss, dlogits, probs = F.softmax_cross_entropy(t[op.reads[0]], t[op.reads[1]], counter=s.counter, op=op.name,
+                                                   backward_op=f"{layer.name}.bwd_data", probabilities=True)  # fmt: skip
+    t[op.writes[0]], t[op.writes[1]] = np.float32(loss), probs
+    s.stash[f"{layer.name}.bwd_data"] = (dlogits,)  # the fused kernel already computed the gradient
+
+
+def _loss_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+    (s.tensors[op.writes[0]],) = s.stash.pop(op.name)
+
+
+_HANDLERS: dict = {
+    ("conv", "fwd"): _conv_fwd, ("conv", "bwd_data"): _conv_bwd_data, ("conv", "bwd_weight"): _conv_bwd_weight,
+    ("linear", "fwd"): _linear_fwd, ("linear", "bwd_data"): _linear_bwd_data,
+    ("linear", "bwd_weight"): _linear_bwd_weight,
+    ("batchnorm", "fwd"): _batchnorm_fwd, ("batchnorm", "bwd_data"): _batchnorm_bwd_data,
+    ("batchnorm", "bwd_weight"): _batchnorm_bwd_weight,
+    ("relu", "fwd"): _relu_fwd, ("relu", "bwd_data"): _relu_bwd,
+    ("maxpool", "fwd"): _maxpool_fwd, ("maxpool", "bwd_data"): _maxpool_bwd,
+    ("avgpool", "fwd"): _avgpool_fwd, ("avgpool", "bwd_data"): _avgpool_bwd,
+    ("global_avgpool", "fwd"): _gap_fwd, ("global_avgpool", "bwd_data"): _gap_bwd,
+    ("add", "fwd"): _add_fwd, ("add", "bwd_data"): _pass_gradient,
+    ("zero_pad_shortcut", "fwd"): _zero_pad_fwd, ("zero_pad_shortcut", "bwd_data"): _zero_pad_bwd,
+    ("loss", "fwd"): _loss_fwd, ("loss", "bwd_data"): _loss_bwd,
+    "grad_sum": _grad_sum,
+}  # fmt: skip
+for _kind in ("conv", "linear", "batchnorm"):
+    _HANDLERS[(_kind, "update")] = _update

@@ -1,0 +1,195 @@
+"""The training loop: epochs of the lowered graph over a dataset, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from e2sim.config.workload import TrainingSpec, Workload
+from e2sim.counting import OpCount, OpCounter
+from e2sim.graph import TrainingGraph, lower
+from e2sim.numerics.quantize import derive_seed
+from e2sim.train.data import Dataset, augment_batch, load_dataset
+from e2sim.train.engine import GraphExecutor, TrainState, init_state
+
+EVAL_BATCH = 500
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (missing, corrupt, or from another workload); names the path."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    lr: float  # learning rate of the epoch's last iteration
+    train_loss: float  # mean over the epoch's iterations
+    train_accuracy: float  # on the training batches as they were trained
+    test_accuracy: float
+    iterations: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    workload: str
+    graph: TrainingGraph
+    epochs: tuple[EpochStats, ...]
+    iterations: int
+    counts: OpCounter  # everything executed, summed over all iterations, by graph op
+    state: TrainState
+
+    @property
+    def final_test_accuracy(self) -> float:
+        return self.epochs[-1].test_accuracy
+
+
+def learning_rate(training: TrainingSpec, iteration: int, iterations_per_epoch: int, epochs: int) -> float:
+    """The lr of a (0-based) iteration: constant, cosine to zero over the run, or step decay at epoch milestones."""
+    if training.schedule == "cosine":
+        total = max(iterations_per_epoch * epochs, 1)
+        return 0.5 * training.lr * (1 + math.cos(math.pi * iteration / total))
+    if training.schedule == "step":
+        epoch = iteration // max(iterations_per_epoch, 1)
+        return training.lr * training.lr_gamma ** sum(epoch >= m for m in training.lr_milestones_epochs)
+    return training.lr
+
+
+def fingerprint(workload: Workload) -> str:
+    """A digest of everything in the workload that changes training (not its name or description)."""
+    text = repr((workload.dataset, workload.model, workload.training, workload.precision, workload.policy))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Progress:
+    def __init__(self, enabled: bool, epochs: int, per_epoch: int):
+        self.enabled, self.epochs, self.per_epoch = enabled, epochs, per_epoch
+
+    def update(self, epoch: int, done: int, loss: float) -> None:
+        if self.enabled:
+            filled = int(30 * done / max(self.per_epoch, 1))
+            sys.stderr.write(f"\repoch {epoch}/{self.epochs} [{'=' * filled}{' ' * (30 - filled)}] "
+                             f"{done}/{self.per_epoch} loss {loss:.4f}")  # fmt: skip
+            sys.stderr.flush()
+
+    def end_epoch(self, stats: EpochStats) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\repoch {stats.epoch}/{self.epochs}: loss {stats.train_loss:.4f}, "
+                             f"train {stats.train_accuracy:.2%}, test {stats.test_accuracy:.2%} ({stats.seconds:.1f} s)"
+                             + " " * 10 + "\n")  # fmt: skip
+
+
+def evaluate(executor: GraphExecutor, state: TrainState, dataset: Dataset) -> float:
+    """Top-1 accuracy on the test split (inference mode)."""
+    test = dataset.test
+    correct = 0
+    for start in range(0, len(test.labels), EVAL_BATCH):
+        logits = executor.predict(state, test.images[start : start + EVAL_BATCH])
+        correct += int(np.sum(np.argmax(logits, axis=1) == test.labels[start : start + EVAL_BATCH]))
+    return correct / max(len(test.labels), 1)
+
+
+def train(
+    workload: Workload,
+    epochs: int | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train ``workload`` by executing its lowered graph; deterministic given ``training.seed``.
+
+    ``epochs`` overrides the workload's; ``checkpoint`` is a file written after every epoch (never
+    over a file that is not a checkpoint of this workload); ``resume`` continues from it.
+    Training uses full batches only (the last partial batch of an epoch is dropped), so every
+    iteration is the lowered graph exactly.
+    """
+    training = workload.training
+    epochs = training.epochs if epochs is None else epochs
+    dataset = dataset or load_dataset(workload.dataset, data_dir)
+    graph = lower(workload)
+    batch = graph.batch_size
+    per_epoch = len(dataset.train.labels) // batch
+    if per_epoch == 0:
+        raise ValueError(f"the training split has {len(dataset.train.labels)} images, fewer than one batch of {batch}")
+    executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay)
+    state, history, counts, first_epoch = init_state(graph, training.seed), [], OpCounter(), 1
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if resume and checkpoint.exists():
+            state, history, counts = load_checkpoint(checkpoint, workload, graph)
+            first_epoch = len(history) + 1
+        elif checkpoint.exists():
+            raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
+    bar = _Progress(sys.stderr.isatty() if progress is None else progress, epochs, per_epoch)
+    for epoch in range(first_epoch, epochs + 1):
+        start, losses, correct = time.perf_counter(), [], 0
+        order = np.random.default_rng([training.seed, epoch]).permutation(len(dataset.train.labels))
+        augment_rng = np.random.default_rng([training.seed, epoch, 1])
+        for i in range(per_epoch):
+            index = order[i * batch : (i + 1) * batch]
+            images = dataset.train.images[index]
+            if dataset.augment:
+                images = augment_batch(images, augment_rng)
+            iteration = (epoch - 1) * per_epoch + i
+            lr = learning_rate(training, iteration, per_epoch, epochs)
+            seed = derive_seed(training.seed, iteration)
+            loss, hits = executor.step(state, images, dataset.train.labels[index], lr, seed, counts)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{workload.name}: the loss diverged to {loss} in epoch {epoch}, iteration {i}"
+                )
+            losses.append(loss)
+            correct += hits
+            bar.update(epoch, i + 1, loss)
+        stats = EpochStats(epoch, lr, float(np.mean(losses)), correct / (per_epoch * batch),
+                           evaluate(executor, state, dataset), per_epoch, time.perf_counter() - start)  # fmt: skip
+        history.append(stats)
+        bar.end_epoch(stats)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, workload, state, history, counts)
+    return TrainResult(workload.name, graph, tuple(history), len(history) * per_epoch, counts, state)
+
+
+def save_checkpoint(path: Path, workload: Workload, state: TrainState, history: list, counts: OpCounter) -> None:
+    """The full training state after an epoch, written atomically (a temporary file, then a rename)."""
+    meta = {
+        "version": CHECKPOINT_VERSION,
+        "workload": workload.name,
+        "fingerprint": fingerprint(workload),
+        "history": [asdict(h) for h in history],
+        "counts": {name: c.as_dict() for name, c in counts.ops.items()},
+    }
+    temporary = path.with_name(path.name + ".partial")
+    with open(temporary, "wb") as f:
+        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **state.arrays)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph):
+    try:
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            arrays = {name: data[name] for name in data.files if name != "__meta__"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not an e2sim checkpoint ({exc})") from None
+    if meta.get("version") != CHECKPOINT_VERSION or meta.get("fingerprint") != fingerprint(workload):
+        raise CheckpointError(f"{path}: was written for another workload or e2sim version than {workload.name}")
+    expected = init_state(graph, 0).arrays
+    if set(arrays) != set(expected) or any(arrays[k].shape != v.shape for k, v in expected.items()):
+        raise CheckpointError(f"{path}: its tensors do not match the graph of {workload.name}")
+    counts = OpCounter()
+    for name, c in meta["counts"].items():
+        counts.ops[name] = OpCount(**c)
+    history = [EpochStats(**h) for h in meta["history"]]
+    return TrainState(arrays), history, counts
