@@ -351,8 +351,12 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, *, counter=None, op="batchno
             reads={"dy": x.size, "x": x.size, "gamma": c, "mean": c, "inv_std": c},
             writes={"dx": x.size},
         )
-        counter.record(weight_op or op + ".weight", elementwise_ops=ew_ops.batchnorm_backward_weight(x.size),
-                       reads={"dy": x.size, "x": x.size, "mean": c, "inv_std": c}, writes={"dgamma": c, "dbeta": c})  # fmt: skip
+        counter.record(
+            weight_op or op + ".weight",
+            elementwise_ops=ew_ops.batchnorm_backward_weight(x.size),
+            reads={"dy": x.size, "x": x.size, "mean": c, "inv_std": c},
+            writes={"dgamma": c, "dbeta": c},
+        )
     return dx.reshape(x.shape), dgamma, dbeta
 
 
@@ -468,8 +472,12 @@ def softmax_cross_entropy(logits, labels, *, counter=None, op="softmax_cross_ent
             reads={"logits": logits.size, "labels": n},
             writes={"loss": 1, "probs": logits.size},
         )
-        counter.record(backward_op or op + ".backward", elementwise_ops=ew_ops.softmax_cross_entropy_backward(logits.size),
-                       reads={"probs": logits.size, "labels": n}, writes={"dlogits": logits.size})  # fmt: skip
+        counter.record(
+            backward_op or op + ".backward",
+            elementwise_ops=ew_ops.softmax_cross_entropy_backward(logits.size),
+            reads={"probs": logits.size, "labels": n},
+            writes={"dlogits": logits.size},
+        )
     return (float(loss), dlogits, probs) if probabilities else (float(loss), dlogits)
 
 

@@ -306,8 +306,14 @@ def _grad_sum(s: _Step, op: Op, layer, seed: int) -> None:
 
 def _loss_fwd(s: _Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
-    loss, dlogits, probs = F.softmax_cross_entropy(t[op.reads[0]], t[op.reads[1]], counter=s.counter, op=op.name,
-                                                   backward_op=f"{layer.name}.bwd_data", probabilities=True)  # fmt: skip
+    loss, dlogits, probs = F.softmax_cross_entropy(
+        t[op.reads[0]],
+        t[op.reads[1]],
+        counter=s.counter,
+        op=op.name,
+        backward_op=f"{layer.name}.bwd_data",
+        probabilities=True,
+    )
     t[op.writes[0]], t[op.writes[1]] = np.float32(loss), probs
     s.stash[f"{layer.name}.bwd_data"] = (dlogits,)  # the fused kernel already computed the gradient
 
