@@ -106,16 +106,19 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     dataset: Dataset | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train ``workload`` by executing its lowered graph; deterministic given ``training.seed``.
 
-    ``epochs`` overrides the workload's; ``checkpoint`` is a file written after every epoch (never
-    over a file that is not a checkpoint of this workload); ``resume`` continues from it.
-    Training uses full batches only (the last partial batch of an epoch is dropped), so every
-    iteration is the lowered graph exactly.
+    ``epochs`` overrides the workload's (it sets the length of the lr schedule); ``stop_after``
+    ends the run after that epoch (a later ``resume`` finishes it exactly as an uninterrupted run).
+    ``checkpoint`` is a file written after every epoch (never over a file that is not a checkpoint
+    of this run); ``resume`` continues from it. Training uses full batches only (the last partial
+    batch of an epoch is dropped), so every iteration is the lowered graph exactly.
     """
     training = workload.training
     epochs = training.epochs if epochs is None else epochs
+    last_epoch = epochs if stop_after is None else min(stop_after, epochs)
     dataset = dataset or load_dataset(workload.dataset, data_dir)
     graph = lower(workload)
     batch = graph.batch_size
@@ -127,12 +130,12 @@ def train(
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if resume and checkpoint.exists():
-            state, history, counts = load_checkpoint(checkpoint, workload, graph)
+            state, history, counts = load_checkpoint(checkpoint, workload, graph, epochs)
             first_epoch = len(history) + 1
         elif checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
     bar = _Progress(sys.stderr.isatty() if progress is None else progress, epochs, per_epoch)
-    for epoch in range(first_epoch, epochs + 1):
+    for epoch in range(first_epoch, last_epoch + 1):
         start, losses, correct = time.perf_counter(), [], 0
         order = np.random.default_rng([training.seed, epoch]).permutation(len(dataset.train.labels))
         augment_rng = np.random.default_rng([training.seed, epoch, 1])
@@ -157,16 +160,19 @@ def train(
         history.append(stats)
         bar.end_epoch(stats)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, workload, state, history, counts)
+            save_checkpoint(checkpoint, workload, epochs, state, history, counts)
     return TrainResult(workload.name, graph, tuple(history), len(history) * per_epoch, counts, state)
 
 
-def save_checkpoint(path: Path, workload: Workload, state: TrainState, history: list, counts: OpCounter) -> None:
+def save_checkpoint(
+    path: Path, workload: Workload, epochs: int, state: TrainState, history: list, counts: OpCounter
+) -> None:
     """The full training state after an epoch, written atomically (a temporary file, then a rename)."""
     meta = {
         "version": CHECKPOINT_VERSION,
         "workload": workload.name,
         "fingerprint": fingerprint(workload),
+        "epochs": epochs,
         "history": [asdict(h) for h in history],
         "counts": {name: c.as_dict() for name, c in counts.ops.items()},
     }
@@ -176,7 +182,7 @@ def save_checkpoint(path: Path, workload: Workload, state: TrainState, history: 
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph):
+def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph, epochs: int):
     try:
         with np.load(path) as data:
             meta = json.loads(bytes(data["__meta__"]).decode())
@@ -185,6 +191,8 @@ def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph):
         raise CheckpointError(f"{path}: not an e2sim checkpoint ({exc})") from None
     if meta.get("version") != CHECKPOINT_VERSION or meta.get("fingerprint") != fingerprint(workload):
         raise CheckpointError(f"{path}: was written for another workload or e2sim version than {workload.name}")
+    if meta.get("epochs") != epochs:
+        raise CheckpointError(f"{path}: belongs to a run of {meta.get('epochs')} epochs, not {epochs} (lr schedule)")
     expected = init_state(graph, 0).arrays
     if set(arrays) != set(expected) or any(arrays[k].shape != v.shape for k, v in expected.items()):
         raise CheckpointError(f"{path}: its tensors do not match the graph of {workload.name}")
