@@ -132,9 +132,11 @@ def _mnist_idx(folder: Path):
 
 # -- CIFAR pickles ------------------------------------------------------------------------------------
 
-_SAFE_GLOBALS = {
+_SAFE_GLOBALS = {  # what pickled dicts of numpy arrays need, and nothing that can run code
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "dict"), ("builtins", "list"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "dict"), ("builtins", "list"), ("_codecs", "encode"),
 }  # fmt: skip
 
 
