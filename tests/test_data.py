@@ -37,7 +37,7 @@ def test_mnist_idx_files(tmp_path, compress):
     assert data.train.images.shape == (10, 1, 28, 28) and data.test.images.shape == (5, 1, 28, 28)
     np.testing.assert_array_equal(data.train.labels, labels["train"])
     mean, std = NORMALIZATION["mnist"][0][0], NORMALIZATION["mnist"][1][0]
-    np.testing.assert_allclose(data.train.images[:, 0], (images["train"] / 255 - mean) / std, rtol=1e-5)
+    np.testing.assert_allclose(data.train.images[:, 0], (images["train"] / 255 - mean) / std, rtol=1e-5, atol=1e-5)
     assert data.train.images.dtype == np.float32 and not data.augment
 
 
@@ -80,7 +80,7 @@ def test_cifar10_batches(tmp_path):
     assert data.augment
     first = batches[0][b"data"][0].reshape(3, 32, 32)
     mean, std = (np.array(v).reshape(3, 1, 1) for v in NORMALIZATION["cifar10"])
-    np.testing.assert_allclose(data.train.images[0], (first / 255 - mean) / std, rtol=1e-5)
+    np.testing.assert_allclose(data.train.images[0], (first / 255 - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(data.train.labels[:4], batches[0][b"labels"])
 
 
