@@ -15,6 +15,7 @@ stochastic rounding and never changes results in ``nearest`` or ``truncate`` mod
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -111,16 +112,38 @@ def _integer(*operands: Quantized) -> bool:
     return all(q.is_integer for q in operands)
 
 
-def _matmul(a: np.ndarray, b: np.ndarray, integer: bool, bounds: tuple[float, float]) -> np.ndarray:
-    return exact_integer_matmul(a, b, *bounds) if integer else a @ b
+_LOCAL = threading.local()
+_WORKSPACE_ARRAYS = 4
 
 
-def _finish(acc: np.ndarray, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int) -> tuple[np.ndarray, int]:
-    """Saturate exact sums to the accumulator and apply the scales, or round a float accumulation."""
+def _workspace(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A scratch array reused across calls of this thread (large fresh arrays cost page faults).
+    Only for intermediates that never leave the call that asked for them."""
+    cache = _LOCAL.__dict__.setdefault("arrays", {})
+    key = (tuple(shape), np.dtype(dtype).str)
+    array = cache.pop(key, None)
+    if array is None:
+        array = np.empty(shape, dtype)
+        while len(cache) >= _WORKSPACE_ARRAYS:
+            cache.pop(next(iter(cache)))
+    cache[key] = array  # most recently used last
+    return array
+
+
+def _matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
+    """a @ b; exact for integer operands (see exact_integer_matmul)."""
+    if integer:
+        return exact_integer_matmul(a, b, *bounds, out=out)
+    return np.matmul(a, b, out=out)
+
+
+def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):
+    """Saturate exact sums to the accumulator and apply the scales, or round a float accumulation.
+    ``bound`` bounds |acc| from the operands (no saturation scan below the accumulator's range)."""
     if fmt is None:
         return acc.astype(np.float32, copy=False), 0
     if integer:
-        acc, saturated = saturate_accumulator(acc, fmt.accumulator)
+        acc, saturated = saturate_accumulator(acc, fmt.accumulator, bound)
         return (acc * scale).astype(np.float32), saturated
     rounded = quantize(acc.astype(np.float32), fmt.accumulator, fmt.rounding, seed=derive_seed(seed, 99))
     return rounded.values, rounded.saturated
@@ -164,10 +187,11 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, counter=None, op="con
     p, q = _window(h, r, stride, ph), _window(width, s, stride, pw)
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
-    cols = conv_kernels.im2col(_values(xq, integer), r, s, stride, ph, pw, p, q)
-    acc = _matmul(_values(wq, integer).reshape(k, -1), cols, integer, (wq.bound(), xq.bound()))
+    cols = conv_kernels.im2col(_values(xq, integer), r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    bounds = (wq.bound(), xq.bound())
+    acc = _matmul(_values(wq, integer).reshape(k, -1), cols, integer, bounds)
     scale = (wq.scale.reshape(-1, 1) * _per_column(xq.scale, p * q)) if integer else 1
-    y, saturated = _finish(acc, integer, fmt, scale, seed)
+    y, saturated = _finish(acc, integer, fmt, scale, seed, c * r * s * bounds[0] * bounds[1])
     y = np.ascontiguousarray(y.reshape(k, n, p, q).transpose(1, 0, 2, 3))
     reads = {"x": x.size, "w": w.size}
     if b is not None:
@@ -194,10 +218,12 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, coun
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
-    dcols = _matmul(_values(wq, integer).reshape(k, -1).T, dy_mat, integer, (wq.bound(), dyq.bound()))
+    bounds = (wq.bound(), dyq.bound())
+    dcols = _matmul(_values(wq, integer).reshape(k, -1).T, dy_mat, integer, bounds, _workspace((c * r * s, n * p * q)))
     acc = conv_kernels.col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q)
     scale = (wq.scale.reshape(1, -1, 1, 1) * dyq.scale.reshape(-1, 1, 1, 1)) if integer else 1
-    dx, saturated = _finish(acc, integer, fmt, scale, seed)
+    overlap = -(-r // stride) * -(-s // stride)  # window positions that land on one input element
+    dx, saturated = _finish(acc, integer, fmt, scale, seed, k * overlap * bounds[0] * bounds[1])
     saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
     _record(counter, op, dyq, wq, n * k * c * p * q * r * s, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations)
     return dx
@@ -216,11 +242,12 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bi
     _shape("dy", dy, (n, k, p, q))
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
-    cols = conv_kernels.im2col(_values(xq, integer), r, s, stride, ph, pw, p, q)
+    cols = conv_kernels.im2col(_values(xq, integer), r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
-    acc = _matmul(dy_mat, np.ascontiguousarray(cols.T), integer, (dyq.bound(), xq.bound()))
+    bounds = (dyq.bound(), xq.bound())
+    acc = _matmul(dy_mat, cols.T, integer, bounds)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1
-    dw, saturated = _finish(acc, integer, fmt, scale, seed)
+    dw, saturated = _finish(acc, integer, fmt, scale, seed, n * p * q * bounds[0] * bounds[1])
     dw, grad_saturated = _round_gradient(dw.reshape(k, c, r, s), fmt, seed)
     saturations = {"x": xq.saturated, "dy": dyq.saturated, "accumulator": saturated, "gradient": grad_saturated}
     writes = {"dw": dw.size}
@@ -244,9 +271,10 @@ def linear(x, w, b=None, fmt=None, *, counter=None, op="linear", seed=0) -> np.n
     _shape("w", w, (f_out, f_in))
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
-    acc = _matmul(_values(xq, integer), _values(wq, integer).T, integer, (xq.bound(), wq.bound()))
+    bounds = (xq.bound(), wq.bound())
+    acc = _matmul(_values(xq, integer), _values(wq, integer).T, integer, bounds)
     scale = (xq.scale.reshape(-1, 1) * wq.scale.reshape(1, -1)) if integer else 1
-    y, saturated = _finish(acc, integer, fmt, scale, seed)
+    y, saturated = _finish(acc, integer, fmt, scale, seed, f_in * bounds[0] * bounds[1])
     reads = {"x": x.size, "w": w.size}
     if b is not None:
         b = _array("b", b, 1)
@@ -266,9 +294,10 @@ def linear_grad_input(dy, w, fmt=None, *, counter=None, op="linear_grad_input", 
     _shape("w", w, (f_out, f_in))
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
-    acc = _matmul(_values(dyq, integer), _values(wq, integer), integer, (dyq.bound(), wq.bound()))
+    bounds = (dyq.bound(), wq.bound())
+    acc = _matmul(_values(dyq, integer), _values(wq, integer), integer, bounds)
     scale = (dyq.scale.reshape(-1, 1) * wq.scale.reshape(1, -1)) if integer else 1
-    dx, saturated = _finish(acc, integer, fmt, scale, seed)
+    dx, saturated = _finish(acc, integer, fmt, scale, seed, f_out * bounds[0] * bounds[1])
     saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
     _record(counter, op, dyq, wq, n * f_in * f_out, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations)
     return dx
@@ -282,11 +311,10 @@ def linear_grad_weight(x, dy, fmt=None, *, bias=False, counter=None, op="linear_
     _shape("dy", dy, (n, f_out))
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
-    acc = _matmul(
-        np.ascontiguousarray(_values(dyq, integer).T), _values(xq, integer), integer, (dyq.bound(), xq.bound())
-    )
+    bounds = (dyq.bound(), xq.bound())
+    acc = _matmul(_values(dyq, integer).T, _values(xq, integer), integer, bounds)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1
-    dw, saturated = _finish(acc, integer, fmt, scale, seed)
+    dw, saturated = _finish(acc, integer, fmt, scale, seed, n * bounds[0] * bounds[1])
     dw, grad_saturated = _round_gradient(dw, fmt, seed)
     saturations = {"x": xq.saturated, "dy": dyq.saturated, "accumulator": saturated, "gradient": grad_saturated}
     writes = {"dw": dw.size}

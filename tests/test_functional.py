@@ -167,6 +167,9 @@ def test_exact_integer_matmul_is_exact_on_wide_reductions():
     b = rng.integers(-127, 128, (5000, 4)).astype(np.float32)
     got = exact_integer_matmul(a, b, 32767, 127)
     np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    small = exact_integer_matmul(a[:, :4], b[:4], 32767, 127)  # 4 * 32767 * 127 < 2**24: one float32 GEMM
+    assert small.dtype == np.float32
+    np.testing.assert_array_equal(small, a[:, :4].astype(np.int64) @ b[:4].astype(np.int64))
     a8 = rng.integers(-127, 128, (3, 200_000)).astype(np.float32)
     b8 = rng.integers(-127, 128, (200_000, 2)).astype(np.float32)
     np.testing.assert_array_equal(exact_integer_matmul(a8, b8, 127, 127), a8.astype(np.int64) @ b8.astype(np.int64))

@@ -45,7 +45,7 @@ def test_uniform01_matches_twin():
 def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s):
     x = rand(2, 3, 9, 8)
     p, q = (9 + 2 * ph - r) // stride + 1, (8 + 2 * pw - s) // stride + 1
-    cols = conv.im2col(x, r, s, stride, ph, pw, p, q)
+    cols = conv.im2col(x, r, s, stride, ph, pw, p, q, np.full((3 * r * s, 2 * p * q), np.nan, np.float32))
     np.testing.assert_array_equal(cols, twins.im2col(x, r, s, stride, ph, pw, p, q))
     # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
     c = rand(*cols.shape)

@@ -11,23 +11,31 @@ from numba import njit
 
 
 @njit(cache=True)
-def im2col(x, r, s, stride, pad_h, pad_w, p, q):
+def im2col(x, r, s, stride, pad_h, pad_w, p, q, cols):
+    """Fill ``cols`` (C·R·S, N·P·Q) from x (N, C, H, W), zeros included (``cols`` may be reused)."""
     n_, c_, h_, w_ = x.shape
-    cols = np.zeros((c_ * r * s, n_ * p * q), x.dtype)
-    for cn in range(c_ * n_):
-        c, n = cn // n_, cn % n_
+    for c in range(c_):
         for i in range(r):
             for j in range(s):
                 row = (c * r + i) * s + j
-                for pp in range(p):
-                    h = pp * stride - pad_h + i
-                    if h < 0 or h >= h_:
-                        continue
-                    base = (n * p + pp) * q
-                    for qq in range(q):
-                        w = qq * stride - pad_w + j
-                        if 0 <= w < w_:
-                            cols[row, base + qq] = x[n, c, h, w]
+                # output columns qq whose input column qq*stride - pad_w + j lies inside the image
+                q0 = min(max(0, -((j - pad_w) // stride)), q)
+                q1 = min(max(q0, (w_ - 1 - j + pad_w) // stride + 1), q)
+                for n in range(n_):
+                    for pp in range(p):
+                        base = (n * p + pp) * q
+                        h = pp * stride - pad_h + i
+                        if h < 0 or h >= h_:
+                            cols[row, base : base + q] = 0.0
+                            continue
+                        cols[row, base : base + q0] = 0.0
+                        cols[row, base + q1 : base + q] = 0.0
+                        start = q0 * stride - pad_w + j
+                        if stride == 1:
+                            cols[row, base + q0 : base + q1] = x[n, c, h, start : start + q1 - q0]
+                        else:
+                            for qq in range(q0, q1):
+                                cols[row, base + qq] = x[n, c, h, qq * stride - pad_w + j]
     return cols
 
 

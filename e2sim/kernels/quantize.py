@@ -47,15 +47,20 @@ def quantize_to_grid(x, inv_scale, inner, qmin, qmax, mode, seed):
     groups = inv_scale.size
     out = np.empty(x.size, np.float32)
     saturated = 0
-    for i in range(x.size):
-        r = _round(np.float64(x[i]) * inv_scale[(i // inner) % groups], mode, seed, i)
-        if r > qmax:
-            r = qmax
-            saturated += 1
-        elif r < qmin:
-            r = qmin
-            saturated += 1
-        out[i] = r
+    i = 0
+    while i < x.size:
+        for g in range(groups):
+            factor = inv_scale[g]
+            for _ in range(inner):
+                r = _round(np.float64(x[i]) * factor, mode, seed, i)
+                if r > qmax:
+                    r = qmax
+                    saturated += 1
+                elif r < qmin:
+                    r = qmin
+                    saturated += 1
+                out[i] = r
+                i += 1
     return out, saturated
 
 

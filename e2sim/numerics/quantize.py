@@ -29,6 +29,7 @@ class Quantized:
     scale: np.ndarray | None
     saturated: int
     bits: int
+    grid_bound: float = 0.0  # integer formats: the largest magnitude the grid allows
 
     @property
     def is_integer(self) -> bool:
@@ -38,7 +39,9 @@ class Quantized:
         return self.values if self.scale is None else (self.values * self.scale).astype(np.float32)
 
     def bound(self) -> float:
-        """Largest magnitude of ``values`` (the integer range for integer formats)."""
+        """A bound on |values|: the grid's range for integer formats, the actual maximum otherwise."""
+        if self.is_integer:
+            return self.grid_bound
         return float(np.max(np.abs(self.values))) if self.values.size else 0.0
 
 
@@ -86,7 +89,8 @@ def quantize(
     values, saturated = quantize_to_grid(
         x.ravel(), 1.0 / scale, max(inner, 1), float(qmin), float(qmax), mode, np.uint64(seed)
     )
-    return Quantized(values.reshape(x.shape), scale.reshape(shape).astype(np.float32), int(saturated), fmt.bits)
+    scale = scale.reshape(shape).astype(np.float32)
+    return Quantized(values.reshape(x.shape), scale, int(saturated), fmt.bits, float(max(-qmin, qmax)))
 
 
 def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tuple[np.ndarray, tuple, int]:
@@ -108,27 +112,34 @@ def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tup
     return scale, shape, inner
 
 
-def saturate_accumulator(acc: np.ndarray, fmt: NumberFormat) -> tuple[np.ndarray, int]:
-    """Clip exact integer sums to an ``intN`` accumulator; returns (values, number clipped)."""
+def saturate_accumulator(acc: np.ndarray, fmt: NumberFormat, bound: float) -> tuple[np.ndarray, int]:
+    """Clip exact integer sums to an ``intN`` accumulator; returns (values, number clipped).
+    ``bound`` is a bound on |acc| known from the operands: below the range nothing is scanned."""
     if not fmt.is_integer:
         return acc, 0
     top = 2.0 ** (fmt.bits - 1)
+    if bound < top:
+        return acc, 0
     clipped = int(np.count_nonzero((acc > top - 1) | (acc < -top)))
     return (np.clip(acc, -top, top - 1) if clipped else acc), clipped
 
 
-def exact_integer_matmul(a: np.ndarray, b: np.ndarray, bound_a: float, bound_b: float) -> np.ndarray:
-    """``a @ b`` for integer-valued float arrays, exactly, as float64.
+FLOAT32_EXACT = 2.0**24  # every integer of magnitude up to this is exact in float32
 
-    BLAS is used in float32 when every partial sum stays below 2**24 (the reduction is cut into
-    chunks that guarantee it) and in float64 (2**53) otherwise; chunk results add up in float64.
+
+def exact_integer_matmul(a: np.ndarray, b: np.ndarray, bound_a: float, bound_b: float, out=None) -> np.ndarray:
+    """``a @ b`` for integer-valued float arrays, exactly.
+
+    When no sum can reach 2**24 a single float32 GEMM is exact and its float32 result is returned
+    (into ``out`` if given). Otherwise the reduction is cut into chunks whose partial sums stay
+    exact in float32 (or float64 for wide operands) and the chunks add up in float64.
     """
     k = a.shape[1]
     per_term = bound_a * bound_b
-    out = np.zeros((a.shape[0], b.shape[1]), np.float64)
-    if per_term == 0 or k == 0:
-        return out
-    chunk = int(2**24 // per_term)
+    if per_term * k < FLOAT32_EXACT:
+        return np.matmul(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False), out=out)
+    total = np.zeros((a.shape[0], b.shape[1]), np.float64)
+    chunk = int(FLOAT32_EXACT // per_term)
     dtype = np.float32
     if chunk < min(k, 64):
         chunk, dtype = int(2**53 // per_term), np.float64
@@ -137,8 +148,8 @@ def exact_integer_matmul(a: np.ndarray, b: np.ndarray, bound_a: float, bound_b: 
     a = a.astype(dtype, copy=False)
     b = b.astype(dtype, copy=False)
     for start in range(0, k, chunk):
-        out += a[:, start : start + chunk] @ b[start : start + chunk]
-    return out
+        total += a[:, start : start + chunk] @ b[start : start + chunk]
+    return total
 
 
 def derive_seed(seed: int, salt: int) -> int:

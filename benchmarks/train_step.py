@@ -1,0 +1,145 @@
+"""Training-step time of e2sim (fp32 and int8) against PyTorch CPU fp32, measured in one run.
+
+The PyTorch model is built from the same layer IR that e2sim lowers, so both train the identical
+network (SGD with momentum, training-mode batch norm). PyTorch is optional: install it with
+``pip install torch==2.13.0`` (the CPU build); without it the script prints e2sim alone.
+
+    python benchmarks/train_step.py [--repeat N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import numpy as np
+
+import e2sim
+from e2sim.functional import precision
+from e2sim.train.engine import GraphExecutor, init_state
+
+CASES = [("lenet5-mnist", 64), ("resnet20-cifar10", 128)]
+INT8 = dict(weights="int8", activations="int8", errors="int8", gradients="int16", accumulator="int32",
+            rounding="stochastic")  # fmt: skip
+
+
+def median_time(step, repeat: int) -> float:
+    step()  # warm-up (compiles numba kernels, allocates)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def e2sim_step(workload, batch: int, fmt):
+    w = dataclasses.replace(workload, training=dataclasses.replace(workload.training, batch_size=batch))
+    graph = e2sim.lower(w)
+    executor = GraphExecutor(graph, fmt, 0.9, 5e-4)
+    state = init_state(graph, 0)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, *graph.model.input_shape)).astype(np.float32)
+    labels = rng.integers(0, graph.model.num_classes, batch)
+    counter = iter(range(10**9))
+    return lambda: executor.step(state, images, labels, 0.01, next(counter), None), graph
+
+
+def torch_step(graph, batch: int):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = graph.model.layers
+            self.mods = nn.ModuleDict()
+            for layer in self.layers:
+                key = layer.name.replace(".", "_")
+                if layer.kind == "conv":
+                    self.mods[key] = nn.Conv2d(layer.in_shapes[0][0], layer.out_channels, layer.kernel, layer.stride,
+                                               layer.padding, bias=layer.bias)  # fmt: skip
+                elif layer.kind == "linear":
+                    self.mods[key] = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+                elif layer.kind == "batchnorm":
+                    self.mods[key] = (
+                        nn.BatchNorm2d(layer.channels)
+                        if len(layer.in_shapes[0]) == 3
+                        else nn.BatchNorm1d(layer.channels)
+                    )
+
+        def forward(self, x):
+            out = {"input": x}
+            for layer in self.layers[:-1]:
+                a = out[layer.inputs[0]]
+                key = layer.name.replace(".", "_")
+                if layer.kind in ("conv", "linear", "batchnorm"):
+                    y = self.mods[key](a.flatten(1) if layer.kind == "linear" else a)
+                elif layer.kind == "relu":
+                    y = torch.relu(a)
+                elif layer.kind == "maxpool":
+                    y = nn.functional.max_pool2d(a, layer.kernel, layer.stride, layer.padding)
+                elif layer.kind == "avgpool":
+                    y = nn.functional.avg_pool2d(a, layer.kernel, layer.stride, layer.padding)
+                elif layer.kind == "global_avgpool":
+                    y = a.mean(dim=(2, 3))
+                elif layer.kind == "flatten":
+                    y = a.flatten(1)
+                elif layer.kind == "add":
+                    y = a + out[layer.inputs[1]]
+                elif layer.kind == "zero_pad_shortcut":
+                    sub = a[:, :, :: layer.stride, :: layer.stride]
+                    y = nn.functional.pad(sub, (0, 0, 0, 0, 0, layer.out_channels - sub.shape[1]))
+                out[layer.name] = y
+            return out[self.layers[-1].inputs[0]]
+
+    torch.manual_seed(0)
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(batch, *graph.model.input_shape)
+    labels = torch.randint(0, graph.model.num_classes, (batch,))
+
+    def step():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(net(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step, torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
+    args = parser.parse_args()
+    try:
+        import torch  # noqa: F401
+
+        have_torch = True
+    except ImportError:
+        have_torch = False
+        print("PyTorch is not installed (pip install torch==2.13.0): timing e2sim alone")
+    print(f"{'model':<18}{'batch':>6}{'e2sim fp32 ms':>15}{'e2sim int8 ms':>15}{'torch fp32 ms':>15}"
+          f"{'fp32 / torch':>14}{'int8 / torch':>14}")  # fmt: skip
+    for name, batch in CASES[:1] if args.quick else CASES:
+        workload = e2sim.load_workload(name)
+        fp32_step, graph = e2sim_step(workload, batch, None)
+        int8_step, _ = e2sim_step(workload, batch, precision(**INT8))
+        fp32 = median_time(fp32_step, args.repeat)
+        int8 = median_time(int8_step, args.repeat)
+        if have_torch:
+            step, threads = torch_step(graph, batch)
+            ref = median_time(step, args.repeat)
+            print(f"{name:<18}{batch:>6}{fp32 * 1e3:>15.1f}{int8 * 1e3:>15.1f}{ref * 1e3:>15.1f}"
+                  f"{fp32 / ref:>14.2f}{int8 / ref:>14.2f}")  # fmt: skip
+        else:
+            print(f"{name:<18}{batch:>6}{fp32 * 1e3:>15.1f}{int8 * 1e3:>15.1f}{'-':>15}{'-':>14}{'-':>14}")
+    if have_torch:
+        print(f"(PyTorch with {threads} threads; goal: int8 / torch <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
