@@ -47,9 +47,10 @@ def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s):
     p, q = (9 + 2 * ph - r) // stride + 1, (8 + 2 * pw - s) // stride + 1
     cols = conv.im2col(x, r, s, stride, ph, pw, p, q, np.full((3 * r * s, 2 * p * q), np.nan, np.float32))
     np.testing.assert_array_equal(cols, twins.im2col(x, r, s, stride, ph, pw, p, q))
-    # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
     c = rand(*cols.shape)
     back = conv.col2im(c, 2, 3, 9, 8, r, s, stride, ph, pw, p, q)
+    np.testing.assert_allclose(back, twins.col2im(c, x.shape, r, s, stride, ph, pw, p, q), rtol=1e-5, atol=1e-5)
+    # and col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
     assert np.isclose(np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), back), rtol=1e-5)
 
 
@@ -66,6 +67,12 @@ def test_batchnorm_kernels_match_twins(shape):
     eval_y = layers.batchnorm_eval(view, gamma, beta, rm, rv, 1e-5).reshape(shape)
     want = gamma[None, :, None, None] * (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
     np.testing.assert_allclose(eval_y, want + beta[None, :, None, None], rtol=1e-4, atol=1e-5)
+    dy = rand(*shape)
+    dx, dgamma, dbeta = layers.batchnorm_backward(dy.reshape(view.shape), view, gamma, mean, inv_std)
+    tdx, tdgamma, tdbeta = twins.batchnorm_backward(dy.astype(np.float64), x.astype(np.float64), gamma, mean, inv_std)
+    np.testing.assert_allclose(dx.reshape(shape), tdx, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(dgamma, tdgamma, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dbeta, tdbeta, rtol=1e-4, atol=1e-5)
 
 
 def test_pool_kernels_match_twins():
@@ -76,6 +83,16 @@ def test_pool_kernels_match_twins():
     np.testing.assert_array_equal(arg, targ)
     np.testing.assert_allclose(
         layers.avgpool(x, 3, 2, 2, 1, 1, 4, 4), twins.avgpool(x, 3, 2, 2, 1, 1), rtol=1e-5, atol=1e-6
+    )
+    dy = rand(2, 3, 4, 4)
+    np.testing.assert_allclose(
+        layers.maxpool_backward(dy, arg, 7, 6, 2, 2, 1, 1), twins.maxpool_backward(dy, arg, x.shape, 2, 2, 1, 1)
+    )
+    np.testing.assert_allclose(
+        layers.avgpool_backward(dy, 7, 6, 3, 2, 2, 1, 1),
+        twins.avgpool_backward(dy, x.shape, 3, 2, 2, 1, 1),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 

@@ -135,9 +135,11 @@ def test_training_is_deterministic_and_resumable(tmp_path):
         train(w, epochs=1, dataset=data, progress=False, checkpoint=garbage, resume=True)
 
 
-def test_counts_cover_every_iteration():
+def test_counts_cover_every_iteration(capsys):
     w = workload({"arch": "lenet5"}, batch=32)
-    result = train(w, epochs=1, dataset=tiny_dataset(), progress=False)
+    result = train(w, epochs=1, dataset=tiny_dataset(), progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/1 [" in err and "8/8" in err and "test " in err  # the progress bar and the epoch line
     assert result.iterations == 8
     assert result.counts.total_macs() == 8 * result.graph.macs()
 

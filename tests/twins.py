@@ -152,3 +152,43 @@ def sgd(w, g, v, lr, momentum, weight_decay):
         v = momentum * v + d
         d = v
     return w - lr * d, v
+
+
+def col2im(cols, x_shape, r, s, stride, ph, pw, p, q):
+    n, c, h, w = x_shape
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
+    for ch in range(c):
+        for a in range(r):
+            for b in range(s):
+                block = cols[(ch * r + a) * s + b].reshape(n, p, q)
+                xp[:, ch, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride] += block
+    return xp[:, :, ph : ph + h, pw : pw + w]
+
+
+def batchnorm_backward(dy, x, gamma, mean, inv_std):
+    axes = (0, 2, 3) if x.ndim == 4 else (0,)
+    shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+    count = x.size / x.shape[1]
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    dgamma, dbeta = (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+    dx = (gamma * inv_std).reshape(shape) * (dy - dbeta.reshape(shape) / count - xhat * dgamma.reshape(shape) / count)
+    return dx, dgamma, dbeta
+
+
+def maxpool_backward(dy, arg, x_shape, s, stride, ph, pw):
+    n, c, h, w = x_shape
+    dx = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    for i, j, k, m in np.ndindex(dy.shape):
+        a, b = divmod(int(arg[i, j, k, m]), s)
+        dx[i, j, k * stride + a, m * stride + b] += dy[i, j, k, m]
+    return dx[:, :, ph : ph + h, pw : pw + w]
+
+
+def avgpool_backward(dy, x_shape, r, s, stride, ph, pw):
+    n, c, h, w = x_shape
+    p, q = dy.shape[2:]
+    dx = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    for a in range(r):
+        for b in range(s):
+            dx[:, :, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride] += dy / (r * s)
+    return dx[:, :, ph : ph + h, pw : pw + w]
