@@ -20,6 +20,7 @@ clock_mhz: 200
 pe_array: {rows: 16, cols: 16, dataflow: ws}
 buffers: {global: {size_kb: 108}}
 dram: {type: lpddr4, bandwidth_gb_per_s: 12.8}
+static_power_mw: 10
 """
 
 
@@ -57,6 +58,7 @@ def test_defaults_are_applied(write_yaml):
     assert w.policy == "baseline"
     hw = e2sim.load_hw(write_yaml(HW))
     assert hw.buffers["global"].bandwidth_bytes_per_cycle == 8.0 and hw.pe_array.mac_bits == (8, 16)
+    assert (hw.vector.lanes, hw.vector.bits, hw.vector.float) == (16, 32, True) and hw.energy_overrides == {}
 
 
 def test_every_problem_is_reported_with_file_and_path(write_yaml):
@@ -68,6 +70,8 @@ clock_mhz: -1
 pe_array: {rows: 0, cols: 16, dataflow: diagonal, colz: 3}
 buffers: {ifmap: {size_kb: 64}, filter: {size_kb: 0}}
 dram: {type: ddr9, bandwidth_gbps: 12.8}
+static_power_mw: 5
+energy_overrides: {int_mult_8b_pj: -1, dram_ddr9_pj_per_bit: 3}
 """
     )
     with pytest.raises(SpecError) as exc:
@@ -83,6 +87,8 @@ dram: {type: ddr9, bandwidth_gbps: 12.8}
         "dram.type: must be one of",
         "dram.bandwidth_gb_per_s: missing required key",
         "dram.bandwidth_gbps: unknown key; did you mean 'bandwidth_gb_per_s'?",
+        "energy_overrides.int_mult_8b_pj: must be a positive number, got -1",
+        "energy_overrides.dram_ddr9_pj_per_bit: unknown key; did you mean 'dram_ddr",
     ]
     for text in expected:
         assert any(line.startswith(f"{path}: {text}") for line in lines), (text, lines)

@@ -9,7 +9,9 @@ from e2sim.config.reader import (
     Invalid,
     ProblemLog,
     Section,
+    boolean,
     non_negative_int,
+    non_negative_number,
     one_of,
     positive_int,
     positive_number,
@@ -24,7 +26,9 @@ from e2sim.hw.accelerator import (
     Buffer,
     Dram,
     PEArray,
+    VectorUnit,
 )
+from e2sim.hw.energy_entries import ENERGY_ENTRIES
 
 DEFAULT_MAC_BITS = (8, 16)
 
@@ -42,9 +46,37 @@ def read_hardware(data: Any, source: str) -> Accelerator:
     pe_array = _read_pe_array(top.section("pe_array"))
     buffers = _read_buffers(top.section("buffers"))
     dram = _read_dram(top.section("dram"))
+    static_power_mw = top.read("static_power_mw", non_negative_number)
+    vector = _read_vector(top.section("vector", default={}), pe_array)
+    overrides = _read_overrides(top.section("energy_overrides", default={}))
     top.finish()
     log.raise_if_any()
-    return Accelerator(name, description, source, technology, clock_mhz, pe_array, buffers, dram)
+    return Accelerator(
+        name, description, source, technology, clock_mhz, pe_array, buffers, dram, vector, static_power_mw, overrides
+    )
+
+
+def _read_vector(s: Section | None, pe_array: PEArray | None) -> VectorUnit | None:
+    """Element-wise datapath; by default as many lanes as the PE array has columns, fp32."""
+    if s is None:
+        return None
+    default_lanes = pe_array.cols if pe_array and pe_array.cols else 1
+    lanes = s.read("lanes", positive_int, default=default_lanes)
+    bits = s.read("bits", _bit_width, default=32)
+    floating = s.read("float", boolean, default=True)
+    s.finish()
+    return VectorUnit(lanes, bits, floating)
+
+
+def _read_overrides(s: Section | None) -> MappingProxyType | None:
+    if s is None:
+        return None
+    values = {
+        key: s.read(key, non_negative_number if key.endswith("exponent") else positive_number, default=None)
+        for key in ENERGY_ENTRIES
+    }
+    s.finish(" (energy-table entries)")
+    return MappingProxyType({k: v for k, v in values.items() if v is not None})
 
 
 def _read_pe_array(s: Section | None) -> PEArray | None:

@@ -49,6 +49,16 @@ class Dram:
 
 
 @dataclass(frozen=True)
+class VectorUnit:
+    """The datapath of element-wise work (batch norm, ReLU, pooling, loss, SGD): ``lanes`` ops per
+    cycle at ``bits`` wide, integer or floating point (``float``)."""
+
+    lanes: int
+    bits: int
+    float: bool
+
+
+@dataclass(frozen=True)
 class Accelerator:
     """A parameterized training accelerator.
 
@@ -64,7 +74,14 @@ class Accelerator:
     pe_array: PEArray
     buffers: Mapping[str, Buffer]
     dram: Dram
+    vector: VectorUnit
+    static_power_mw: float  # leakage and clock tree of the whole accelerator, drawn while it runs
+    energy_overrides: Mapping[str, float]  # energy-table entries replaced by the spec
 
     @property
     def has_global_buffer(self) -> bool:
         return "global" in self.buffers
+
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        return self.dram.bandwidth_gb_per_s * 1e9 / (self.clock_mhz * 1e6)
