@@ -6,10 +6,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from e2sim.config.loading import read_hardware_spec, read_workload_spec
+from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
 from e2sim.config.workload import Workload
+from e2sim.counting import OpCounter
+from e2sim.energy.account import Arithmetic, account
+from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
+from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
+from e2sim.report.estimate import Estimate
 from e2sim.train.loop import TrainResult
 from e2sim.train.loop import train as train_workload
 
@@ -30,9 +36,12 @@ def load_workload(spec: WorkloadLike) -> Workload:
 
 
 def load_hw(spec: HardwareLike) -> Accelerator:
-    """A checked accelerator from a YAML path, an embedded name (``systolic-16x16``) or a mapping."""
+    """A checked accelerator from a YAML path, an embedded name (``systolic-16x16``), a mapping, or
+    a SCALE-Sim ``.cfg`` file."""
     if isinstance(spec, Accelerator):
         return spec
+    if isinstance(spec, str | Path) and str(spec).endswith(".cfg"):
+        return read_scalesim_cfg(spec)
     return read_hardware_spec(spec)
 
 
@@ -53,3 +62,41 @@ def train(
 
     Returns per-epoch accuracy, and the counts of everything executed by graph op."""
     return train_workload(load_workload(workload), epochs, data_dir, progress, checkpoint, resume)
+
+
+def estimate(
+    workload: WorkloadLike,
+    hw: HardwareLike,
+    counts: OpCounter | None = None,
+    forward_only: bool = False,
+    batch_size: int | None = None,
+) -> Estimate:
+    """Energy and cycles of one training iteration of ``workload`` on ``hw`` (no training).
+
+    ``workload`` may also be a SCALE-Sim topology CSV (forward layers, 8-bit). With ``counts``
+    (from ``e2sim.train``) every op is priced as often as it ran, with the MACs it executed;
+    ``forward_only`` prices the forward ops alone (inference)."""
+    accelerator = load_hw(hw)
+    table = load_table(accelerator.technology, accelerator.energy_overrides)
+    if isinstance(workload, str | Path) and str(workload).endswith(".csv"):
+        ops, tensors = ops_from_topology(read_scalesim_topology(workload))
+        arithmetic = Arithmetic(4 * TOPOLOGY_BITS, frozenset())
+        name, batch = Path(workload).stem, 1
+    else:
+        spec = load_workload(workload)
+        graph = lower_workload(spec, batch_size)
+        ops, tensors = list(graph.ops), dict(graph.tensors)
+        if forward_only:
+            ops = [op for op in ops if op.phase == "fwd"]
+        arithmetic = arithmetic_of(spec)
+        name, batch = spec.name, graph.batch_size
+    rows = account(ops, tensors, accelerator, table, arithmetic, counts)
+    return Estimate(name, accelerator, batch, forward_only, tuple(rows), tensors, table, counts is not None)
+
+
+def arithmetic_of(workload: Workload) -> Arithmetic:
+    p = workload.precision
+    operands = {"fwd": (p.activations, p.weights), "bwd_data": (p.errors, p.weights),
+                "bwd_weight": (p.activations, p.errors)}  # fmt: skip
+    floating = frozenset(phase for phase, pair in operands.items() if any(f.kind == "float" for f in pair))
+    return Arithmetic(p.accumulator.bits, floating)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from e2sim import __version__, api
 from e2sim.config.errors import SpecError
+from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import format_summary, summarize
 
 EXIT_BAD_INPUT = 2
@@ -42,12 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("--batch", type=_positive_int, metavar="N", help="batch size (default: the workload's)")
     lower.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     lower.set_defaults(handler=_lower)
+
+    estimate = commands.add_parser(
+        "estimate",
+        help="energy and cycles of one training iteration on an accelerator (no training)",
+        description="Schedule every op of one training iteration of WORKLOAD on the accelerator HW and price it. "
+        "WORKLOAD may be a SCALE-Sim topology CSV and HW a SCALE-Sim .cfg.",
+    )
+    estimate.add_argument(
+        "workload", metavar="WORKLOAD", help="workload YAML, embedded name, or SCALE-Sim topology CSV"
+    )
+    estimate.add_argument("--hw", required=True, metavar="HW", help="hardware YAML, embedded name, or SCALE-Sim .cfg")
+    estimate.add_argument("--batch", type=_positive_int, metavar="N", help="batch size (default: the workload's)")
+    estimate.add_argument("--forward-only", action="store_true", help="price the forward ops only (inference)")
+    estimate.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
+    estimate.set_defaults(handler=_estimate)
     return parser
 
 
 def _lower(args: argparse.Namespace) -> int:
     summary = summarize(api.lower(args.workload, args.batch))
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    report = api.estimate(args.workload, args.hw, forward_only=args.forward_only, batch_size=args.batch).to_dict()
+    print(json.dumps(report, indent=1) if args.json else format_estimate(report))
     return 0
 
 

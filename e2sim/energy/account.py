@@ -1,0 +1,121 @@
+"""Energy accounting: op costs × energy per action -> joules per op, component, layer and phase.
+
+Components: ``mac`` (PE-array multiply-accumulates), ``rf`` (PE register files / scratchpads),
+``sram`` (on-chip buffers), ``dram`` (off-chip traffic), ``vector`` (element-wise ops; each is
+priced as an add plus half a multiply at the vector unit's width, as a mix of adds, multiplies
+and compares), ``static`` (static power × time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from e2sim.counting import OpCounter
+from e2sim.energy.tables import EnergyTable
+from e2sim.graph.ir import Op, Tensor
+from e2sim.hw.accelerator import Accelerator
+from e2sim.schedule.ops import STREAMS, OpCost, pe_operands, schedule_op
+
+COMPONENTS = ("mac", "rf", "sram", "dram", "vector", "static")
+PJ = 1e-12
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """Number formats that price the arithmetic: accumulator width, and which phases multiply in
+    floating point (a phase is float when either of its GEMM operands has a float format)."""
+
+    accumulator_bits: int
+    float_phases: frozenset[str]
+
+
+@dataclass(frozen=True)
+class OpReport:
+    op: Op
+    scale: float  # executed work / nominal work of one iteration (iterations, skipping)
+    macs: Mapping[str, float]  # executed MACs by operand widths
+    cost: OpCost  # one nominal execution
+    energy: Mapping[str, float]  # joules per component, all executions
+
+    @property
+    def compute_cycles(self) -> float:
+        return self.cost.compute_cycles * self.scale
+
+    @property
+    def stall_cycles(self) -> float:
+        return self.cost.stall_cycles * self.scale
+
+    @property
+    def cycles(self) -> float:
+        return self.cost.cycles * self.scale
+
+    @property
+    def energy_j(self) -> float:
+        return sum(self.energy.values())
+
+
+def _scale(op: Op, counter: OpCounter | None) -> tuple[float, dict[str, float] | None]:
+    """How many nominal executions of ``op`` the counts amount to, and the counted MACs by width."""
+    if counter is None:
+        return 1.0, None
+    count = counter.ops.get(op.name)
+    if count is None:
+        return 0.0, {}
+    if op.macs:
+        return count.total_macs / op.macs, dict(count.macs)
+    if op.elementwise_ops:
+        return count.elementwise_ops / op.elementwise_ops, None
+    return float(count.calls), None
+
+
+def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], scale: float, tensors: Mapping[str, Tensor],
+              hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> dict[str, float]:  # fmt: skip
+    floating = op.phase in arithmetic.float_phases
+    mac = sum(n * table.mac_pj(*map(int, key.split("x")), arithmetic.accumulator_bits, floating)
+              for key, n in macs.items())  # fmt: skip
+    sram = 0.0
+    for name, bits in cost.sram_bits.items():
+        buffer = hw.buffers[name]
+        sram += bits / buffer.word_bits * table.sram_pj(buffer.size_kb, buffer.word_bits)
+    dram_bytes = sum(cost.dram_reads.values()) + sum(cost.dram_writes.values())
+    v = hw.vector
+    vector_pj = table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2
+    seconds = cost.cycles / (hw.clock_mhz * 1e6)
+    return {
+        "mac": mac * PJ,
+        "rf": table.rf_pj(cost.rf_bits) * scale * PJ,
+        "sram": sram * scale * PJ,
+        "dram": dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * scale * PJ,
+        "vector": op.elementwise_ops * vector_pj * scale * PJ,
+        "static": hw.static_power_mw * 1e-3 * seconds * scale,
+    }
+
+
+def account(
+    ops: Sequence[Op], tensors: Mapping[str, Tensor], hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic,
+    counter: OpCounter | None = None,
+) -> list[OpReport]:  # fmt: skip
+    """Schedule and price every op; with ``counter`` (what a training run executed) each op is
+    priced as many times as it ran, with its counted MACs (skipped work is not priced)."""
+    reports = []
+    for op in ops:
+        scale, counted = _scale(op, counter)
+        cost = schedule_op(op, tensors, hw, arithmetic.accumulator_bits)
+        if counted is None:
+            if op.macs:
+                o = pe_operands(op, tensors)
+                counted = {f"{o.a.bits}x{o.b.bits}": op.macs * scale}
+            else:
+                counted = {}
+        energy = op_energy(op, cost, counted, scale, tensors, hw, table, arithmetic)
+        reports.append(OpReport(op, scale, counted, cost, energy))
+    return reports
+
+
+def operand_tensors(op: Op, tensors: Mapping[str, Tensor]) -> dict[str, str]:
+    """Which tensor each stream carries (ifmap, filter, ofmap) for PE-array ops."""
+    if op.kind not in ("conv", "gemm"):
+        return {}
+    o = pe_operands(op, tensors)
+    return dict(zip(STREAMS, (o.a.name, o.b.name, o.out.name), strict=True))

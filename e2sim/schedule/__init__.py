@@ -1,0 +1,1 @@
+"""Scheduling ops on an accelerator: cycles, stalls and accesses per memory level."""
