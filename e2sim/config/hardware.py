@@ -50,10 +50,26 @@ def read_hardware(data: Any, source: str) -> Accelerator:
     vector = _read_vector(top.section("vector", default={}), pe_array)
     overrides = _read_overrides(top.section("energy_overrides", default={}))
     top.finish()
+    if not log.problems:  # the tile check needs every field valid
+        _check_smallest_tiles(Section(top.data["buffers"], "buffers", log), pe_array, buffers)
     log.raise_if_any()
     return Accelerator(
         name, description, source, technology, clock_mhz, pe_array, buffers, dram, vector, static_power_mw, overrides
     )
+
+
+def _check_smallest_tiles(s: Section, pe: PEArray, buffers) -> None:
+    """Each buffer must hold two of the smallest tiles the array works on (double buffering):
+    a column of narrowest inputs (ifmap), one array's worth of narrowest weights (filter), a row
+    of 32-bit partial sums (ofmap); a global buffer holds all three."""
+    narrowest = min(pe.mac_bits) / 8
+    need = {"ifmap": 2 * pe.rows * narrowest, "filter": 2 * pe.rows * pe.cols * narrowest, "ofmap": 2 * pe.cols * 4}
+    if "global" in buffers:
+        need = {"global": sum(need.values())}
+    for name, nbytes in need.items():
+        if buffers[name].size_bytes < nbytes:
+            s.log.add(s.key_path(f"{name}.size_kb"), f"too small for the smallest double-buffered tile of a "
+                      f"{pe.rows}x{pe.cols} array ({nbytes:g} bytes), got {buffers[name].size_kb:g} KB")  # fmt: skip
 
 
 def _read_vector(s: Section | None, pe_array: PEArray | None) -> VectorUnit | None:
