@@ -60,37 +60,28 @@ UseRamulatorTrace : False
 """
 
 
+CONV_HEADER = "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"
+
+
 def run(rows, cols, df, layers, gemm=False, sram=256):
     """SCALE-Sim's report tables for ``layers`` (conv rows, or GEMM (M, N, K) rows)."""
     with tempfile.TemporaryDirectory() as d:
-        cfg = os.path.join(d, "a.cfg")
-        topo = os.path.join(d, "t.csv")
-        layout = os.path.join(d, "layout.csv")
-        open(layout, "w").write("Layer name,\n")
-        open(cfg, "w").write(CFG.format(rows=rows, cols=cols, df=df, sram=sram))
-        with open(topo, "w") as f:
-            if gemm:
-                f.write("Layer, M, N, K,\n")
-                for i, (m, n, k) in enumerate(layers):
-                    f.write(f"g{i}, {m}, {n}, {k},\n")
-            else:
-                f.write(
-                    "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
-                )
-                for i, l in enumerate(layers):
-                    f.write(f"l{i}, " + ", ".join(str(v) for v in l) + ",\n")
+        cfg, topo, layout = (os.path.join(d, name) for name in ("a.cfg", "t.csv", "layout.csv"))
+        lines = ["Layer, M, N, K,"] if gemm else [CONV_HEADER]
+        lines += [f"l{i}, " + ", ".join(str(v) for v in layer) + "," for i, layer in enumerate(layers)]
+        for path, text in ((layout, "Layer name,\n"), (cfg, CFG.format(rows=rows, cols=cols, df=df, sram=sram)),
+                           (topo, "\n".join(lines) + "\n")):  # fmt: skip
+            with open(path, "w") as f:
+                f.write(text)
         with contextlib.redirect_stdout(io.StringIO()):
-            s = scalesim(
-                save_disk_space=True, verbose=False, config=cfg, topology=topo, layout=layout, input_type_gemm=gemm
-            )
-            s.run_scale(top_path=d)
-        out = os.path.join(d, "oracle")
-        rep = {}
+            sim = scalesim(save_disk_space=True, verbose=False, config=cfg, topology=topo, layout=layout,
+                           input_type_gemm=gemm)  # fmt: skip
+            sim.run_scale(top_path=d)
+        report = {}
         for name in ("COMPUTE_REPORT", "DETAILED_ACCESS_REPORT", "BANDWIDTH_REPORT"):
-            with open(os.path.join(out, name + ".csv")) as f:
-                rows_ = [[c.strip() for c in r if c.strip() != ""] for r in csv.reader(f)]
-            rep[name] = rows_
-        return rep
+            with open(os.path.join(d, "oracle", name + ".csv")) as f:
+                report[name] = [[c.strip() for c in row if c.strip() != ""] for row in csv.reader(f)]
+        return report
 
 
 ARRAYS = [(8, 8), (16, 16), (32, 32), (12, 14), (8, 32), (32, 8)]
