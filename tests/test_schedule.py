@@ -181,10 +181,28 @@ def test_twice_the_output_channels_costs_twice_the_mac_energy():
     assert layer_energy(two, "conv1", "mac") == pytest.approx(2 * layer_energy(one, "conv1", "mac"))
 
 
+def array_with_mac_bits(bits):
+    hw = e2sim.load_hw("systolic-16x16")
+    return dataclasses.replace(hw, pe_array=dataclasses.replace(hw.pe_array, mac_bits=tuple(bits)))
+
+
 def test_narrower_macs_cost_less():
-    macs = [layer_energy(e2sim.estimate(conv_workload(32, p), "systolic-16x16").to_dict(), "conv1", "mac")
+    hw = array_with_mac_bits([4, 8, 16])
+    macs = [layer_energy(e2sim.estimate(conv_workload(32, p), hw).to_dict(), "conv1", "mac")
             for p in ("int4", "int8", "int16")]  # fmt: skip
     assert macs[0] < macs[1] < macs[2]
+
+
+def test_mac_units_bound_the_operand_widths():
+    """int4 on an 8-bit-only array costs what int8 costs; int16 on it takes four passes."""
+    only8 = array_with_mac_bits([8])
+    reports = {p: e2sim.estimate(conv_workload(32, p), only8).to_dict() for p in ("int4", "int8", "int16")}
+    assert layer_energy(reports["int4"], "conv1", "mac") == pytest.approx(layer_energy(reports["int8"], "conv1", "mac"))
+    cycles = {p: next(o["compute_cycles"] for o in r["ops"] if o["name"] == "conv1.fwd") for p, r in reports.items()}
+    assert cycles["int16"] == 4 * cycles["int8"] == 4 * cycles["int4"]
+    assert layer_energy(reports["int16"], "conv1", "mac") == pytest.approx(
+        4 * layer_energy(reports["int8"], "conv1", "mac") * 0 + 4 * layer_energy(reports["int8"], "conv1", "mac")
+    )
 
 
 def test_row_stationary_on_eyeriss():

@@ -72,8 +72,10 @@ def _scale(op: Op, counter: OpCounter | None) -> tuple[float, dict[str, float] |
 def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], scale: float, tensors: Mapping[str, Tensor],
               hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> dict[str, float]:  # fmt: skip
     floating = op.phase in arithmetic.float_phases
-    mac = sum(n * table.mac_pj(*map(int, key.split("x")), arithmetic.accumulator_bits, floating)
-              for key, n in macs.items())  # fmt: skip
+    mac = 0.0
+    for key, n in macs.items():  # each MAC runs on the unit its operands fit, in as many passes as needed
+        (a_width, a_passes), (b_width, b_passes) = (hw.pe_array.executed_width(int(b)) for b in key.split("x"))
+        mac += n * a_passes * b_passes * table.mac_pj(a_width, b_width, arithmetic.accumulator_bits, floating)
     sram = 0.0
     for name, bits in cost.sram_bits.items():
         buffer = hw.buffers[name]

@@ -25,6 +25,19 @@ class PEArray:
     def pes(self) -> int:
         return self.rows * self.cols
 
+    def executed_width(self, bits: int) -> tuple[int, int]:
+        """(width of the MAC unit an operand of ``bits`` runs on, passes it needs): the narrowest
+        supported width that holds it, or the widest one in ⌈bits / widest⌉ passes."""
+        for width in self.mac_bits:
+            if bits <= width:
+                return width, 1
+        widest = self.mac_bits[-1]
+        return widest, -(-bits // widest)
+
+    def mac_passes(self, a_bits: int, b_bits: int) -> int:
+        """Array passes of one a×b-bit MAC (operands wider than the widest unit are split)."""
+        return self.executed_width(a_bits)[1] * self.executed_width(b_bits)[1]
+
 
 @dataclass(frozen=True)
 class Buffer:

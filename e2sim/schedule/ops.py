@@ -2,8 +2,8 @@
 
 PE-array ops (conv and GEMM, forward and backward) are priced through the GEMM each one is
 equivalent to (``op.gemm``) on a systolic array, or through the conv geometry on a row-stationary
-array. Element-wise ops run on the vector unit (``lanes`` ops per cycle). Every op reads its
-inputs from DRAM and writes its outputs back (layer-by-layer execution, no residency between ops);
+array; operands wider than the array's widest MAC unit take several passes (``mac_passes``).
+Element-wise ops run on the vector unit (``lanes`` ops per cycle). Every op reads its inputs from DRAM and writes its outputs back (layer-by-layer execution, no residency between ops);
 aliases move nothing. SRAM bandwidth beyond ``bandwidth_bytes_per_cycle`` and DRAM bandwidth
 beyond the compute time both show up as stall cycles.
 """
@@ -113,11 +113,12 @@ def _systolic(op: Op, tensors, hw: Accelerator, accumulator_bits: int) -> OpCost
                                 o.a.bytes, o.b.bytes, o.out.bytes, psum_bytes)  # fmt: skip
     # partial sums read back on chip when the reduction spans several folds (ws and is)
     reduction_folds = cost.row_folds if pe.dataflow in ("ws", "is") else 1
+    compute = cost.compute_cycles * pe.mac_passes(o.a.bits, o.b.bits)
     reads = {"ifmap": cost.ifmap_reads, "filter": cost.filter_reads, "ofmap": (reduction_folds - 1) * g.m * g.n}
     writes = {"ofmap": cost.ofmap_writes}
     bits = {"ifmap": o.a.bits, "filter": o.b.bits, "ofmap": accumulator_bits}
     rf_bits = op.macs * (o.a.bits + o.b.bits + accumulator_bits)  # pipeline registers: each operand and psum once
-    return _finish(hw, cost.compute_cycles, reads, writes, bits,
+    return _finish(hw, compute, reads, writes, bits,
                    {"ifmap": traffic.ifmap_reads, "filter": traffic.filter_reads,
                     "ofmap_reads": traffic.ofmap_reads, "ofmap_writes": traffic.ofmap_writes},
                    traffic.tiles, rf_bits)  # fmt: skip
@@ -137,7 +138,7 @@ def _row_stationary(op: Op, tensors, hw: Accelerator, accumulator_bits: int) -> 
     cost = row_stationary_cost(pe.rows, pe.cols, pe.rf_bytes, n, k, c, h, w, p, q, r, s,
                                o.b.bits, o.a.bits, accumulator_bits)  # fmt: skip
     scale = op.macs / max(n * k * c * p * q * r * s, 1)  # a strided transposed conv skips the zeros
-    compute = math.ceil(cost.compute_cycles * scale)
+    compute = math.ceil(cost.compute_cycles * scale) * pe.mac_passes(o.a.bits, o.b.bits)
     reads = {"ifmap": cost.input_reads * scale, "filter": cost.filter_reads * scale, "ofmap": cost.psum_reads * scale}
     writes = {"ofmap": cost.psum_writes * scale}
     bits = {"ifmap": o.a.bits, "filter": o.b.bits, "ofmap": accumulator_bits}
