@@ -3,9 +3,10 @@
 PE-array ops (conv and GEMM, forward and backward) are priced through the GEMM each one is
 equivalent to (``op.gemm``) on a systolic array, or through the conv geometry on a row-stationary
 array; operands wider than the array's widest MAC unit take several passes (``mac_passes``).
-Element-wise ops run on the vector unit (``lanes`` ops per cycle). Every op reads its inputs from DRAM and writes its outputs back (layer-by-layer execution, no residency between ops);
-aliases move nothing. SRAM bandwidth beyond ``bandwidth_bytes_per_cycle`` and DRAM bandwidth
-beyond the compute time both show up as stall cycles.
+Element-wise ops run on the vector unit (``lanes`` ops per cycle). Every op reads its inputs from
+DRAM and writes its outputs back (layer-by-layer execution, no residency between ops); aliases
+move nothing. SRAM bandwidth beyond ``bandwidth_bytes_per_cycle`` and DRAM bandwidth beyond the
+compute time both show up as stall cycles.
 """
 
 from __future__ import annotations
