@@ -55,7 +55,7 @@ def test_defaults_are_applied(write_yaml):
     w = e2sim.load_workload(write_yaml(LENET))
     assert (w.training.momentum, w.training.weight_decay, w.training.schedule, w.training.seed) == (0, 0, "constant", 0)
     assert w.precision.weights.name == "fp32" and w.precision.rounding == "nearest"
-    assert w.policy == "baseline"
+    assert w.policy.name == "baseline" and w.policy.techniques == ()
     hw = e2sim.load_hw(write_yaml(HW))
     assert hw.buffers["global"].bandwidth_bytes_per_cycle == 8.0 and hw.pe_array.mac_bits == (8, 16)
     assert (hw.vector.lanes, hw.vector.bits, hw.vector.float) == (16, 32, True) and hw.energy_overrides == {}
@@ -134,7 +134,12 @@ def test_exponent_floats_without_a_dot_are_numbers(write_yaml):
         (LENET.replace("lr: 0.05", "lr: 0.05, schedule: step, lr_milestones_epochs: [5, 12]"),
          "training.lr_milestones_epochs", "below epochs (10)"),
         (LENET.replace("lr: 0.05", "lr: 0.05, lr_gamma: 0.5"), "training.lr_gamma", "unknown key"),
-        (LENET + "policy: smd\n", "policy", "must be one of baseline"),
+        (LENET + "policy: magic\n", "policy", "must be one of baseline, smd, slu, psg, e2train"),
+        (LENET + "policy: {smd: {drop_probability: 1.0}}\n", "policy.smd.drop_probability", "must be a number in [0, 1)"),
+        (LENET + "policy: {smdd: {}}\n", "policy.smdd", "unknown key; did you mean 'smd'?"),
+        (LENET + "policy: {}\n", "policy", "name at least one technique"),
+        (LENET + "policy: {psg: {predictor_bits: 9}}\n", "policy.psg.predictor_bits", "must be one of 2, 3"),
+        (LENET + "policy: {smd: {stretch: 0.5}}\n", "policy.smd.stretch", "must be a number >= 1"),
         (LENET + "precision: {weights: fp16, accumulator: int32}\n", "precision.accumulator",
          "floating-point operands need a floating accumulator"),
         (LENET + "precision: {weights: int8, activations: int8, errors: int8}\n", "precision.accumulator",
@@ -154,6 +159,14 @@ def test_bad_workloads(write_yaml, text, path, message):
         e2sim.load_workload(file)
     where = f"{file}: {path}: " if path else f"{file}: "
     assert any(line.startswith(where) and message in line for line in problems(exc)), problems(exc)
+
+
+def test_policies(write_yaml):
+    e2train = e2sim.load_workload(write_yaml(LENET + "policy: e2train\n")).policy
+    assert e2train.techniques == ("smd", "slu", "psg") and e2train.smd.drop_probability == 0.5
+    custom = e2sim.load_workload(write_yaml(LENET + "policy:\n  smd:\n  psg: {threshold: 1.0e-4, adaptive: true}\n"))
+    assert custom.policy.name == "smd+psg" and custom.policy.smd.stretch == pytest.approx(4 / 3)
+    assert custom.policy.psg.threshold == 1e-4 and custom.policy.psg.adaptive
 
 
 def test_formats_parse_to_widths(write_yaml):

@@ -44,7 +44,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
 RESNET_DEPTHS = "6n+2 with n >= 1 (8, 20, 32, 44, 56, 74, 110, ...)"
 VGG_DEPTHS = (11, 13, 16, 19)
 SHORTCUTS = ("zero_pad", "projection")
-POLICIES = ("baseline",)
+POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train")
 SCHEDULES = ("constant", "step", "cosine")
 ROUNDINGS = ("nearest", "stochastic", "truncate")
 # Dynamic-scale granularities per role: one scale per tensor, per output channel (weights, weight
@@ -124,6 +124,66 @@ class PrecisionSpec:
 
 
 @dataclass(frozen=True)
+class SmdSpec:
+    """Stochastic mini-batch dropping (E2-Train): skip each iteration with ``drop_probability``.
+    ``optimizer_on_skip``: ``step`` (the authors' code: momentum and weight decay still move the
+    weights) or ``freeze``; ``stretch`` multiplies the number of epochs (the paper uses 4/3)."""
+
+    drop_probability: float = 0.5
+    stretch: float = 4 / 3
+    optimizer_on_skip: str = "step"
+
+
+@dataclass(frozen=True)
+class SluSpec:
+    """Selective layer update (E2-Train, SkipNet gates): a gate before every residual block
+    decides per sample whether the block runs; ``cost_weight`` (β) steers the executed fraction
+    toward ``target_fraction``; ``gate_channels`` is the width of the shared LSTM."""
+
+    target_fraction: float = 0.5
+    cost_weight: float = 1e-5
+    gate_channels: int = 10
+
+
+@dataclass(frozen=True)
+class PsgSpec:
+    """Predictive sign gradient (E2-Train): a predictor of the weight gradient from the
+    ``predictor_bits`` most significant bits of inputs and weights and a ``error_bits`` error; where
+    |prediction| >= threshold its sign is used, elsewhere the accurate gradient's sign. With
+    ``adaptive`` the threshold is ``threshold`` × max|prediction| of the layer."""
+
+    threshold: float = 5e-5
+    adaptive: bool = False
+    predictor_bits: int = 4
+    error_bits: int = 16
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a training run skips; ``name`` is the preset (or the techniques joined by '+')."""
+
+    name: str = "baseline"
+    smd: SmdSpec | None = None
+    slu: SluSpec | None = None
+    psg: PsgSpec | None = None
+
+    @property
+    def techniques(self) -> tuple[str, ...]:
+        return tuple(t for t in ("smd", "slu", "psg") if getattr(self, t) is not None)
+
+
+PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
+    {
+        "baseline": PolicySpec(),
+        "smd": PolicySpec("smd", smd=SmdSpec()),
+        "slu": PolicySpec("slu", slu=SluSpec()),
+        "psg": PolicySpec("psg", psg=PsgSpec()),
+        "e2train": PolicySpec("e2train", smd=SmdSpec(), slu=SluSpec(), psg=PsgSpec()),
+    }
+)
+
+
+@dataclass(frozen=True)
 class Workload:
     name: str
     description: str
@@ -132,7 +192,7 @@ class Workload:
     model: ModelSpec
     training: TrainingSpec
     precision: PrecisionSpec
-    policy: str
+    policy: PolicySpec
 
 
 def read_workload(data: Any, source: str) -> Workload:
@@ -147,7 +207,7 @@ def read_workload(data: Any, source: str) -> Workload:
     model = _read_model(top.section("model"))
     training = _read_training(top.section("training"))
     precision = read_precision(top.section("precision", default={}))
-    policy = top.read("policy", one_of(*POLICIES), default="baseline")
+    policy = read_policy(top, "policy")
     top.finish()
     log.raise_if_any()
     return Workload(name, description, source, dataset, model, training, precision, policy)
@@ -356,3 +416,63 @@ def _check_accumulator(s: Section, formats: dict[str, NumberFormat], accumulator
             s.log.add(path, f"must hold one product ({product_bits} bits), got {accumulator.name}")
     elif accumulator.is_integer:
         s.log.add(path, "floating-point operands need a floating accumulator (e.g. fp32)")
+
+
+def read_policy(s: Section, key: str) -> PolicySpec | None:
+    """``key`` holds a preset name or a block per technique: ``{smd: {drop_probability: 0.5}, psg: {}}``."""
+    if not s.has(key):
+        s.read(key, string, default=None)
+        return PRESETS["baseline"]
+    if isinstance(s.data[key], str):
+        name = s.read(key, one_of(*POLICY_PRESETS))
+        return PRESETS.get(name) if name else None
+    block = s.section(key)
+    if block is None:
+        return None
+    # a bare ``smd:`` (null) asks for the technique with its defaults
+    block = Section({k: ({} if v is None and k in ("smd", "slu", "psg") else v) for k, v in block.data.items()},
+                    block.path, block.log)  # fmt: skip
+    techniques = {}
+    smd = block.section("smd", default=None)
+    if smd is not None:
+        techniques["smd"] = SmdSpec(
+            smd.read("drop_probability", _fraction_below_one, default=0.5),
+            smd.read("stretch", _at_least_one, default=4 / 3),
+            smd.read("optimizer_on_skip", one_of("step", "freeze"), default="step"),
+        )
+        smd.finish(" for smd")
+    slu = block.section("slu", default=None)
+    if slu is not None:
+        techniques["slu"] = SluSpec(
+            slu.read("target_fraction", _fraction_positive, default=0.5),
+            slu.read("cost_weight", non_negative_number, default=1e-5),
+            slu.read("gate_channels", positive_int, default=10),
+        )
+        slu.finish(" for slu")
+    psg = block.section("psg", default=None)
+    if psg is not None:
+        techniques["psg"] = PsgSpec(
+            psg.read("threshold", positive_number, default=5e-5),
+            psg.read("adaptive", boolean, default=False),
+            psg.read("predictor_bits", one_of(2, 3, 4, 5, 6, 7, 8), default=4),
+            psg.read("error_bits", one_of(8, 12, 16), default=16),
+        )
+        psg.finish(" for psg")
+    block.finish(" (techniques: smd, slu, psg)")
+    if not techniques and not block.log.problems:
+        block.log.add(block.path, "name at least one technique (smd, slu, psg) or use a preset")
+    return PolicySpec("+".join(techniques) or "baseline", **techniques)
+
+
+def _at_least_one(value: Any) -> float:
+    number = positive_number(value)
+    if number < 1:
+        raise Invalid("must be a number >= 1")
+    return number
+
+
+def _fraction_positive(value: Any) -> float:
+    number = positive_number(value)
+    if number > 1:
+        raise Invalid("must be a number in (0, 1]")
+    return number
