@@ -13,8 +13,10 @@ from e2sim.energy.account import Arithmetic, account
 from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
+from e2sim.graph.ir import Op
 from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
+from e2sim.policies.smd import LOAD_OP
 from e2sim.report.estimate import Estimate
 from e2sim.train.loop import TrainResult
 from e2sim.train.loop import train as train_workload
@@ -88,6 +90,9 @@ def estimate(
         ops, tensors = list(graph.ops), dict(graph.tensors)
         if forward_only:
             ops = [op for op in ops if op.phase == "fwd"]
+        if counts is not None and LOAD_OP in counts.ops:  # batches loaded by iterations a policy dropped
+            ops.insert(0, Op(LOAD_OP, "input", "input", "fwd", "load", ("input.x", "input.labels"), (), 0, 0,
+                             tensors["input.x"].numel))  # fmt: skip
         arithmetic = arithmetic_of(spec)
         name, batch = spec.name, graph.batch_size
     rows = account(ops, tensors, accelerator, table, arithmetic, counts)

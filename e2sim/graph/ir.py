@@ -12,7 +12,8 @@ from e2sim.graph.layers import Shape
 from e2sim.graph.models import Model
 
 PHASES = ("fwd", "bwd_data", "bwd_weight", "update")
-OP_KINDS = ("conv", "gemm", "vector", "move")  # PE-array conv, PE-array GEMM, element-wise, data movement only
+# PE-array conv, PE-array GEMM, element-wise, data movement only, and a batch loaded from DRAM
+OP_KINDS = ("conv", "gemm", "vector", "move", "load")
 # Tensor roles; a role decides the number format (see lower.ROLE_FORMATS).
 ROLES = (
     "input", "label", "activation", "index", "weight", "bias", "stats", "error", "weight_grad", "momentum", "loss",

@@ -62,6 +62,8 @@ def pe_operands(op: Op, tensors: Mapping[str, Tensor]) -> Operands:
 
 
 def schedule_op(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator, accumulator_bits: int) -> OpCost:
+    if op.kind == "load":
+        return _load(op, tensors, hw)
     if op.kind in ("conv", "gemm") and op.gemm is not None:
         if hw.pe_array.dataflow == "rs":
             return _row_stationary(op, tensors, hw, accumulator_bits)
@@ -170,3 +172,13 @@ def _streaming(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator) -> OpCost
     tiles = streaming_tiles(hw, in_bytes)
     traffic = {"ifmap": in_bytes, "filter": 0.0, "ofmap_reads": 0.0, "ofmap_writes": out_bytes}
     return _finish(hw, compute, reads, writes, bits, traffic, tiles, 0.0)
+
+
+def _load(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator) -> OpCost:
+    """A batch fetched from DRAM into the ifmap buffer and not used (a dropped iteration)."""
+    read = [tensors[t] for t in op.reads]
+    nbytes = sum(t.bytes for t in read)
+    elements = sum(t.numel for t in read)
+    bits = {"ifmap": nbytes * 8 / max(elements, 1), "filter": 0, "ofmap": 0}
+    traffic = {"ifmap": nbytes, "filter": 0.0}
+    return _finish(hw, 0, {}, {"ifmap": elements}, bits, traffic, streaming_tiles(hw, nbytes), 0.0)

@@ -97,6 +97,19 @@ class GraphExecutor:
         probs = tensors["loss.probs"]
         return float(tensors["loss.y"]), int(np.sum(np.argmax(probs, axis=1) == labels))
 
+    def optimizer_step(self, state: TrainState, lr: float, seed: int, counter: OpCounter | None) -> None:
+        """The update ops alone, with zero gradients (a dropped iteration whose optimizer still steps)."""
+        tensors = dict(state.arrays)
+        step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {})
+        for index, (op, layer, handler) in enumerate(self.handlers):
+            if op.phase != "update":
+                continue
+            for short, shape in layer.params():
+                tensors[f"{layer.name}.{short}.grad"] = np.zeros(shape, np.float32)
+            handler(step, op, layer, derive_seed(seed, index))
+        for name in state.arrays:
+            state.arrays[name] = tensors.get(f"{name}.next", state.arrays[name])
+
     def predict(self, state: TrainState, images: np.ndarray) -> np.ndarray:
         """Logits of the forward ops in inference mode (BN with running statistics, fp32 or the
         workload's formats, nothing counted)."""

@@ -17,6 +17,7 @@ from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.smd import LOAD_OP, SmdStats, drops, stretched_epochs
 from e2sim.train.data import Dataset, augment_batch, load_dataset
 from e2sim.train.engine import GraphExecutor, TrainState, init_state
 
@@ -35,7 +36,7 @@ class EpochStats:
     train_loss: float  # mean over the epoch's iterations
     train_accuracy: float  # on the training batches as they were trained
     test_accuracy: float
-    iterations: int
+    iterations: int  # executed (not dropped) iterations
     seconds: float
 
 
@@ -47,6 +48,7 @@ class TrainResult:
     iterations: int
     counts: OpCounter  # everything executed, summed over all iterations, by graph op
     state: TrainState
+    policy_stats: dict  # per technique, e.g. {"smd": {"drop_rate": 0.5, ...}}
 
     @property
     def final_test_accuracy(self) -> float:
@@ -117,8 +119,10 @@ def train(
     batch of an epoch is dropped), so every iteration is the lowered graph exactly.
     """
     training = workload.training
-    epochs = training.epochs if epochs is None else epochs
+    smd = workload.policy.smd
+    epochs = stretched_epochs(training.epochs if epochs is None else epochs, smd)
     last_epoch = epochs if stop_after is None else min(stop_after, epochs)
+    smd_stats = SmdStats()
     dataset = dataset or load_dataset(workload.dataset, data_dir)
     graph = lower(workload)
     batch = graph.batch_size
@@ -130,7 +134,8 @@ def train(
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if resume and checkpoint.exists():
-            state, history, counts = load_checkpoint(checkpoint, workload, graph, epochs)
+            state, history, counts, saved_stats = load_checkpoint(checkpoint, workload, graph, epochs)
+            smd_stats = SmdStats(**saved_stats.get("smd", {}))
             first_epoch = len(history) + 1
         elif checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
@@ -139,6 +144,7 @@ def train(
         start, losses, correct = time.perf_counter(), [], 0
         order = np.random.default_rng([training.seed, epoch]).permutation(len(dataset.train.labels))
         augment_rng = np.random.default_rng([training.seed, epoch, 1])
+        executed = 0
         for i in range(per_epoch):
             index = order[i * batch : (i + 1) * batch]
             images = dataset.train.images[index]
@@ -147,6 +153,16 @@ def train(
             iteration = (epoch - 1) * per_epoch + i
             lr = learning_rate(training, iteration, per_epoch, epochs)
             seed = derive_seed(training.seed, iteration)
+            if smd is not None:
+                smd_stats.iterations += 1
+                if drops(smd, training.seed, iteration):
+                    smd_stats.dropped += 1
+                    counts.record(LOAD_OP, reads={"x": images.size, "labels": len(index)})
+                    if smd.optimizer_on_skip == "step":
+                        executor.optimizer_step(state, lr, seed, counts)
+                    bar.update(epoch, i + 1, losses[-1] if losses else math.nan)
+                    continue
+            executed += 1
             loss, hits = executor.step(state, images, dataset.train.labels[index], lr, seed, counts)
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -155,17 +171,20 @@ def train(
             losses.append(loss)
             correct += hits
             bar.update(epoch, i + 1, loss)
-        stats = EpochStats(epoch, lr, float(np.mean(losses)), correct / (per_epoch * batch),
-                           evaluate(executor, state, dataset), per_epoch, time.perf_counter() - start)  # fmt: skip
+        mean_loss = float(np.mean(losses)) if losses else math.nan
+        accuracy = correct / max(executed * batch, 1)
+        stats = EpochStats(epoch, lr, mean_loss, accuracy, evaluate(executor, state, dataset), executed,
+                           time.perf_counter() - start)  # fmt: skip
         history.append(stats)
         bar.end_epoch(stats)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, workload, epochs, state, history, counts)
-    return TrainResult(workload.name, graph, tuple(history), len(history) * per_epoch, counts, state)
+            save_checkpoint(checkpoint, workload, epochs, state, history, counts, {"smd": asdict(smd_stats)})
+    stats = {"smd": smd_stats.as_dict()} if smd is not None else {}
+    return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats)
 
 
 def save_checkpoint(
-    path: Path, workload: Workload, epochs: int, state: TrainState, history: list, counts: OpCounter
+    path: Path, workload: Workload, epochs: int, state: TrainState, history: list, counts: OpCounter, stats: dict
 ) -> None:
     """The full training state after an epoch, written atomically (a temporary file, then a rename)."""
     meta = {
@@ -175,6 +194,7 @@ def save_checkpoint(
         "epochs": epochs,
         "history": [asdict(h) for h in history],
         "counts": {name: c.as_dict() for name, c in counts.ops.items()},
+        "policy_state": stats,
     }
     temporary = path.with_name(path.name + ".partial")
     with open(temporary, "wb") as f:
@@ -200,4 +220,4 @@ def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph, epochs
     for name, c in meta["counts"].items():
         counts.ops[name] = OpCount(**c)
     history = [EpochStats(**h) for h in meta["history"]]
-    return TrainState(arrays), history, counts
+    return TrainState(arrays), history, counts, meta.get("policy_state", {})
