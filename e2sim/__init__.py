@@ -1,11 +1,20 @@
 """e2sim: the energy and cycles of training CNNs on FPGA and ASIC accelerators."""
 
-from e2sim.api import estimate, load_hw, load_workload, lower, train
+__version__ = "0.1.0"  # before the imports: api reads it
+
+from e2sim.api import estimate, load_hw, load_workload, lower, run, train
 from e2sim.config.errors import Problem, SpecError
 from e2sim.graph import TrainingGraph
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "Problem", "SpecError", "TrainingGraph", "__version__", "estimate", "load_hw", "load_workload", "lower", "train",
-]  # fmt: skip
+    "Problem",
+    "SpecError",
+    "TrainingGraph",
+    "__version__",
+    "estimate",
+    "load_hw",
+    "load_workload",
+    "lower",
+    "run",
+    "train",
+]

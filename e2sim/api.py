@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from e2sim import __version__
+from e2sim.config.errors import SpecError
 from e2sim.config.loading import read_hardware_spec, read_workload_spec
+from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
-from e2sim.config.workload import Workload
+from e2sim.config.workload import POLICY_PRESETS, PRESETS, PolicySpec, Workload, read_policy
+from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
 from e2sim.energy.account import Arithmetic, account
 from e2sim.energy.tables import load_table
@@ -16,9 +24,11 @@ from e2sim.graph import lower as lower_workload
 from e2sim.graph.ir import Op
 from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
+from e2sim.policies.checks import check_policy
 from e2sim.policies.smd import LOAD_OP
 from e2sim.report.estimate import Estimate
-from e2sim.train.loop import TrainResult
+from e2sim.report.run import compare, run_report
+from e2sim.train.loop import TrainResult, fingerprint
 from e2sim.train.loop import train as train_workload
 
 WorkloadLike = str | Path | Mapping | Workload
@@ -33,7 +43,7 @@ def load_workload(spec: WorkloadLike) -> Workload:
     if isinstance(spec, Workload):
         return spec
     workload = read_workload_spec(spec)
-    build_model(workload)  # a model that does not fit its input is a spec error too
+    check_policy(workload, build_model(workload))  # shapes that do not fit, or a policy the model cannot take
     return workload
 
 
@@ -105,3 +115,76 @@ def arithmetic_of(workload: Workload) -> Arithmetic:
                 "bwd_weight": (p.activations, p.errors)}  # fmt: skip
     floating = frozenset(phase for phase, pair in operands.items() if any(f.kind == "float" for f in pair))
     return Arithmetic(p.accumulator.bits, floating)
+
+
+DEFAULT_WORKLOAD = "lenet5-mnist"
+DEFAULT_HARDWARE = "zedboard"
+
+
+def load_policy(policy: str | Path | PolicySpec) -> PolicySpec:
+    """A preset name (baseline, smd, slu, psg, e2train), or a YAML file holding a policy block."""
+    if isinstance(policy, PolicySpec):
+        return policy
+    text = str(policy)
+    if text in POLICY_PRESETS:
+        return PRESETS[text]
+    if not Path(text).exists():
+        raise SpecError.single(text, "", f"not a policy preset ({', '.join(POLICY_PRESETS)}) nor a file")
+    log = ProblemLog(text)
+    spec = read_policy(Section({"policy": read_yaml_file(text)}, "", log), "policy")
+    log.raise_if_any()
+    return spec
+
+
+def run(
+    workload: WorkloadLike = DEFAULT_WORKLOAD,
+    hw: HardwareLike = DEFAULT_HARDWARE,
+    policy: str | Path | PolicySpec | None = None,
+    epochs: int | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool | None = None,
+    compare_baseline: bool = False,
+) -> dict:
+    """Train ``workload`` under ``policy`` (default: the workload's) and price what ran on ``hw``.
+
+    Returns the run report (see ``e2sim.report.run``); with ``compare_baseline`` the baseline policy
+    is run too (or read from the cache of earlier runs) and the report gains ``comparison``."""
+    spec = load_workload(workload)
+    if policy is not None:
+        spec = dataclasses.replace(spec, policy=load_policy(policy))
+    check_policy(spec, build_model(spec))
+    accelerator = load_hw(hw)
+    report = _run_once(spec, accelerator, epochs, data_dir, progress)
+    if compare_baseline:
+        baseline = _cached_baseline(spec, accelerator, epochs, data_dir, progress)
+        report["comparison"] = compare(report, baseline)
+        report["baseline"] = {k: baseline[k] for k in ("accuracy", "epochs", "energy", "hardware_time", "macs")}
+    return report
+
+
+def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress) -> dict:
+    result = train_workload(spec, epochs, data_dir, progress)
+    priced = estimate(spec, accelerator, counts=result.counts)
+    return run_report(result, priced, spec.policy, spec.training.seed)
+
+
+def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress) -> dict:
+    """The baseline run of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
+    baseline = dataclasses.replace(spec, policy=PRESETS["baseline"])
+    key = hashlib.sha256(repr((fingerprint(baseline), accelerator, epochs, str(data_dir), __version__)).encode())
+    path = cache_dir() / "runs" / f"{baseline.name}-{key.hexdigest()[:20]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    report = _run_once(baseline, accelerator, epochs, data_dir, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".partial")
+    temporary.write_text(json.dumps(report))
+    os.replace(temporary, path)
+    return report
+
+
+def cache_dir() -> Path:
+    """E2SIM_CACHE_DIR, else $XDG_CACHE_HOME/e2sim, else ~/.cache/e2sim."""
+    if os.environ.get("E2SIM_CACHE_DIR"):
+        return Path(os.environ["E2SIM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "e2sim"

@@ -14,7 +14,7 @@ def setup_commands() -> list[str]:
 
 def test_readme_has_exactly_two_setup_commands():
     run, test = setup_commands()
-    assert run.startswith("pip install . && e2sim ")
+    assert run == "pip install . && e2sim run"
     assert test.startswith('pip install ".[test]" && ') and "pytest" in test
 
 

@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from e2sim import __version__, api
 from e2sim.config.errors import SpecError
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import format_summary, summarize
+from e2sim.report.run import format_run, prepare_output_dir, write_outputs
+from e2sim.train.data import DataError
+from e2sim.train.loop import CheckpointError
 
 EXIT_BAD_INPUT = 2
 
@@ -58,6 +62,35 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--forward-only", action="store_true", help="price the forward ops only (inference)")
     estimate.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     estimate.set_defaults(handler=_estimate)
+
+    run = commands.add_parser(
+        "run",
+        help="train a workload under a policy and price what ran on an accelerator",
+        description="Train WORKLOAD (default: LeNet-5 on the embedded mnist5k) with real reduced-precision "
+        "arithmetic under a skip policy, and report accuracy and the energy and cycles of the simulated "
+        "accelerator (default: zedboard).",
+    )
+    run.add_argument(
+        "workload",
+        nargs="?",
+        default=api.DEFAULT_WORKLOAD,
+        metavar="WORKLOAD",
+        help=f"workload YAML or embedded name (default: {api.DEFAULT_WORKLOAD})",
+    )
+    run.add_argument(
+        "--hw",
+        default=api.DEFAULT_HARDWARE,
+        metavar="HW",
+        help=f"hardware YAML, embedded name or SCALE-Sim .cfg (default: {api.DEFAULT_HARDWARE})",
+    )
+    run.add_argument("--policy", metavar="P", help="policy preset (baseline, smd, slu, psg, e2train) or YAML file")
+    run.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs (default: the workload's)")
+    run.add_argument("--data", metavar="DIR", help="dataset directory (overrides dataset.path)")
+    run.add_argument("--out", metavar="DIR", help="also write run.json, CSV tables and PNG plots to DIR")
+    run.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
+    run.add_argument("--compare", choices=["baseline"], help="also run (or reuse) the baseline and report savings")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
     return parser
 
 
@@ -73,6 +106,24 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.out:
+        prepare_output_dir(Path(args.out))  # refuse a directory of someone else's files before training
+    report = api.run(
+        args.workload,
+        args.hw,
+        args.policy,
+        args.epochs,
+        args.data,
+        progress=False if args.no_progress else None,
+        compare_baseline=args.compare == "baseline",
+    )
+    if args.out:
+        write_outputs(Path(args.out), report, report.get("baseline"))
+    print(json.dumps(report, indent=1) if args.json else format_run(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -80,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         for problem in exc.problems:
             print(f"e2sim: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (DataError, CheckpointError, FileExistsError) as exc:
+        print(f"e2sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

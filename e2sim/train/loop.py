@@ -157,7 +157,7 @@ def train(
                 smd_stats.iterations += 1
                 if drops(smd, training.seed, iteration):
                     smd_stats.dropped += 1
-                    counts.record(LOAD_OP, reads={"x": images.size, "labels": len(index)})
+                    counts.record(LOAD_OP, reads={"x": images.size, "labels": len(index)}, skipped_macs=graph.macs())
                     if smd.optimizer_on_skip == "step":
                         executor.optimizer_step(state, lr, seed, counts)
                     bar.update(epoch, i + 1, losses[-1] if losses else math.nan)

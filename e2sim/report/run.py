@@ -1,0 +1,196 @@
+"""The report of ``e2sim run``: accuracy and energy of a training run under a policy, as JSON,
+CSV tables and PNG plots. The JSON holds no host timings, so the same seed gives the same bytes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from e2sim.config.workload import PolicySpec
+from e2sim.report.estimate import Estimate
+from e2sim.train.loop import TrainResult
+
+OUTPUT_FILES = (
+    "run.json",
+    "epochs.csv",
+    "phases.csv",
+    "layers.csv",
+    "ops.csv",
+    "accuracy.png",
+    "energy.png",
+    "energy_vs_accuracy.png",
+)
+
+
+def policy_dict(policy: PolicySpec) -> dict[str, Any]:
+    return {"name": policy.name, **{t: vars(getattr(policy, t)) for t in policy.techniques}}
+
+
+def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed: int) -> dict[str, Any]:
+    priced = estimate.to_dict()
+    skipped = sum(c.skipped_macs for c in result.counts.ops.values())
+    accuracies = [e.test_accuracy for e in result.epochs]
+    return {
+        "workload": result.workload,
+        "hardware": priced["hardware"],
+        "policy": policy_dict(policy),
+        "seed": seed,
+        "batch_size": result.graph.batch_size,
+        "accuracy": {"final": accuracies[-1], "best": max(accuracies), "per_epoch": accuracies},
+        "epochs": [
+            {
+                "epoch": e.epoch,
+                "lr": e.lr,
+                "train_loss": None if math.isnan(e.train_loss) else e.train_loss,
+                "train_accuracy": e.train_accuracy,
+                "test_accuracy": e.test_accuracy,
+                "iterations": e.iterations,
+            }
+            for e in result.epochs
+        ],
+        "iterations": result.iterations,
+        "energy": {
+            "total_j": priced["totals"]["energy_j"],
+            "breakdown_j": priced["energy_breakdown_j"],
+            "phases": priced["phases"],
+            "layers": priced["layers"],
+        },
+        "hardware_time": {k: priced["totals"][k] for k in ("cycles", "time_s", "compute_cycles", "stall_cycles")},
+        "macs": {
+            "counted": priced["totals"]["macs"],
+            "skipped": skipped,
+            "nominal_per_iteration": result.graph.macs(),
+        },
+        "policy_stats": result.policy_stats,
+        "ops": priced["ops"],
+        "energy_table": priced["energy_table"],
+    }
+
+
+def compare(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Savings of ``report`` against ``baseline`` (a run of the same workload on the same hardware)."""
+    return {
+        "baseline_energy_j": baseline["energy"]["total_j"],
+        "baseline_final_accuracy": baseline["accuracy"]["final"],
+        "energy_saving": 1 - report["energy"]["total_j"] / baseline["energy"]["total_j"],
+        "time_saving": 1 - report["hardware_time"]["time_s"] / baseline["hardware_time"]["time_s"],
+        "accuracy_change_points": 100 * (report["accuracy"]["final"] - baseline["accuracy"]["final"]),
+    }
+
+
+def format_run(report: dict[str, Any]) -> str:
+    hw, acc, energy = report["hardware"], report["accuracy"], report["energy"]
+    lines = [
+        f"{report['workload']} with policy {report['policy']['name']} on {hw['name']} ({hw['pe_array']}, "
+        f"{hw['clock_mhz']:g} MHz): {len(report['epochs'])} epochs, {report['iterations']:,} iterations",
+        f"test accuracy {acc['final']:.2%} (best {acc['best']:.2%})",
+        f"training energy {energy['total_j']:.4g} J, simulated time {report['hardware_time']['time_s']:.4g} s, "
+        f"{report['macs']['counted']:,.0f} MACs executed, {report['macs']['skipped']:,.0f} skipped",
+        "energy by component: " + ", ".join(f"{k} {v:.3g} J" for k, v in energy["breakdown_j"].items()),
+        "energy by phase: " + ", ".join(f"{k} {v['energy_j']:.3g} J" for k, v in energy["phases"].items()),
+    ]
+    for technique, stats in report["policy_stats"].items():
+        lines.append(
+            f"{technique}: "
+            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+        )
+    if "comparison" in report:
+        c = report["comparison"]
+        lines.append(
+            f"against the baseline ({c['baseline_energy_j']:.4g} J, {c['baseline_final_accuracy']:.2%}): "
+            f"energy saving {c['energy_saving']:.1%}, accuracy {c['accuracy_change_points']:+.2f} points"
+        )
+    return "\n".join(lines)
+
+
+def prepare_output_dir(out: Path) -> None:
+    """Create ``out``, or reuse it when everything in it was written by an earlier run."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out}: exists and is not a directory")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign:
+            raise FileExistsError(
+                f"{out}: holds files e2sim did not write ({', '.join(foreign[:3])}); choose a new or empty directory"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> list[Path]:
+    prepare_output_dir(out)
+    (out / "run.json").write_text(json.dumps(report, indent=1) + "\n")
+    _write_csv(out / "epochs.csv", report["epochs"])
+    _write_csv(out / "phases.csv", [{"phase": p, **v} for p, v in report["energy"]["phases"].items()])
+    _write_csv(out / "layers.csv", report["energy"]["layers"])
+    _write_csv(
+        out / "ops.csv",
+        [
+            {
+                "name": o["name"],
+                "layer": o["layer"],
+                "phase": o["phase"],
+                "kind": o["kind"],
+                "macs": o["macs"],
+                "executions": o["executions"],
+                "cycles": o["cycles"],
+                "stall_cycles": o["stall_cycles"],
+                "energy_j": o["energy_j"],
+                **{f"{k}_j": v for k, v in o["energy_breakdown_j"].items()},
+            }
+            for o in report["ops"]
+        ],
+    )
+    _plot(out, report, baseline)
+    return [out / name for name in OUTPUT_FILES]
+
+
+def _plot(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label = f"{report['policy']['name']}"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r, name in ((report, label), (baseline, "baseline")):
+        if r is not None:
+            ax.plot(
+                [e["epoch"] for e in r["epochs"]], [100 * a for a in r["accuracy"]["per_epoch"]], marker="o", label=name
+            )
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{report['workload']}: accuracy per epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    components = report["energy"]["breakdown_j"]
+    left.bar(list(components), list(components.values()), color="tab:blue")
+    left.set(ylabel="energy (J)", title="energy by component")
+    phases = report["energy"]["phases"]
+    right.bar(list(phases), [v["energy_j"] for v in phases.values()], color="tab:orange")
+    right.set(ylabel="energy (J)", title="energy by phase")
+    fig.suptitle(f"{report['workload']} ({label}) on {report['hardware']['name']}")
+    fig.tight_layout()
+    fig.savefig(out / "energy.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r, name, color in ((report, label, "tab:green"), (baseline, "baseline", "tab:gray")):
+        if r is not None:
+            ax.scatter(r["energy"]["total_j"], 100 * r["accuracy"]["final"], s=80, color=color, label=name)
+    ax.set(xlabel="training energy (J)", ylabel="final test accuracy (%)", title="energy vs accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "energy_vs_accuracy.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,135 @@
+"""`e2sim run`: training and pricing together, SMD, reports, determinism."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import e2sim
+from e2sim.cli.main import main
+from e2sim.config.workload import PRESETS, SmdSpec
+from e2sim.policies.smd import LOAD_OP, drops
+from e2sim.train.loop import train
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("E2SIM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def lenet(batch=64, policy=PRESETS["baseline"]):
+    base = e2sim.load_workload("lenet5-mnist")
+    training = dataclasses.replace(base.training, batch_size=batch)
+    return dataclasses.replace(base, training=training, policy=policy)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3, 0.8])
+def test_smd_drop_rate_matches_p(p):
+    spec = SmdSpec(drop_probability=p)
+    rate = np.mean([drops(spec, 123, i) for i in range(20_000)])
+    assert abs(rate - p) < 0.012
+    assert [drops(spec, 123, i) for i in range(50)] == [drops(spec, 123, i) for i in range(50)]
+    assert [drops(spec, 123, i) for i in range(50)] != [drops(spec, 124, i) for i in range(50)]
+
+
+@pytest.mark.parametrize("on_skip", ["step", "freeze"])
+def test_smd_skips_exactly_the_dropped_iterations(on_skip):
+    smd = dataclasses.replace(PRESETS["smd"], smd=SmdSpec(0.5, 1.0, on_skip))
+    w = lenet(batch=128, policy=smd)
+    result = train(w, epochs=1, progress=False)
+    graph = result.graph
+    stats = result.policy_stats["smd"]
+    per_epoch = 4000 // 128
+    assert stats["iterations"] == per_epoch and stats["dropped_iterations"] + result.iterations == per_epoch
+    dropped = stats["dropped_iterations"]
+    assert 0 < dropped < per_epoch
+    counts = result.counts
+    assert counts.total_macs() == result.iterations * graph.macs()  # only executed iterations multiply
+    assert counts.ops[LOAD_OP].calls == dropped  # every dropped batch is still loaded
+    assert counts.ops[LOAD_OP].skipped_macs == dropped * graph.macs()
+    update_ops = [op for op in graph.ops if op.phase == "update"]
+    for op in update_ops:
+        runs = per_epoch if on_skip == "step" else result.iterations
+        assert counts.ops[op.name].elementwise_ops == runs * op.elementwise_ops, op.name
+    priced = e2sim.estimate(w, "zedboard", counts=counts).to_dict()
+    load = next(o for o in priced["ops"] if o["name"] == LOAD_OP)
+    assert load["executions"] == dropped and load["dram_reads_bytes"]["ifmap"] > 0 and load["macs"] == 0
+
+
+def test_run_report_and_determinism():
+    a = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False)
+    b = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False)
+    assert json.dumps(a) == json.dumps(b)  # same seed, byte-identical report
+    assert set(a) >= {"accuracy", "epochs", "energy", "hardware_time", "macs", "policy_stats", "ops", "policy"}
+    assert a["policy"]["name"] == "smd" and a["policy"]["smd"]["drop_probability"] == 0.5
+    assert a["macs"]["skipped"] > 0 and a["macs"]["counted"] > 0
+    assert a["energy"]["total_j"] == pytest.approx(sum(a["energy"]["breakdown_j"].values()))
+    assert len(a["epochs"]) == 1  # 1 epoch stretched by 4/3 rounds to 1
+
+
+def test_run_compares_with_a_cached_baseline(tmp_path):
+    first = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True)
+    cached = list((tmp_path / "cache" / "runs").glob("*.json"))
+    assert len(cached) == 1
+    c = first["comparison"]
+    assert c["baseline_energy_j"] == pytest.approx(first["baseline"]["energy"]["total_j"])
+    assert c["energy_saving"] == pytest.approx(1 - first["energy"]["total_j"] / c["baseline_energy_j"])
+    assert 0.1 < c["energy_saving"] < 0.6
+    again = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True)
+    assert again["comparison"] == c and len(list((tmp_path / "cache" / "runs").glob("*.json"))) == 1
+
+
+def test_cli_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "run",
+            "--epochs",
+            "1",
+            "--policy",
+            "smd",
+            "--hw",
+            "systolic-16x16",
+            "--out",
+            str(out),
+            "--json",
+            "--no-progress",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["policy"]["name"] == "smd"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "run.json",
+            "epochs.csv",
+            "phases.csv",
+            "layers.csv",
+            "ops.csv",
+            "accuracy.png",
+            "energy.png",
+            "energy_vs_accuracy.png",
+        ]
+    )
+    assert json.loads((out / "run.json").read_text()) == report
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["run", "--epochs", "1", "--out", str(foreign), "--no-progress"]) == 2
+    assert "holds files e2sim did not write (notes.txt)" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert main(["run", "--policy", "nonsense", "--no-progress"]) == 2
+    assert "not a policy preset" in capsys.readouterr().err
+    assert main(["run", "--policy", "slu", "--no-progress"]) == 2
+    assert "policy.slu: selective layer update gates residual blocks" in capsys.readouterr().err
+
+
+def test_policy_files(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("smd: {drop_probability: 0.25, optimizer_on_skip: freeze}\npsg:\n")
+    spec = e2sim.api.load_policy(path)
+    assert spec.name == "smd+psg" and spec.smd.drop_probability == 0.25 and spec.psg.predictor_bits == 4
+    path.write_text("smd: {drop_probability: 2}\n")
+    with pytest.raises(e2sim.SpecError, match=r"policy\.smd\.drop_probability: must be a number in \[0, 1\)"):
+        e2sim.api.load_policy(path)
