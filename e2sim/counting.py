@@ -18,6 +18,9 @@ def _add(into: dict[str, int], more: Mapping[str, int] | None) -> None:
 
 @dataclass
 class OpCount:
+    """``runs``: times the graph op ran (set by the training engine); ``calls``: kernel calls."""
+
+    runs: int = 0
     calls: int = 0
     macs: dict[str, int] = field(default_factory=dict)
     skipped_macs: int = 0
@@ -32,6 +35,7 @@ class OpCount:
 
     def as_dict(self) -> dict:
         return {
+            "runs": self.runs,
             "calls": self.calls,
             "macs": dict(sorted(self.macs.items())),
             "skipped_macs": self.skipped_macs,
@@ -67,12 +71,17 @@ class OpCounter:
         _add(count.writes, writes)
         _add(count.saturated, {k: v for k, v in (saturated or {}).items() if v})
 
+    def ran(self, op: str) -> None:
+        """The graph op ``op`` ran once more (its kernels record their work separately)."""
+        self.ops.setdefault(op, OpCount()).runs += 1
+
     def total_macs(self) -> int:
         return sum(c.total_macs for c in self.ops.values())
 
     def merge(self, other: OpCounter) -> None:
         for name, count in other.ops.items():
             mine = self.ops.setdefault(name, OpCount())
+            mine.runs += count.runs
             mine.calls += count.calls
             _add(mine.macs, count.macs)
             mine.skipped_macs += count.skipped_macs

@@ -163,7 +163,10 @@ def test_bad_workloads(write_yaml, text, path, message):
 
 
 def test_policies(write_yaml):
-    e2train = e2sim.load_workload(write_yaml(LENET + "policy: e2train\n")).policy
+    with pytest.raises(SpecError, match=r"policy\.slu: selective layer update gates residual blocks, and LeNet-5"):
+        e2sim.load_workload(write_yaml(LENET + "policy: e2train\n"))
+    resnet = LENET.replace("{arch: lenet5}", "{arch: resnet, depth: 8}")
+    e2train = e2sim.load_workload(write_yaml(resnet + "policy: e2train\n")).policy
     assert e2train.techniques == ("smd", "slu", "psg") and e2train.smd.drop_probability == 0.5
     custom = e2sim.load_workload(write_yaml(LENET + "policy:\n  smd:\n  psg: {threshold: 1.0e-4, adaptive: true}\n"))
     assert custom.policy.name == "smd+psg" and custom.policy.smd.stretch == pytest.approx(4 / 3)

@@ -33,44 +33,56 @@ class Arithmetic:
 @dataclass(frozen=True)
 class OpReport:
     op: Op
-    scale: float  # executed work / nominal work of one iteration (iterations, skipping)
+    runs: float  # times the op ran (1 for one nominal iteration)
+    compute_scale: float  # executed work / one nominal execution (runs × executed fraction)
+    data_scale: float  # runs × executed fraction, capped at 1 per run (extra work moves no extra data)
     macs: Mapping[str, float]  # executed MACs by operand widths
     cost: OpCost  # one nominal execution
     energy: Mapping[str, float]  # joules per component, all executions
 
     @property
     def compute_cycles(self) -> float:
-        return self.cost.compute_cycles * self.scale
+        return self.cost.compute_cycles * self.compute_scale
 
     @property
     def stall_cycles(self) -> float:
-        return self.cost.stall_cycles * self.scale
+        return self.cost.stall_cycles * self.data_scale
 
     @property
     def cycles(self) -> float:
-        return self.cost.cycles * self.scale
+        return self.compute_cycles + self.stall_cycles
 
     @property
     def energy_j(self) -> float:
         return sum(self.energy.values())
 
 
-def _scale(op: Op, counter: OpCounter | None) -> tuple[float, dict[str, float] | None]:
-    """How many nominal executions of ``op`` the counts amount to, and the counted MACs by width."""
+def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dict[str, float] | None]:
+    """(runs, compute scale, data scale, counted MACs by width) of ``op`` in ``counter``.
+
+    The executed fraction of a run is its counted work (MACs, else element-wise ops) over the
+    nominal work: below 1 when a policy skipped part of it (samples, channels), above 1 when it
+    added work (a PSG predictor). Data movement follows the fraction only downwards."""
     if counter is None:
-        return 1.0, None
+        return 1.0, 1.0, 1.0, None
     count = counter.ops.get(op.name)
     if count is None:
-        return 0.0, {}
+        return 0.0, 0.0, 0.0, {}
+    runs = float(count.runs or count.calls)
+    if not runs:
+        return 0.0, 0.0, 0.0, {}
     if op.macs:
-        return count.total_macs / op.macs, dict(count.macs)
-    if op.elementwise_ops:
-        return count.elementwise_ops / op.elementwise_ops, None
-    return float(count.calls), None
+        fraction, macs = count.total_macs / (runs * op.macs), dict(count.macs)
+    elif op.elementwise_ops:
+        fraction, macs = count.elementwise_ops / (runs * op.elementwise_ops), None
+    else:
+        fraction, macs = 1.0, None
+    return runs, runs * fraction, runs * min(fraction, 1.0), macs
 
 
-def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], scale: float, tensors: Mapping[str, Tensor],
+def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float,
               hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> dict[str, float]:  # fmt: skip
+    """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport)."""
     floating = op.phase in arithmetic.float_phases
     mac = 0.0
     for key, n in macs.items():  # each MAC runs on the unit its operands fit, in as many passes as needed
@@ -83,14 +95,14 @@ def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], scale: float, ten
     dram_bytes = sum(cost.dram_reads.values()) + sum(cost.dram_writes.values())
     v = hw.vector
     vector_pj = table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2
-    seconds = cost.cycles / (hw.clock_mhz * 1e6)
+    seconds = (cost.compute_cycles * compute + cost.stall_cycles * data) / (hw.clock_mhz * 1e6)
     return {
         "mac": mac * PJ,
-        "rf": table.rf_pj(cost.rf_bits) * scale * PJ,
-        "sram": sram * scale * PJ,
-        "dram": dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * scale * PJ,
-        "vector": op.elementwise_ops * vector_pj * scale * PJ,
-        "static": hw.static_power_mw * 1e-3 * seconds * scale,
+        "rf": table.rf_pj(cost.rf_bits) * compute * PJ,
+        "sram": sram * data * PJ,
+        "dram": dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * data * PJ,
+        "vector": op.elementwise_ops * vector_pj * compute * PJ,
+        "static": hw.static_power_mw * 1e-3 * seconds,
     }
 
 
@@ -102,16 +114,16 @@ def account(
     priced as many times as it ran, with its counted MACs (skipped work is not priced)."""
     reports = []
     for op in ops:
-        scale, counted = _scale(op, counter)
+        runs, compute, data, counted = _scales(op, counter)
         cost = schedule_op(op, tensors, hw, arithmetic.accumulator_bits)
         if counted is None:
             if op.macs:
                 o = pe_operands(op, tensors)
-                counted = {f"{o.a.bits}x{o.b.bits}": op.macs * scale}
+                counted = {f"{o.a.bits}x{o.b.bits}": op.macs * compute}
             else:
                 counted = {}
-        energy = op_energy(op, cost, counted, scale, tensors, hw, table, arithmetic)
-        reports.append(OpReport(op, scale, counted, cost, energy))
+        energy = op_energy(op, cost, counted, compute, data, hw, table, arithmetic)
+        reports.append(OpReport(op, runs, compute, data, counted, cost, energy))
     return reports
 
 

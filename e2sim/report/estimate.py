@@ -56,14 +56,14 @@ class Estimate:
             ops.append(
                 {
                     "name": r.op.name, "layer": r.op.layer, "layer_kind": r.op.layer_kind, "phase": r.op.phase,
-                    "kind": r.op.kind, "macs": macs, "macs_by_bits": dict(r.macs), "executions": r.scale,
+                    "kind": r.op.kind, "macs": macs, "macs_by_bits": dict(r.macs), "executions": r.runs,
                     "compute_cycles": r.compute_cycles, "stall_cycles": r.stall_cycles, "cycles": r.cycles,
                     "energy_j": r.energy_j, "energy_breakdown_j": dict(r.energy),
                     "operands": operand_tensors(r.op, self.tensors),
-                    "sram_reads": {k: v * r.scale for k, v in r.cost.sram_reads.items()},
-                    "sram_writes": {k: v * r.scale for k, v in r.cost.sram_writes.items()},
-                    "dram_reads_bytes": {k: v * r.scale for k, v in r.cost.dram_reads.items()},
-                    "dram_writes_bytes": {k: v * r.scale for k, v in r.cost.dram_writes.items()},
+                    "sram_reads": {k: v * r.data_scale for k, v in r.cost.sram_reads.items()},
+                    "sram_writes": {k: v * r.data_scale for k, v in r.cost.sram_writes.items()},
+                    "dram_reads_bytes": {k: v * r.data_scale for k, v in r.cost.dram_reads.items()},
+                    "dram_writes_bytes": {k: v * r.data_scale for k, v in r.cost.dram_writes.items()},
                 }
             )  # fmt: skip
         hw = self.hardware

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 import e2sim.functional as F
-from e2sim.config.workload import PrecisionSpec
+from e2sim.config.workload import PolicySpec, PrecisionSpec, PsgSpec
 from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.psg import PsgStats, psg_weight_gradient
 
 BN_RUNNING_MOMENTUM = 0.1  # running = (1 - m)·running + m·batch statistic (PyTorch's default)
 
@@ -65,16 +66,21 @@ class _Step:
     momentum: float
     weight_decay: float
     stash: dict[str, tuple]
+    psg: PsgSpec | None = None
+    psg_stats: PsgStats | None = None
 
 
 class GraphExecutor:
     """Runs the ops of ``graph`` on a state; the batch may be smaller than the graph's (last batch)."""
 
-    def __init__(self, graph: TrainingGraph, fmt: PrecisionSpec | None, momentum: float, weight_decay: float):
+    def __init__(self, graph: TrainingGraph, fmt: PrecisionSpec | None, momentum: float, weight_decay: float,
+                 policy: PolicySpec | None = None):  # fmt: skip
         self.graph = graph
         self.fmt = fmt
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.psg = policy.psg if policy is not None else None
+        self.psg_stats = PsgStats()
         self.layers = {layer.name: layer for layer in graph.model.layers}
         self.logits = next(op.reads[0] for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
         self.handlers: list[tuple[Op, Layer, Callable]] = []
@@ -89,9 +95,12 @@ class GraphExecutor:
         Returns (loss, number of correct predictions in the batch)."""
         tensors = dict(state.arrays)
         tensors["input.x"], tensors["input.labels"] = images, labels
-        step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {})
+        step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {},
+                     self.psg, self.psg_stats)  # fmt: skip
         for index, (op, layer, handler) in enumerate(self.handlers):
             handler(step, op, layer, derive_seed(seed, index))
+            if counter is not None:
+                counter.ran(op.name)
         for name in state.arrays:
             state.arrays[name] = tensors[f"{name}.next"]
         probs = tensors["loss.probs"]
@@ -107,6 +116,8 @@ class GraphExecutor:
             for short, shape in layer.params():
                 tensors[f"{layer.name}.{short}.grad"] = np.zeros(shape, np.float32)
             handler(step, op, layer, derive_seed(seed, index))
+            if counter is not None:
+                counter.ran(op.name)
         for name in state.arrays:
             state.arrays[name] = tensors.get(f"{name}.next", state.arrays[name])
 
@@ -144,6 +155,12 @@ def _conv_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
 def _conv_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     w_shape = s.graph.tensors[op.writes[0]].shape
+    if s.psg is not None:
+        out = psg_weight_gradient(t[op.reads[0]], t[op.reads[1]], w_shape, layer.stride, layer.padding, s.fmt, s.psg,
+                                  s.psg_stats, layer.bias, s.counter, op.name, seed, layer.name)  # fmt: skip
+        for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
+            t[name] = value
+        return
     out = F.conv2d_grad_weight(t[op.reads[0]], t[op.reads[1]], w_shape, layer.stride, layer.padding, s.fmt,
                                bias=layer.bias, counter=s.counter, op=op.name, seed=seed)  # fmt: skip
     for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):

@@ -129,7 +129,7 @@ def train(
     per_epoch = len(dataset.train.labels) // batch
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(dataset.train.labels)} images, fewer than one batch of {batch}")
-    executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay)
+    executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay, workload.policy)
     state, history, counts, first_epoch = init_state(graph, training.seed), [], OpCounter(), 1
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
@@ -158,6 +158,7 @@ def train(
                 if drops(smd, training.seed, iteration):
                     smd_stats.dropped += 1
                     counts.record(LOAD_OP, reads={"x": images.size, "labels": len(index)}, skipped_macs=graph.macs())
+                    counts.ran(LOAD_OP)
                     if smd.optimizer_on_skip == "step":
                         executor.optimizer_step(state, lr, seed, counts)
                     bar.update(epoch, i + 1, losses[-1] if losses else math.nan)
@@ -180,6 +181,8 @@ def train(
         if checkpoint is not None:
             save_checkpoint(checkpoint, workload, epochs, state, history, counts, {"smd": asdict(smd_stats)})
     stats = {"smd": smd_stats.as_dict()} if smd is not None else {}
+    if workload.policy.psg is not None:
+        stats["psg"] = executor.psg_stats.as_dict()
     return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats)
 
 
