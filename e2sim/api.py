@@ -25,6 +25,7 @@ from e2sim.graph.ir import Op
 from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
 from e2sim.policies.checks import check_policy
+from e2sim.policies.slu import gate_ops
 from e2sim.policies.smd import LOAD_OP
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import compare, run_report
@@ -103,6 +104,10 @@ def estimate(
         if counts is not None and LOAD_OP in counts.ops:  # batches loaded by iterations a policy dropped
             ops.insert(0, Op(LOAD_OP, "input", "input", "fwd", "load", ("input.x", "input.labels"), (), 0, 0,
                              tensors["input.x"].numel))  # fmt: skip
+        if spec.policy.slu is not None:  # the gates are hardware work too
+            extra, extra_tensors = gate_ops(graph, spec.policy.slu)
+            ops += [op for op in extra if not forward_only or op.phase == "fwd"]
+            tensors.update(extra_tensors)
         arithmetic = arithmetic_of(spec)
         name, batch = spec.name, graph.batch_size
     rows = account(ops, tensors, accelerator, table, arithmetic, counts)

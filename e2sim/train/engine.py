@@ -16,6 +16,7 @@ from e2sim.graph.ir import Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.numerics.quantize import derive_seed
 from e2sim.policies.psg import PsgStats, psg_weight_gradient
+from e2sim.policies.slu import SluRuntime
 
 BN_RUNNING_MOMENTUM = 0.1  # running = (1 - m)·running + m·batch statistic (PyTorch's default)
 
@@ -28,10 +29,15 @@ class TrainState:
     arrays: dict[str, np.ndarray]
 
 
-def init_state(graph: TrainingGraph, seed: int) -> TrainState:
-    """He-normal conv weights (fan-in), PyTorch-default linear layers, BN γ = 1 and β = 0, zero momentum."""
+def init_state(graph: TrainingGraph, seed: int, policy: PolicySpec | None = None) -> TrainState:
+    """He-normal conv weights (fan-in), PyTorch-default linear layers, BN γ = 1 and β = 0, zero
+    momentum; with SLU also the gates' parameters and momentum."""
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
+    if policy is not None and policy.slu is not None:
+        for name, value in SluRuntime(graph, policy.slu).parameters(np.random.default_rng([seed, 1])).items():
+            arrays[name] = value
+            arrays[f"{name}.momentum"] = np.zeros_like(value)
     for name in sorted(graph.inputs):
         t = graph.tensors[name]
         layer = graph.model.layer(t.layer) if t.layer != "input" else None
@@ -81,6 +87,7 @@ class GraphExecutor:
         self.weight_decay = weight_decay
         self.psg = policy.psg if policy is not None else None
         self.psg_stats = PsgStats()
+        self.slu = SluRuntime(graph, policy.slu) if policy is not None and policy.slu is not None else None
         self.layers = {layer.name: layer for layer in graph.model.layers}
         self.logits = next(op.reads[0] for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
         self.handlers: list[tuple[Op, Layer, Callable]] = []
@@ -97,10 +104,13 @@ class GraphExecutor:
         tensors["input.x"], tensors["input.labels"] = images, labels
         step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {},
                      self.psg, self.psg_stats)  # fmt: skip
+        gates = self.slu.start(tensors, counter, seed, training=True) if self.slu else None
         for index, (op, layer, handler) in enumerate(self.handlers):
-            handler(step, op, layer, derive_seed(seed, index))
+            self._run(step, op, layer, handler, derive_seed(seed, index), gates)
             if counter is not None:
                 counter.ran(op.name)
+        if gates is not None:
+            gates.finish(tensors, lr, self.momentum)
         for name in state.arrays:
             state.arrays[name] = tensors[f"{name}.next"]
         probs = tensors["loss.probs"]
@@ -127,11 +137,19 @@ class GraphExecutor:
         tensors = dict(state.arrays)
         tensors["input.x"] = images
         step = _Step(self.graph, tensors, self.fmt, None, 0, 0.0, 0.0, 0.0, {"eval": ()})
+        gates = self.slu.start(tensors, None, 0, training=False) if self.slu else None
         for index, (op, layer, handler) in enumerate(self.handlers):
             if op.phase != "fwd" or layer.kind == "loss":
                 continue
-            handler(step, op, layer, derive_seed(0, index))
+            self._run(step, op, layer, handler, derive_seed(0, index), gates)
         return tensors[self.logits]
+
+    @staticmethod
+    def _run(step: _Step, op: Op, layer: Layer, handler: Callable, seed: int, gates) -> None:
+        if gates is None:
+            handler(step, op, layer, seed)
+        else:  # selective layer update: the op runs on the samples its block executes
+            gates.run_op(op, lambda: handler(step, op, layer, seed), step.tensors)
 
 
 # -- handlers: one per (layer kind, phase) ---------------------------------------------------------------

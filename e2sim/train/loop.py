@@ -17,6 +17,8 @@ from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.psg import PsgStats
+from e2sim.policies.slu import SluStats
 from e2sim.policies.smd import LOAD_OP, SmdStats, drops, stretched_epochs
 from e2sim.train.data import Dataset, augment_batch, load_dataset
 from e2sim.train.engine import GraphExecutor, TrainState, init_state
@@ -130,12 +132,16 @@ def train(
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(dataset.train.labels)} images, fewer than one batch of {batch}")
     executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay, workload.policy)
-    state, history, counts, first_epoch = init_state(graph, training.seed), [], OpCounter(), 1
+    state, history, counts, first_epoch = init_state(graph, training.seed, workload.policy), [], OpCounter(), 1
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if resume and checkpoint.exists():
             state, history, counts, saved_stats = load_checkpoint(checkpoint, workload, graph, epochs)
             smd_stats = SmdStats(**saved_stats.get("smd", {}))
+            if executor.slu is not None:
+                executor.slu.stats = SluStats(**saved_stats.get("slu", {}))
+            if executor.psg is not None:
+                executor.psg_stats = PsgStats(**saved_stats.get("psg", {}))
             first_epoch = len(history) + 1
         elif checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
@@ -179,10 +185,15 @@ def train(
         history.append(stats)
         bar.end_epoch(stats)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, workload, epochs, state, history, counts, {"smd": asdict(smd_stats)})
+            policy_state = {"smd": asdict(smd_stats), "psg": asdict(executor.psg_stats)}
+            if executor.slu is not None:
+                policy_state["slu"] = asdict(executor.slu.stats)
+            save_checkpoint(checkpoint, workload, epochs, state, history, counts, policy_state)
     stats = {"smd": smd_stats.as_dict()} if smd is not None else {}
     if workload.policy.psg is not None:
         stats["psg"] = executor.psg_stats.as_dict()
+    if executor.slu is not None:
+        stats["slu"] = executor.slu.stats.as_dict()
     return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats)
 
 
@@ -216,7 +227,7 @@ def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph, epochs
         raise CheckpointError(f"{path}: was written for another workload or e2sim version than {workload.name}")
     if meta.get("epochs") != epochs:
         raise CheckpointError(f"{path}: belongs to a run of {meta.get('epochs')} epochs, not {epochs} (lr schedule)")
-    expected = init_state(graph, 0).arrays
+    expected = init_state(graph, 0, workload.policy).arrays
     if set(arrays) != set(expected) or any(arrays[k].shape != v.shape for k, v in expected.items()):
         raise CheckpointError(f"{path}: its tensors do not match the graph of {workload.name}")
     counts = OpCounter()
