@@ -59,3 +59,108 @@ def test_psg_counts_predictor_and_accurate_macs_where_needed():
     confident = np.abs(predicted) >= 0.3 * np.abs(predicted).max()
     assert int(confident.sum()) == stats.predicted
     np.testing.assert_array_equal(np.sign(update)[confident], np.sign(predicted)[confident])
+
+
+# -- SLU ---------------------------------------------------------------------------------------------
+
+import e2sim  # noqa: E402
+from e2sim.config.workload import PolicySpec, SluSpec  # noqa: E402
+from e2sim.policies import slu as slu_module  # noqa: E402
+from e2sim.policies.slu_gates import GateRun, gate_backward, gate_forward, gate_parameters  # noqa: E402
+from e2sim.train.engine import GraphExecutor, init_state  # noqa: E402
+
+SLU = PolicySpec("slu", slu=SluSpec(0.5, 0.03, 10))
+
+
+def small_resnet(batch=16):
+    return e2sim.load_workload({"name": "r", "dataset": {"name": "mnist5k"},
+                                "model": {"arch": "resnet", "depth": 8, "base_channels": 4},
+                                "training": {"batch_size": batch, "epochs": 1, "lr": 0.05}})  # fmt: skip
+
+
+def test_gate_network_gradients_match_finite_differences():
+    params = {k: v.astype(np.float64) for k, v in gate_parameters([4, 6, 6], 5, rng).items()}
+    pooled = [rng.standard_normal((3, c)) for c in (4, 6, 6)]
+    weights = [rng.standard_normal(3) for _ in range(3)]
+
+    def loss(values):
+        h = c = np.zeros((3, 5))
+        total = 0.0
+        for b in range(3):
+            p, h, c = gate_forward(values, b, pooled[b], h, c, None)
+            total += float(np.sum(p * weights[b]))
+        return total
+
+    run, h, c = GateRun(), np.zeros((3, 5)), np.zeros((3, 5))
+    for b in range(3):
+        _, h, c = gate_forward(params, b, pooled[b], h, c, run)
+    grads = gate_backward(params, run, weights)
+    for name in params:
+        for _ in range(3):
+            index = tuple(rng.integers(0, d) for d in params[name].shape)
+            shifted = {k: v.copy() for k, v in params.items()}
+            shifted[name][index] += 1e-6
+            up = loss(shifted)
+            shifted[name][index] -= 2e-6
+            numeric = (up - loss(shifted)) / 2e-6
+            assert grads[name][index] == pytest.approx(numeric, rel=1e-4, abs=1e-9), name
+
+
+def forced(monkeypatch, pattern):
+    """Make every gate execute the samples ``pattern(n)`` picks."""
+    monkeypatch.setattr(slu_module.SluIteration, "choose", lambda self, b, p: pattern(len(p)))
+
+
+def one_step(workload, policy, counter=None):
+    graph = e2sim.lower(workload)
+    executor = GraphExecutor(graph, None, 0.0, 0.0, policy)
+    state = init_state(graph, 0, policy)
+    images = np.random.default_rng(9).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    loss, _ = executor.step(state, images, np.arange(16) % 10, 0.05, 0, counter)
+    return graph, executor, state, loss
+
+
+def test_slu_with_every_gate_open_is_the_baseline(monkeypatch):
+    forced(monkeypatch, np.arange)
+    w = small_resnet()
+    _, _, base_state, base_loss = one_step(w, None)
+    _, _, slu_state, slu_loss = one_step(w, SLU)
+    assert slu_loss == base_loss
+    for name, value in base_state.arrays.items():
+        np.testing.assert_array_equal(value, slu_state.arrays[name])
+
+
+def test_slu_skips_exactly_the_gated_samples(monkeypatch):
+    forced(monkeypatch, lambda n: np.arange(0, n, 4))  # a quarter of the samples run each gated block
+    counter = e2sim.functional.OpCounter()
+    graph, executor, _, _ = one_step(small_resnet(), SLU, counter)
+    blocks = executor.slu.blocks
+    assert len(blocks) == 2  # ResNet-8: three blocks, the first is never gated
+    gated = set().union(*(b.body for b in blocks))
+    for op in graph.ops:
+        count = counter.ops[op.name]
+        if op.layer in gated and op.macs:
+            assert count.total_macs == op.macs // 4 and count.skipped_macs == 3 * op.macs // 4, op.name
+        elif op.macs:
+            assert count.total_macs == op.macs and count.skipped_macs == 0, op.name
+    stats = executor.slu.stats.as_dict()
+    assert stats["executed_block_fraction"] == 0.25
+    body_fwd = [op for op in graph.ops if op.layer in gated and op.phase == "fwd" and op.macs]
+    counted = sum(counter.ops[op.name].total_macs for op in body_fwd) / sum(op.macs for op in body_fwd)
+    assert counted == stats["executed_mac_fraction"] == 0.25  # the reported fraction is the counted one
+    assert counter.ops["slu.gate0.fwd"].total_macs > 0 and counter.ops["slu.gates.update"].elementwise_ops > 0
+
+
+def test_slu_gate_work_is_priced(monkeypatch):
+    w = dataclasses_replace_policy(small_resnet(), SLU)
+    result = e2sim.train(w, epochs=1, progress=False)
+    priced = e2sim.estimate(w, "systolic-16x16", counts=result.counts).to_dict()
+    gate_rows = [o for o in priced["ops"] if o["layer"].startswith("slu.")]
+    assert gate_rows and all(o["energy_j"] > 0 for o in gate_rows)
+    assert 0.3 < result.policy_stats["slu"]["executed_block_fraction"] < 0.85  # gates start open, then close
+
+
+def dataclasses_replace_policy(workload, policy):
+    import dataclasses
+
+    return dataclasses.replace(workload, policy=policy)

@@ -138,10 +138,12 @@ class SmdSpec:
 class SluSpec:
     """Selective layer update (E2-Train, SkipNet gates): a gate before every residual block
     decides per sample whether the block runs; ``cost_weight`` (β) steers the executed fraction
-    toward ``target_fraction``; ``gate_channels`` is the width of the shared LSTM."""
+    toward ``target_fraction``; ``gate_channels`` is the width of the shared LSTM. E2-Train's
+    β = 1e-5 multiplies a cost in FLOPs; e2sim's per-block cost is normalised to a mean of 1, and
+    β = 0.03 is what keeps the executed fraction on target (measured: 0.51 for a 0.5 target)."""
 
     target_fraction: float = 0.5
-    cost_weight: float = 1e-5
+    cost_weight: float = 0.03
     gate_channels: int = 10
 
 
@@ -445,7 +447,7 @@ def read_policy(s: Section, key: str) -> PolicySpec | None:
     if slu is not None:
         techniques["slu"] = SluSpec(
             slu.read("target_fraction", _fraction_positive, default=0.5),
-            slu.read("cost_weight", non_negative_number, default=1e-5),
+            slu.read("cost_weight", non_negative_number, default=0.03),
             slu.read("gate_channels", positive_int, default=10),
         )
         slu.finish(" for slu")

@@ -172,10 +172,7 @@ class SluIteration:
             self.h = self.c = np.zeros((n, self.width), np.float32)
         pooled = x.reshape(n, block.channels, -1).mean(axis=2)
         p, self.h, self.c = gate_forward(self.arrays, b, pooled, self.h, self.c, self.run if self.training else None)
-        # p > u with u drawn per (iteration, gate, sample); evaluation samples too (from a fixed seed),
-        # so the test sees the executed fraction it was trained with
-        draws = np.array([derive_seed(derive_seed(self.seed, SLU_STREAM + b), i) for i in range(n)], np.float64)
-        self.idx[b] = np.flatnonzero(p > draws / 2.0**64)
+        self.idx[b] = self.choose(b, p)
         if self.training:
             self.rt.stats.add(b, len(self.idx[b]), n, block.body_macs * n / self.rt.graph.batch_size)
         if self.counter is not None:
@@ -188,6 +185,13 @@ class SluIteration:
                                 elementwise_ops=n * 4 * self.width * 3)  # fmt: skip
             self.counter.ran(f"{name}.pool")
             self.counter.ran(f"{name}.fwd")
+
+    def choose(self, b: int, p: np.ndarray) -> np.ndarray:
+        """Indices of the samples that run block ``b``: p > u with u drawn per (iteration, gate,
+        sample). Evaluation samples too (from a fixed seed), so the test sees the executed fraction
+        it was trained with."""
+        draws = [derive_seed(derive_seed(self.seed, SLU_STREAM + b), i) for i in range(len(p))]
+        return np.flatnonzero(p > np.array(draws, np.float64) / 2.0**64)
 
     def gate_gradient(self, add_op: Op, tensors: dict) -> None:
         """dL/dm of executed samples after the block's add backward: ⟨dL/dy, body(x)⟩."""
