@@ -10,6 +10,7 @@ import e2sim
 from e2sim.cli.main import main
 from e2sim.config.workload import PRESETS, SmdSpec
 from e2sim.policies.smd import LOAD_OP, drops
+from e2sim.report.run import OUTPUT_FILES
 from e2sim.train.loop import train
 
 
@@ -99,18 +100,7 @@ def test_cli_run(tmp_path, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["policy"]["name"] == "smd"
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [
-            "run.json",
-            "epochs.csv",
-            "phases.csv",
-            "layers.csv",
-            "ops.csv",
-            "accuracy.png",
-            "energy.png",
-            "energy_vs_accuracy.png",
-        ]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     assert json.loads((out / "run.json").read_text()) == report
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     foreign = tmp_path / "mine"
