@@ -25,6 +25,7 @@ from e2sim.graph.ir import Op
 from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
 from e2sim.policies.checks import check_policy
+from e2sim.policies.emp import emp_ops
 from e2sim.policies.slu import gate_ops
 from e2sim.policies.smd import LOAD_OP
 from e2sim.report.estimate import Estimate
@@ -104,6 +105,8 @@ def estimate(
         if counts is not None and LOAD_OP in counts.ops:  # batches loaded by iterations a policy dropped
             ops.insert(0, Op(LOAD_OP, "input", "input", "fwd", "load", ("input.x", "input.labels"), (), 0, 0,
                              tensors["input.x"].numel))  # fmt: skip
+        if spec.policy.emp is not None and not forward_only:  # the channel selection is work too
+            ops += emp_ops(graph)
         if spec.policy.slu is not None:  # the gates are hardware work too
             extra, extra_tensors = gate_ops(graph, spec.policy.slu)
             ops += [op for op in extra if not forward_only or op.phase == "fwd"]

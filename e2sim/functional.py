@@ -205,10 +205,27 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, counter=None, op="con
     return y
 
 
-def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, counter=None, op="conv2d_grad_input",
-                      seed=0) -> np.ndarray:  # fmt: skip
-    """dx = transposed convolution of dy with w (the input gradient of :func:`conv2d`)."""
+def _kept_channels(channels, count: int) -> np.ndarray:
+    kept = np.asarray(channels, dtype=np.int64).reshape(-1)
+    if kept.size and (kept.min() < 0 or kept.max() >= count or np.unique(kept).size != kept.size):
+        raise ValueError(f"channels must be distinct output-channel indices in [0, {count})")
+    return np.sort(kept)
+
+
+def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, channels=None, counter=None,
+                      op="conv2d_grad_input", seed=0) -> np.ndarray:  # fmt: skip
+    """dx = transposed convolution of dy with w (the input gradient of :func:`conv2d`).
+    ``channels``: compute with these output-error channels only (the others are pruned: their
+    work is neither done nor counted, except as skipped MACs)."""
     dy, w = _array("dy", dy, 4), _array("w", w, 4)
+    if channels is not None:
+        kept = _kept_channels(channels, w.shape[0])
+        dx = conv2d_grad_input(np.ascontiguousarray(dy[:, kept]), np.ascontiguousarray(w[kept]), input_shape, stride,
+                               padding, fmt, counter=counter, op=op, seed=seed)  # fmt: skip
+        if counter is not None:
+            per_channel = dy.shape[0] * dy.shape[2] * dy.shape[3] * int(np.prod(w.shape[1:]))
+            counter.record(op, skipped_macs=(w.shape[0] - kept.size) * per_channel)
+        return dx
     n, c, h, width = (int(d) for d in input_shape)
     k, r, s = w.shape[0], w.shape[2], w.shape[3]
     _shape("w", w, (k, c, r, s))
@@ -229,11 +246,27 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, coun
     return dx
 
 
-def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bias=False, counter=None,
-                       op="conv2d_grad_weight", seed=0):  # fmt: skip
+def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bias=False, channels=None,
+                       counter=None, op="conv2d_grad_weight", seed=0):  # fmt: skip
     """dw[k,c,r,s] = Σ_n,p,q dy[n,k,p,q]·x[n,c,p·stride−ph+r, q·stride−pw+s]; with ``bias=True``
-    returns (dw, db) where db[k] = Σ_n,p,q dy[n,k,p,q]."""
+    returns (dw, db) where db[k] = Σ_n,p,q dy[n,k,p,q]. ``channels``: only these output channels
+    get a gradient (pruned ones are zero, their work skipped)."""
     x, dy = _array("x", x, 4), _array("dy", dy, 4)
+    if channels is not None:
+        k = int(weight_shape[0])
+        kept = _kept_channels(channels, k)
+        out = conv2d_grad_weight(x, np.ascontiguousarray(dy[:, kept]), (kept.size, *weight_shape[1:]), stride, padding,
+                                 fmt, bias=bias, counter=counter, op=op, seed=seed)  # fmt: skip
+        dw = np.zeros(tuple(weight_shape), np.float32)
+        dw[kept] = out[0] if bias else out
+        if counter is not None:
+            per_channel = int(np.prod(weight_shape[1:])) * dy.shape[0] * dy.shape[2] * dy.shape[3]
+            counter.record(op, skipped_macs=(k - kept.size) * per_channel)
+        if not bias:
+            return dw
+        db = np.zeros(k, np.float32)
+        db[kept] = out[1]
+        return dw, db
     k, c, r, s = (int(d) for d in weight_shape)
     n, h, width = x.shape[0], x.shape[2], x.shape[3]
     _shape("x", x, (n, c, h, width))

@@ -164,3 +164,67 @@ def dataclasses_replace_policy(workload, policy):
     import dataclasses
 
     return dataclasses.replace(workload, policy=policy)
+
+
+# -- EMP ---------------------------------------------------------------------------------------------
+
+from e2sim.config.workload import EmpSpec  # noqa: E402
+from e2sim.policies.emp import select_channels  # noqa: E402
+
+EMP = PolicySpec("emp", emp=EmpSpec(keep_ratio=0.25))
+
+
+def test_emp_keeps_exactly_the_top_channels():
+    w = rng.standard_normal((10, 3, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, 10, 5, 5)).astype(np.float32)
+    spec = EmpSpec(keep_ratio=0.3, weight_coefficient=0.5, error_coefficient=2.0)
+    scores = [4 * 0.5 * np.abs(w[j]).sum() + 2.0 * np.abs(dy[:, j]).sum() for j in range(10)]  # the twin
+    assert select_channels(w, dy, spec).tolist() == sorted(np.argsort(scores)[::-1][:3].tolist())
+    tied = np.ones((4, 3, 3, 3), np.float32)
+    assert select_channels(tied, np.ones((2, 4, 2, 2), np.float32), EmpSpec(0.5)).tolist() == [0, 1]
+
+
+def test_pruned_channels_are_skipped_exactly():
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((3, 6, 8, 8)).astype(np.float32)
+    kept = [1, 4]
+    pruned_dy = dy.copy()
+    pruned_dy[:, [0, 2, 3, 5]] = 0
+    counter = OpCounter()
+    dx = F.conv2d_grad_input(dy, w, x.shape, 1, 1, channels=kept, counter=counter, op="d")
+    np.testing.assert_allclose(dx, F.conv2d_grad_input(pruned_dy, w, x.shape, 1, 1), rtol=1e-5, atol=1e-6)
+    dw, db = F.conv2d_grad_weight(x, dy, w.shape, 1, 1, bias=True, channels=kept, counter=counter, op="w")
+    full_dw, full_db = F.conv2d_grad_weight(x, dy, w.shape, 1, 1, bias=True)
+    np.testing.assert_allclose(dw[kept], full_dw[kept], rtol=1e-5, atol=1e-6)
+    assert not dw[[0, 2, 3, 5]].any() and not db[[0, 2, 3, 5]].any()
+    macs = 3 * 6 * 4 * 8 * 8 * 9
+    for op in ("d", "w"):
+        assert counter.ops[op].total_macs == macs * 2 // 6 and counter.ops[op].skipped_macs == macs * 4 // 6
+
+
+def test_emp_backward_macs_drop_by_the_pruned_fraction():
+    counter = OpCounter()
+    graph, executor, _, _ = one_step(small_resnet(), EMP, counter)
+    for op in graph.ops:
+        if op.kind == "conv" and op.phase != "fwd":
+            k = graph.tensors[f"{op.layer}.w"].shape[0]
+            kept = max(1, -(-k // 4))  # ⌈0.25·K⌉
+            assert counter.ops[op.name].total_macs == op.macs * kept // k, op.name
+            assert counter.ops[op.name].skipped_macs == op.macs - op.macs * kept // k, op.name
+        elif op.macs:
+            assert counter.ops[op.name].total_macs == op.macs, op.name
+    assert counter.ops["conv1.emp_select"].elementwise_ops > 0
+    assert executor.emp_stats.as_dict()["kept_channel_fraction"] == 0.25
+
+
+def test_emp_composes_with_psg_and_is_priced():
+    both = PolicySpec("emp+psg", psg=PsgSpec(), emp=EmpSpec(keep_ratio=0.5))
+    counter = OpCounter()
+    graph, executor, _, loss = one_step(small_resnet(), both, counter)
+    assert np.isfinite(loss) and executor.psg_stats.total > 0
+    w = e2sim.load_workload({"name": "r", "dataset": {"name": "mnist5k"}, "policy": "emp",
+                             "model": {"arch": "resnet", "depth": 8, "base_channels": 4},
+                             "training": {"batch_size": 16, "epochs": 1, "lr": 0.05}})  # fmt: skip
+    nominal = e2sim.estimate(w, "systolic-16x16").to_dict()
+    assert any(o["name"] == "conv1.emp_select" and o["energy_j"] > 0 for o in nominal["ops"])

@@ -44,7 +44,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
 RESNET_DEPTHS = "6n+2 with n >= 1 (8, 20, 32, 44, 56, 74, 110, ...)"
 VGG_DEPTHS = (11, 13, 16, 19)
 SHORTCUTS = ("zero_pad", "projection")
-POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train")
+POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train", "emp")
 SCHEDULES = ("constant", "step", "cosine")
 ROUNDINGS = ("nearest", "stochastic", "truncate")
 # Dynamic-scale granularities per role: one scale per tensor, per output channel (weights, weight
@@ -161,6 +161,18 @@ class PsgSpec:
 
 
 @dataclass(frozen=True)
+class EmpSpec:
+    """Error-map pruning (Wu et al. 2020): in each conv's backward pass keep the ``keep_ratio``
+    output-error channels with the largest S_j = Σ_batch(γ1·‖W_j‖₁ + γ2·‖δ_j‖₁); the others skip
+    both the input-gradient and the weight-gradient computation. γ1 = ``weight_coefficient``,
+    γ2 = ``error_coefficient`` (the paper leaves them open; both default to 1)."""
+
+    keep_ratio: float = 0.5
+    weight_coefficient: float = 1.0
+    error_coefficient: float = 1.0
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """What a training run skips; ``name`` is the preset (or the techniques joined by '+')."""
 
@@ -168,10 +180,14 @@ class PolicySpec:
     smd: SmdSpec | None = None
     slu: SluSpec | None = None
     psg: PsgSpec | None = None
+    emp: EmpSpec | None = None
 
     @property
     def techniques(self) -> tuple[str, ...]:
-        return tuple(t for t in ("smd", "slu", "psg") if getattr(self, t) is not None)
+        return tuple(t for t in TECHNIQUES if getattr(self, t) is not None)
+
+
+TECHNIQUES = ("smd", "slu", "psg", "emp")
 
 
 PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
@@ -181,6 +197,7 @@ PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
         "slu": PolicySpec("slu", slu=SluSpec()),
         "psg": PolicySpec("psg", psg=PsgSpec()),
         "e2train": PolicySpec("e2train", smd=SmdSpec(), slu=SluSpec(), psg=PsgSpec()),
+        "emp": PolicySpec("emp", emp=EmpSpec()),
     }
 )
 
@@ -432,7 +449,7 @@ def read_policy(s: Section, key: str) -> PolicySpec | None:
     if block is None:
         return None
     # a bare ``smd:`` (null) asks for the technique with its defaults
-    block = Section({k: ({} if v is None and k in ("smd", "slu", "psg") else v) for k, v in block.data.items()},
+    block = Section({k: ({} if v is None and k in TECHNIQUES else v) for k, v in block.data.items()},
                     block.path, block.log)  # fmt: skip
     techniques = {}
     smd = block.section("smd", default=None)
@@ -460,9 +477,17 @@ def read_policy(s: Section, key: str) -> PolicySpec | None:
             psg.read("error_bits", one_of(8, 12, 16), default=16),
         )
         psg.finish(" for psg")
-    block.finish(" (techniques: smd, slu, psg)")
+    emp = block.section("emp", default=None)
+    if emp is not None:
+        techniques["emp"] = EmpSpec(
+            emp.read("keep_ratio", _fraction_positive, default=0.5),
+            emp.read("weight_coefficient", non_negative_number, default=1.0),
+            emp.read("error_coefficient", non_negative_number, default=1.0),
+        )
+        emp.finish(" for emp")
+    block.finish(f" (techniques: {', '.join(TECHNIQUES)})")
     if not techniques and not block.log.problems:
-        block.log.add(block.path, "name at least one technique (smd, slu, psg) or use a preset")
+        block.log.add(block.path, f"name at least one technique ({', '.join(TECHNIQUES)}) or use a preset")
     return PolicySpec("+".join(techniques) or "baseline", **techniques)
 
 

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 import e2sim.functional as F
-from e2sim.config.workload import PolicySpec, PrecisionSpec, PsgSpec
+from e2sim.config.workload import EmpSpec, PolicySpec, PrecisionSpec, PsgSpec
 from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.emp import EmpStats, select_channels, selection_ops
 from e2sim.policies.psg import PsgStats, psg_weight_gradient
 from e2sim.policies.slu import SluRuntime
 
@@ -74,6 +75,26 @@ class _Step:
     stash: dict[str, tuple]
     psg: PsgSpec | None = None
     psg_stats: PsgStats | None = None
+    emp: EmpSpec | None = None
+    emp_stats: EmpStats | None = None
+
+
+def _emp_channels(s: _Step, op: Op, layer) -> np.ndarray | None:
+    """The output-error channels EMP keeps for this layer in this iteration (chosen once)."""
+    if s.emp is None:
+        return None
+    key = f"{layer.name}.emp"
+    if key not in s.stash:
+        w, dy = s.tensors[f"{layer.name}.w"], s.tensors[f"{layer.name}.y.grad"]
+        kept = select_channels(w, dy, s.emp)
+        s.stash[key] = kept
+        s.emp_stats.add(layer.name, kept.size, w.shape[0])
+        if s.counter is not None:
+            name = f"{layer.name}.emp_select"
+            s.counter.record(name, elementwise_ops=selection_ops(w.size, dy.size, w.shape[0]),
+                             reads={"w": w.size, "dy": dy.size})  # fmt: skip
+            s.counter.ran(name)
+    return s.stash[key]
 
 
 class GraphExecutor:
@@ -87,6 +108,8 @@ class GraphExecutor:
         self.weight_decay = weight_decay
         self.psg = policy.psg if policy is not None else None
         self.psg_stats = PsgStats()
+        self.emp = policy.emp if policy is not None else None
+        self.emp_stats = EmpStats()
         self.slu = SluRuntime(graph, policy.slu) if policy is not None and policy.slu is not None else None
         self.layers = {layer.name: layer for layer in graph.model.layers}
         self.logits = next(op.reads[0] for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
@@ -103,7 +126,7 @@ class GraphExecutor:
         tensors = dict(state.arrays)
         tensors["input.x"], tensors["input.labels"] = images, labels
         step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {},
-                     self.psg, self.psg_stats)  # fmt: skip
+                     self.psg, self.psg_stats, self.emp, self.emp_stats)  # fmt: skip
         gates = self.slu.start(tensors, counter, seed, training=True) if self.slu else None
         for index, (op, layer, handler) in enumerate(self.handlers):
             self._run(step, op, layer, handler, derive_seed(seed, index), gates)
@@ -167,20 +190,23 @@ def _conv_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
     dy = t[op.reads[0]]
     shape = (dy.shape[0], *layer.in_shapes[0])
     t[op.writes[0]] = F.conv2d_grad_input(dy, t[op.reads[1]], shape, layer.stride, layer.padding, s.fmt,
-                                          counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+                                          channels=_emp_channels(s, op, layer), counter=s.counter, op=op.name,
+                                          seed=seed)  # fmt: skip
 
 
 def _conv_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     w_shape = s.graph.tensors[op.writes[0]].shape
+    channels = _emp_channels(s, op, layer)
     if s.psg is not None:
         out = psg_weight_gradient(t[op.reads[0]], t[op.reads[1]], w_shape, layer.stride, layer.padding, s.fmt, s.psg,
-                                  s.psg_stats, layer.bias, s.counter, op.name, seed, layer.name)  # fmt: skip
+                                  s.psg_stats, layer.bias, s.counter, op.name, seed, layer.name, channels)  # fmt: skip
         for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
             t[name] = value
         return
-    out = F.conv2d_grad_weight(t[op.reads[0]], t[op.reads[1]], w_shape, layer.stride, layer.padding, s.fmt,
-                               bias=layer.bias, counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+    x, dy = t[op.reads[0]], t[op.reads[1]]
+    out = F.conv2d_grad_weight(x, dy, w_shape, layer.stride, layer.padding, s.fmt, bias=layer.bias, channels=channels,
+                               counter=s.counter, op=op.name, seed=seed)  # fmt: skip
     for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
         t[name] = value
 

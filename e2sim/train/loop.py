@@ -17,6 +17,7 @@ from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.emp import EmpStats
 from e2sim.policies.psg import PsgStats
 from e2sim.policies.slu import SluStats
 from e2sim.policies.smd import LOAD_OP, SmdStats, drops, stretched_epochs
@@ -142,6 +143,8 @@ def train(
                 executor.slu.stats = SluStats(**saved_stats.get("slu", {}))
             if executor.psg is not None:
                 executor.psg_stats = PsgStats(**saved_stats.get("psg", {}))
+            if executor.emp is not None:
+                executor.emp_stats = EmpStats(**saved_stats.get("emp", {}))
             first_epoch = len(history) + 1
         elif checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
@@ -185,7 +188,8 @@ def train(
         history.append(stats)
         bar.end_epoch(stats)
         if checkpoint is not None:
-            policy_state = {"smd": asdict(smd_stats), "psg": asdict(executor.psg_stats)}
+            policy_state = {"smd": asdict(smd_stats), "psg": asdict(executor.psg_stats),
+                            "emp": asdict(executor.emp_stats)}  # fmt: skip
             if executor.slu is not None:
                 policy_state["slu"] = asdict(executor.slu.stats)
             save_checkpoint(checkpoint, workload, epochs, state, history, counts, policy_state)
@@ -194,6 +198,8 @@ def train(
         stats["psg"] = executor.psg_stats.as_dict()
     if executor.slu is not None:
         stats["slu"] = executor.slu.stats.as_dict()
+    if executor.emp is not None:
+        stats["emp"] = executor.emp_stats.as_dict()
     return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats)
 
 
