@@ -514,17 +514,24 @@ def add(a, b, *, counter=None, op="add") -> np.ndarray:
     return a + b
 
 
-def softmax_cross_entropy(logits, labels, *, counter=None, op="softmax_cross_entropy", backward_op=None,
-                          probabilities=False):  # fmt: skip
-    """Mean cross-entropy of integer ``labels``; returns (loss, dlogits) (+ probabilities if asked).
-    The forward work is recorded under ``op``, the gradient under ``backward_op`` (``op + ".backward"``)."""
+def softmax_cross_entropy(logits, labels, *, sample_weights=None, counter=None, op="softmax_cross_entropy",
+                          backward_op=None, probabilities=False):  # fmt: skip
+    """Mean cross-entropy of integer ``labels`` (weighted by ``sample_weights`` if given: Σ w·CE / Σ w);
+    returns (loss, dlogits) (+ probabilities if asked). The forward work is recorded under ``op``,
+    the gradient under ``backward_op`` (``op + ".backward"``)."""
     logits = _array("logits", logits, 2)
     labels = np.asarray(labels)
     if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be {logits.shape[0]} integers, got {labels.dtype} of shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
-    loss, probs, dlogits = layer_kernels.softmax_cross_entropy(logits, labels.astype(np.int64))
+    if sample_weights is None:
+        weights = np.ones(logits.shape[0])
+    else:
+        weights = np.asarray(sample_weights, np.float64)
+        if weights.shape != (logits.shape[0],) or (weights < 0).any() or (logits.shape[0] and weights.sum() <= 0):
+            raise ValueError(f"sample_weights must be {logits.shape[0]} non-negative numbers, not all zero")
+    loss, probs, dlogits = layer_kernels.softmax_cross_entropy(logits, labels.astype(np.int64), weights)
     if counter is not None:
         n = logits.shape[0]
         counter.record(

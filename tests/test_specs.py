@@ -134,7 +134,7 @@ def test_exponent_floats_without_a_dot_are_numbers(write_yaml):
         (LENET.replace("lr: 0.05", "lr: 0.05, schedule: step, lr_milestones_epochs: [5, 12]"),
          "training.lr_milestones_epochs", "below epochs (10)"),
         (LENET.replace("lr: 0.05", "lr: 0.05, lr_gamma: 0.5"), "training.lr_gamma", "unknown key"),
-        (LENET + "policy: magic\n", "policy", "must be one of baseline, smd, slu, psg, e2train, emp"),
+        (LENET + "policy: magic\n", "policy", "must be one of baseline, smd, slu, psg, e2train, emp, eif, eif+emp"),
         (LENET + "policy: {smd: {drop_probability: 1.0}}\n", "policy.smd.drop_probability",
          "must be a number in [0, 1)"),
         (LENET + "policy: {smdd: {}}\n", "policy.smdd", "unknown key; did you mean 'smd'?"),

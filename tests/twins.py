@@ -137,13 +137,16 @@ def avgpool(x, r, s, stride, ph, pw):
     return sum(win for _, _, win in windows(pad(x, ph, pw), r, s, stride, p, q)) / (r * s)
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, weights=None):
     z = logits - logits.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     probs = np.exp(log_probs)
     n = len(labels)
+    share = (np.ones(n) if weights is None else np.asarray(weights, np.float64)) / (
+        n if weights is None else np.sum(weights)
+    )
     onehot = np.eye(logits.shape[1])[labels]
-    return -log_probs[np.arange(n), labels].mean(), probs, (probs - onehot) / n
+    return -(share * log_probs[np.arange(n), labels]).sum(), probs, (probs - onehot) * share[:, None]
 
 
 def sgd(w, g, v, lr, momentum, weight_decay):

@@ -44,7 +44,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
 RESNET_DEPTHS = "6n+2 with n >= 1 (8, 20, 32, 44, 56, 74, 110, ...)"
 VGG_DEPTHS = (11, 13, 16, 19)
 SHORTCUTS = ("zero_pad", "projection")
-POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train", "emp")
+POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train", "emp", "eif", "eif+emp")
 SCHEDULES = ("constant", "step", "cosine")
 ROUNDINGS = ("nearest", "stochastic", "truncate")
 # Dynamic-scale granularities per role: one scale per tensor, per output channel (weights, weight
@@ -173,6 +173,23 @@ class EmpSpec:
 
 
 @dataclass(frozen=True)
+class EifSpec:
+    """Early instance filtering (Wu et al. 2020): a small filter network predicts which instances
+    the main network would find hard (loss >= T); only those (and uncertain ones, entropy >=
+    ``entropy_threshold`` nats) train the main network. T starts at ``initial_threshold`` and is
+    multiplied by ``threshold_up`` when the high-loss ratio of the last ``window`` batches is at
+    least ``target_ratio`` (R_set), else by ``threshold_down``. The paper leaves α1, α2, n and the
+    entropy threshold open; these defaults are e2sim's."""
+
+    target_ratio: float = 0.3
+    threshold_up: float = 1.05
+    threshold_down: float = 0.95
+    window: int = 10
+    entropy_threshold: float = 0.65
+    initial_threshold: float = 1.0
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """What a training run skips; ``name`` is the preset (or the techniques joined by '+')."""
 
@@ -181,13 +198,14 @@ class PolicySpec:
     slu: SluSpec | None = None
     psg: PsgSpec | None = None
     emp: EmpSpec | None = None
+    eif: EifSpec | None = None
 
     @property
     def techniques(self) -> tuple[str, ...]:
         return tuple(t for t in TECHNIQUES if getattr(self, t) is not None)
 
 
-TECHNIQUES = ("smd", "slu", "psg", "emp")
+TECHNIQUES = ("smd", "slu", "psg", "emp", "eif")
 
 
 PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
@@ -198,6 +216,8 @@ PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
         "psg": PolicySpec("psg", psg=PsgSpec()),
         "e2train": PolicySpec("e2train", smd=SmdSpec(), slu=SluSpec(), psg=PsgSpec()),
         "emp": PolicySpec("emp", emp=EmpSpec()),
+        "eif": PolicySpec("eif", eif=EifSpec()),
+        "eif+emp": PolicySpec("eif+emp", emp=EmpSpec(), eif=EifSpec()),
     }
 )
 
@@ -485,6 +505,17 @@ def read_policy(s: Section, key: str) -> PolicySpec | None:
             emp.read("error_coefficient", non_negative_number, default=1.0),
         )
         emp.finish(" for emp")
+    eif = block.section("eif", default=None)
+    if eif is not None:
+        techniques["eif"] = EifSpec(
+            eif.read("target_ratio", _fraction_positive, default=0.3),
+            eif.read("threshold_up", _at_least_one, default=1.05),
+            eif.read("threshold_down", _fraction_below_one_positive, default=0.95),
+            eif.read("window", positive_int, default=10),
+            eif.read("entropy_threshold", non_negative_number, default=0.65),
+            eif.read("initial_threshold", positive_number, default=1.0),
+        )
+        eif.finish(" for eif")
     block.finish(f" (techniques: {', '.join(TECHNIQUES)})")
     if not techniques and not block.log.problems:
         block.log.add(block.path, f"name at least one technique ({', '.join(TECHNIQUES)}) or use a preset")

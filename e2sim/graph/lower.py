@@ -40,7 +40,11 @@ def lower(workload: Workload, batch_size: int | None = None, check: bool = True)
     batch = workload.training.batch_size if batch_size is None else batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch!r}")
-    model = build_model(workload)
+    return lower_model(workload, build_model(workload), batch, check)
+
+
+def lower_model(workload: Workload, model: Model, batch: int, check: bool = True) -> TrainingGraph:
+    """Lower ``model`` with the workload's precision and optimizer (e.g. a policy's own network)."""
     graph = _Lowering(workload, model, batch).run()
     if check:
         verify(graph)

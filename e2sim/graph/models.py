@@ -275,3 +275,29 @@ def _vgg(b: _Builder, spec: ModelSpec, num_classes: int) -> Model:
     x = b.append(Flatten, "flatten", (x,), path)
     x = b.append(Linear, "fc", (x,), path, out_features=num_classes, bias=True)
     return b.finish(x, f"VGG-{spec.depth}", num_classes, path)
+
+
+def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
+    """The early instance filter (Wu et al. 2020), a two-class network named ``eif_*``: for
+    MNIST-sized inputs a slim LeNet (3×3 convs with 6 and 16 channels), otherwise a ResNet-8."""
+    b = _Builder(input_shape, source)
+    if input_shape[1] <= 28:
+        x = b.append(Conv2d, "eif_conv1", (INPUT,), source, out_channels=6, kernel=(3, 3), stride=1, padding=(1, 1),
+                     bias=True)  # fmt: skip
+        x = b.append(ReLU, "eif_relu1", (x,), source)
+        x = b.append(MaxPool, "eif_pool1", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
+        x = b.append(Conv2d, "eif_conv2", (x,), source, out_channels=16, kernel=(3, 3), stride=1, padding=(1, 1),
+                     bias=True)  # fmt: skip
+        x = b.append(ReLU, "eif_relu2", (x,), source)
+        x = b.append(MaxPool, "eif_pool2", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
+        x = b.append(Flatten, "eif_flatten", (x,), source)
+        x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
+        return b.finish(x, "EIF slim LeNet", 2, source)
+    x = b.append(Conv2d, "eif_conv1", (INPUT,), source, **_conv3x3(16, 1))
+    x = b.append(BatchNorm, "eif_bn1", (x,), source, eps=1e-5)
+    x = b.append(ReLU, "eif_relu1", (x,), source)
+    for stage in range(3):
+        x = b.basic_block(x, f"eif_layer{stage + 1}", 16 << stage, 2 if stage else 1, "zero_pad", source)
+    x = b.append(GlobalAvgPool, "eif_pool", (x,), source)
+    x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
+    return b.finish(x, "EIF ResNet-8", 2, source)

@@ -173,12 +173,16 @@ def avgpool_backward(dy, h_, w_, r, s, stride, pad_h, pad_w):
 
 
 @njit(cache=True)
-def softmax_cross_entropy(logits, labels):
-    """Mean cross-entropy over the batch; returns (loss, probabilities, dlogits)."""
+def softmax_cross_entropy(logits, labels, weights):
+    """Weighted mean cross-entropy Σ w_n·CE_n / Σ w_n (weights all 1: the batch mean);
+    returns (loss, probabilities, dlogits)."""
     n_, k_ = logits.shape
     probs = np.empty_like(logits)
     dlogits = np.empty_like(logits)
     loss = 0.0
+    total_weight = 0.0
+    for n in range(n_):
+        total_weight += weights[n]
     for n in range(n_):
         top = logits[n, 0]
         for k in range(1, k_):
@@ -188,12 +192,13 @@ def softmax_cross_entropy(logits, labels):
             e = math.exp(logits[n, k] - top)
             probs[n, k] = e
             total += e
+        share = weights[n] / total_weight
         for k in range(k_):
             probs[n, k] /= total
-            dlogits[n, k] = probs[n, k] / n_
-        dlogits[n, labels[n]] -= 1.0 / n_
-        loss -= logits[n, labels[n]] - top - math.log(total)
-    return loss / n_, probs, dlogits
+            dlogits[n, k] = probs[n, k] * share
+        dlogits[n, labels[n]] -= share
+        loss -= share * (logits[n, labels[n]] - top - math.log(total))
+    return loss, probs, dlogits
 
 
 @njit(cache=True)

@@ -119,12 +119,15 @@ class GraphExecutor:
             self.handlers.append((op, self.layers[op.layer], _HANDLERS[key]))
 
     def step(
-        self, state: TrainState, images, labels, lr: float, seed: int, counter: OpCounter | None
+        self, state: TrainState, images, labels, lr: float, seed: int, counter: OpCounter | None, sample_weights=None
     ) -> tuple[float, int]:
         """One training iteration (forward, backward, update) in place on ``state``.
-        Returns (loss, number of correct predictions in the batch)."""
+        Returns (loss, number of correct predictions in the batch); ``last_losses`` then holds the
+        per-sample losses. ``sample_weights`` weight the loss (Σ w·CE / Σ w)."""
         tensors = dict(state.arrays)
         tensors["input.x"], tensors["input.labels"] = images, labels
+        if sample_weights is not None:
+            tensors["input.weights"] = sample_weights
         step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {},
                      self.psg, self.psg_stats, self.emp, self.emp_stats)  # fmt: skip
         gates = self.slu.start(tensors, counter, seed, training=True) if self.slu else None
@@ -137,6 +140,8 @@ class GraphExecutor:
         for name in state.arrays:
             state.arrays[name] = tensors[f"{name}.next"]
         probs = tensors["loss.probs"]
+        picked = probs[np.arange(len(labels)), labels].astype(np.float64)
+        self.last_losses = -np.log(np.maximum(picked, 1e-30))
         return float(tensors["loss.y"]), int(np.sum(np.argmax(probs, axis=1) == labels))
 
     def optimizer_step(self, state: TrainState, lr: float, seed: int, counter: OpCounter | None) -> None:
@@ -154,17 +159,19 @@ class GraphExecutor:
         for name in state.arrays:
             state.arrays[name] = tensors.get(f"{name}.next", state.arrays[name])
 
-    def predict(self, state: TrainState, images: np.ndarray) -> np.ndarray:
-        """Logits of the forward ops in inference mode (BN with running statistics, fp32 or the
-        workload's formats, nothing counted)."""
+    def predict(self, state: TrainState, images: np.ndarray, counter: OpCounter | None = None) -> np.ndarray:
+        """Logits of the forward ops in inference mode (BN with running statistics, the workload's
+        formats); with ``counter`` the work is recorded (e.g. a filter network deciding)."""
         tensors = dict(state.arrays)
         tensors["input.x"] = images
-        step = _Step(self.graph, tensors, self.fmt, None, 0, 0.0, 0.0, 0.0, {"eval": ()})
+        step = _Step(self.graph, tensors, self.fmt, counter, 0, 0.0, 0.0, 0.0, {"eval": ()})
         gates = self.slu.start(tensors, None, 0, training=False) if self.slu else None
         for index, (op, layer, handler) in enumerate(self.handlers):
             if op.phase != "fwd" or layer.kind == "loss":
                 continue
             self._run(step, op, layer, handler, derive_seed(0, index), gates)
+            if counter is not None:
+                counter.ran(op.name)
         return tensors[self.logits]
 
     @staticmethod
@@ -253,6 +260,8 @@ def _batchnorm_fwd(s: _Step, op: Op, layer, seed: int) -> None:
     x, gamma, beta, running = (t[n] for n in op.reads)
     if "eval" in s.stash:
         t[op.writes[0]] = F.batchnorm_eval(x, gamma, beta, running[0], running[1], layer.eps)
+        if s.counter is not None:  # inference batch norm: a multiply and an add per element
+            s.counter.record(op.name, elementwise_ops=2 * x.size, reads={"x": x.size}, writes={"y": x.size})
         return
     y, mean, inv_std = F.batchnorm(x, gamma, beta, layer.eps, counter=s.counter, op=op.name)
     count = x.size // x.shape[1]
@@ -383,6 +392,7 @@ def _loss_fwd(s: _Step, op: Op, layer, seed: int) -> None:
     loss, dlogits, probs = F.softmax_cross_entropy(
         t[op.reads[0]],
         t[op.reads[1]],
+        sample_weights=t.get("input.weights"),
         counter=s.counter,
         op=op.name,
         backward_op=f"{layer.name}.bwd_data",
