@@ -25,6 +25,7 @@ from e2sim.graph.ir import Op
 from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
 from e2sim.policies.checks import check_policy
+from e2sim.policies.eif import filter_graph
 from e2sim.policies.emp import emp_ops
 from e2sim.policies.slu import gate_ops
 from e2sim.policies.smd import LOAD_OP
@@ -107,6 +108,12 @@ def estimate(
                              tensors["input.x"].numel))  # fmt: skip
         if spec.policy.emp is not None and not forward_only:  # the channel selection is work too
             ops += emp_ops(graph)
+        if spec.policy.eif is not None:  # the filter network runs on the accelerator too
+            filter_graph_ = filter_graph(spec)
+            ops = [*filter_graph_.ops, *ops] if not forward_only else [*filter_graph_.ops[:0], *ops]
+            if forward_only:
+                ops = [op for op in filter_graph_.ops if op.phase == "fwd"] + ops
+            tensors.update({k: v for k, v in filter_graph_.tensors.items() if k not in tensors})
         if spec.policy.slu is not None:  # the gates are hardware work too
             extra, extra_tensors = gate_ops(graph, spec.policy.slu)
             ops += [op for op in extra if not forward_only or op.phase == "fwd"]

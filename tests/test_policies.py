@@ -228,3 +228,47 @@ def test_emp_composes_with_psg_and_is_priced():
                              "training": {"batch_size": 16, "epochs": 1, "lr": 0.05}})  # fmt: skip
     nominal = e2sim.estimate(w, "systolic-16x16").to_dict()
     assert any(o["name"] == "conv1.emp_select" and o["energy_j"] > 0 for o in nominal["ops"])
+
+
+# -- EIF ---------------------------------------------------------------------------------------------
+
+from e2sim.policies.eif import EIF_SKIPPED  # noqa: E402
+
+
+def eif_lenet(ratio=0.3):
+    return e2sim.load_workload({"name": "t", "dataset": {"name": "mnist5k"}, "model": {"arch": "lenet5"},
+                                "training": {"batch_size": 64, "epochs": 2, "lr": 0.01, "momentum": 0.5},
+                                "policy": {"eif": {"target_ratio": ratio}}})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def eif_run():
+    return e2sim.train(eif_lenet(), progress=False)
+
+
+def test_eif_trains_the_main_network_on_the_filtered_instances_only(eif_run):
+    stats = eif_run.policy_stats["eif"]
+    graph = eif_run.graph
+    seen = 2 * (4000 // 64) * 64
+    trained = stats["trained_instance_ratio"] * seen
+    # the main network's counted MACs are those of the trained instances exactly (conv1: 117,600 per image)
+    assert eif_run.counts.ops["conv1.fwd"].total_macs == pytest.approx(trained * 117_600, rel=1e-9)
+    skipped = eif_run.counts.ops[EIF_SKIPPED].skipped_macs
+    assert skipped == pytest.approx((seen - trained) * graph.macs() / 64)
+    assert eif_run.final_test_accuracy > 0.6  # the main network learns from the filtered stream
+
+
+def test_eif_threshold_steers_the_predicted_high_ratio_to_the_target():
+    low = e2sim.train(eif_lenet(0.2), progress=False).policy_stats["eif"]
+    high = e2sim.train(eif_lenet(0.6), progress=False).policy_stats["eif"]
+    assert low["predicted_high_ratio"] < high["predicted_high_ratio"]
+    assert abs(low["predicted_high_ratio"] - 0.2) < 0.15 and abs(high["predicted_high_ratio"] - 0.6) < 0.15
+    assert low["trained_instance_ratio"] >= low["predicted_high_ratio"] + 0.1 - 1e-9  # plus the exploration floor
+
+
+def test_eif_filter_work_is_counted_and_priced(eif_run):
+    counted = [name for name in eif_run.counts.ops if name.startswith("eif_")]
+    assert "eif_conv1.fwd" in counted and "eif_conv1.bwd_weight" in counted
+    priced = e2sim.estimate(eif_lenet(), "zedboard", counts=eif_run.counts).to_dict()
+    filter_energy = sum(o["energy_j"] for o in priced["ops"] if o["layer"].startswith("eif_"))
+    assert 0 < filter_energy < 0.5 * priced["totals"]["energy_j"]

@@ -177,9 +177,11 @@ class EifSpec:
     """Early instance filtering (Wu et al. 2020): a small filter network predicts which instances
     the main network would find hard (loss >= T); only those (and uncertain ones, entropy >=
     ``entropy_threshold`` nats) train the main network. T starts at ``initial_threshold`` and is
-    multiplied by ``threshold_up`` when the high-loss ratio of the last ``window`` batches is at
-    least ``target_ratio`` (R_set), else by ``threshold_down``. The paper leaves α1, α2, n and the
-    entropy threshold open; these defaults are e2sim's."""
+    multiplied by ``threshold_up`` when the predicted-high ratio of the last ``window`` batches is
+    at least ``target_ratio`` (R_set), else by ``threshold_down``. Uncertainty sampling also always
+    runs the ``explore_fraction`` most uncertain rejected instances of a batch, so that a filter
+    that has become confident everywhere still gets labels. The paper leaves α1, α2, n and the
+    entropy threshold open; these defaults, and the exploration floor, are e2sim's."""
 
     target_ratio: float = 0.3
     threshold_up: float = 1.05
@@ -187,6 +189,7 @@ class EifSpec:
     window: int = 10
     entropy_threshold: float = 0.65
     initial_threshold: float = 1.0
+    explore_fraction: float = 0.1  # at least this share of each batch: the most uncertain rejected instances
 
 
 @dataclass(frozen=True)
@@ -514,6 +517,7 @@ def read_policy(s: Section, key: str) -> PolicySpec | None:
             eif.read("window", positive_int, default=10),
             eif.read("entropy_threshold", non_negative_number, default=0.65),
             eif.read("initial_threshold", positive_number, default=1.0),
+            eif.read("explore_fraction", _fraction_below_one, default=0.1),
         )
         eif.finish(" for eif")
     block.finish(f" (techniques: {', '.join(TECHNIQUES)})")

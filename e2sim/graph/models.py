@@ -279,14 +279,15 @@ def _vgg(b: _Builder, spec: ModelSpec, num_classes: int) -> Model:
 
 def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
     """The early instance filter (Wu et al. 2020), a two-class network named ``eif_*``: for
-    MNIST-sized inputs a slim LeNet (3×3 convs with 6 and 16 channels), otherwise a ResNet-8."""
+    MNIST-sized inputs a slim LeNet (unpadded 3×3 convs with 6 and 16 channels, 2×2 max pools:
+    141 k MACs per 28×28 image, a third of LeNet-5), otherwise a ResNet-8."""
     b = _Builder(input_shape, source)
     if input_shape[1] <= 28:
-        x = b.append(Conv2d, "eif_conv1", (INPUT,), source, out_channels=6, kernel=(3, 3), stride=1, padding=(1, 1),
+        x = b.append(Conv2d, "eif_conv1", (INPUT,), source, out_channels=6, kernel=(3, 3), stride=1, padding=(0, 0),
                      bias=True)  # fmt: skip
         x = b.append(ReLU, "eif_relu1", (x,), source)
         x = b.append(MaxPool, "eif_pool1", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
-        x = b.append(Conv2d, "eif_conv2", (x,), source, out_channels=16, kernel=(3, 3), stride=1, padding=(1, 1),
+        x = b.append(Conv2d, "eif_conv2", (x,), source, out_channels=16, kernel=(3, 3), stride=1, padding=(0, 0),
                      bias=True)  # fmt: skip
         x = b.append(ReLU, "eif_relu2", (x,), source)
         x = b.append(MaxPool, "eif_pool2", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))

@@ -17,6 +17,7 @@ from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.eif import EIF_SKIPPED, EifRuntime
 from e2sim.policies.emp import EmpStats
 from e2sim.policies.psg import PsgStats
 from e2sim.policies.slu import SluStats
@@ -126,6 +127,7 @@ def train(
     epochs = stretched_epochs(training.epochs if epochs is None else epochs, smd)
     last_epoch = epochs if stop_after is None else min(stop_after, epochs)
     smd_stats = SmdStats()
+    eif = EifRuntime(workload, workload.policy.eif) if workload.policy.eif is not None else None
     dataset = dataset or load_dataset(workload.dataset, data_dir)
     graph = lower(workload)
     batch = graph.batch_size
@@ -153,7 +155,7 @@ def train(
         start, losses, correct = time.perf_counter(), [], 0
         order = np.random.default_rng([training.seed, epoch]).permutation(len(dataset.train.labels))
         augment_rng = np.random.default_rng([training.seed, epoch, 1])
-        executed = 0
+        executed = seen = 0
         for i in range(per_epoch):
             index = order[i * batch : (i + 1) * batch]
             images = dataset.train.images[index]
@@ -172,8 +174,18 @@ def train(
                         executor.optimizer_step(state, lr, seed, counts)
                     bar.update(epoch, i + 1, losses[-1] if losses else math.nan)
                     continue
+            labels = dataset.train.labels[index]
+            if eif is not None:  # the filter picks the instances the main network trains on
+                chosen = eif.select(images, counts)
+                counts.record(EIF_SKIPPED, skipped_macs=graph.macs() * (len(index) - len(chosen)) / len(index))
+                if len(chosen) == 0:
+                    continue
+                images, labels = images[chosen], labels[chosen]
             executed += 1
-            loss, hits = executor.step(state, images, dataset.train.labels[index], lr, seed, counts)
+            seen += len(labels)
+            loss, hits = executor.step(state, images, labels, lr, seed, counts)
+            if eif is not None:
+                eif.learn(images, executor.last_losses, lr, seed, counts)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"{workload.name}: the loss diverged to {loss} in epoch {epoch}, iteration {i}"
@@ -182,7 +194,7 @@ def train(
             correct += hits
             bar.update(epoch, i + 1, loss)
         mean_loss = float(np.mean(losses)) if losses else math.nan
-        accuracy = correct / max(executed * batch, 1)
+        accuracy = correct / max(seen, 1)
         stats = EpochStats(epoch, lr, mean_loss, accuracy, evaluate(executor, state, dataset), executed,
                            time.perf_counter() - start)  # fmt: skip
         history.append(stats)
@@ -200,6 +212,8 @@ def train(
         stats["slu"] = executor.slu.stats.as_dict()
     if executor.emp is not None:
         stats["emp"] = executor.emp_stats.as_dict()
+    if eif is not None:
+        stats["eif"] = eif.stats.as_dict()
     return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats)
 
 

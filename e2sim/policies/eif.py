@@ -1,0 +1,96 @@
+"""Early instance filtering (Wu, Wang, Shi, Hu 2020, arXiv 2007.03213).
+
+A small filter network (``build_filter_model``: slim LeNet for MNIST-sized inputs, ResNet-8
+otherwise) runs on every incoming instance and predicts whether the main network would find it
+hard. Only instances predicted "high loss", plus rejected ones whose prediction entropy is at least
+``entropy_threshold`` (uncertainty sampling, so the filter keeps learning), go through the main
+network's forward and backward. Their main-network losses label them for the filter (high when
+loss >= T), which trains on them with a weighted cross-entropy (1/R_set for high, 1/(1 − R_set) for
+low). T adapts so that the ratio of instances predicted high (and so trained) over the last
+``window`` batches tracks R_set: a filter that rejects too much lowers T, more instances are
+labelled high, and it learns to pass more (negative feedback). The filter's
+own forward (on every instance) and training are counted under its ``eif_*`` ops and priced.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from e2sim.config.workload import EifSpec, Workload
+from e2sim.counting import OpCounter
+from e2sim.graph.lower import lower_model
+from e2sim.graph.models import build_filter_model
+from e2sim.train.engine import GraphExecutor, init_state
+
+FILTER_SEED_SALT = 0xE1
+EIF_SKIPPED = "eif.filtered"  # records the main-network MACs of filtered-out instances as skipped
+
+
+def filter_graph(workload: Workload):
+    model = build_filter_model(workload.dataset.info.input_shape)
+    return lower_model(workload, model, workload.training.batch_size)
+
+
+@dataclass
+class EifStats:
+    seen: int = 0
+    trained: int = 0
+    uncertain: int = 0
+    predicted_high: int = 0
+    thresholds: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "trained_instance_ratio": self.trained / self.seen if self.seen else float("nan"),
+            "predicted_high_ratio": self.predicted_high / self.seen if self.seen else float("nan"),
+            "uncertainty_sampled": self.uncertain,
+            "final_loss_threshold": self.thresholds[-1] if self.thresholds else float("nan"),
+        }
+
+
+class EifRuntime:
+    def __init__(self, workload: Workload, spec: EifSpec):
+        self.spec = spec
+        self.graph = filter_graph(workload)
+        training = workload.training
+        self.executor = GraphExecutor(self.graph, workload.precision, training.momentum, training.weight_decay)
+        self.state = init_state(self.graph, training.seed ^ FILTER_SEED_SALT)
+        self.threshold = spec.initial_threshold
+        self.recent: deque[float] = deque(maxlen=spec.window)
+        self.stats = EifStats()
+
+    def select(self, images: np.ndarray, counter: OpCounter | None) -> np.ndarray:
+        """Indices of the instances the main network trains on."""
+        logits = self.executor.predict(self.state, images, counter).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        entropy = -(probs * np.log(np.maximum(probs, 1e-12))).sum(axis=1)
+        high = probs[:, 1] >= 0.5
+        uncertain = ~high & (entropy >= self.spec.entropy_threshold)
+        floor = int(np.ceil(self.spec.explore_fraction * len(images)))
+        rejected = np.flatnonzero(~high)
+        uncertain[rejected[np.argsort(-entropy[rejected], kind="stable")[:floor]]] = True
+        self.stats.seen += len(images)
+        self.stats.trained += int(high.sum() + uncertain.sum())
+        self.stats.uncertain += int(uncertain.sum())
+        self.stats.predicted_high += int(high.sum())
+        self.recent.append(float(high.mean()))  # the ratio of instances predicted high (trained)
+        self._adapt()
+        return np.flatnonzero(high | uncertain)
+
+    def _adapt(self) -> None:
+        """T up when the recent predicted-high ratio is at or above R_set (fewer highs), else down."""
+        ratio = float(np.mean(self.recent))
+        self.threshold *= self.spec.threshold_up if ratio >= self.spec.target_ratio else self.spec.threshold_down
+        self.stats.thresholds.append(self.threshold)
+
+    def learn(self, images: np.ndarray, main_losses: np.ndarray, lr: float, seed: int, counter: OpCounter | None):
+        """Train the filter on the instances the main network saw, labelled by their loss."""
+        high = (main_losses >= self.threshold).astype(np.int64)
+        r = self.spec.target_ratio
+        weights = np.where(high == 1, 1 / r, 1 / (1 - r)) if r < 1 else np.ones(len(high))
+        self.executor.step(self.state, images, high, lr, seed ^ FILTER_SEED_SALT, counter, sample_weights=weights)
