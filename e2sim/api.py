@@ -109,11 +109,9 @@ def estimate(
         if spec.policy.emp is not None and not forward_only:  # the channel selection is work too
             ops += emp_ops(graph)
         if spec.policy.eif is not None:  # the filter network runs on the accelerator too
-            filter_graph_ = filter_graph(spec)
-            ops = [*filter_graph_.ops, *ops] if not forward_only else [*filter_graph_.ops[:0], *ops]
-            if forward_only:
-                ops = [op for op in filter_graph_.ops if op.phase == "fwd"] + ops
-            tensors.update({k: v for k, v in filter_graph_.tensors.items() if k not in tensors})
+            filtering = filter_graph(spec)
+            ops = [op for op in filtering.ops if not forward_only or op.phase == "fwd"] + ops
+            tensors.update({k: v for k, v in filtering.tensors.items() if k not in tensors})
         if spec.policy.slu is not None:  # the gates are hardware work too
             extra, extra_tensors = gate_ops(graph, spec.policy.slu)
             ops += [op for op in extra if not forward_only or op.phase == "fwd"]

@@ -246,6 +246,25 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, chan
     return dx
 
 
+def pruned_weight_gradient(compute, dy, weight_shape, channels, bias, counter, op):
+    """A conv weight gradient for the output channels ``channels`` only (error-map pruning):
+    ``compute(dy[:, kept], kept_weight_shape)`` does the work; pruned channels get zero gradients
+    and their MACs are recorded as skipped."""
+    k = int(weight_shape[0])
+    kept = _kept_channels(channels, k)
+    out = compute(np.ascontiguousarray(dy[:, kept]), (kept.size, *weight_shape[1:]))
+    dw = np.zeros(tuple(weight_shape), np.float32)
+    dw[kept] = out[0] if bias else out
+    if counter is not None:
+        per_channel = int(np.prod(weight_shape[1:])) * dy.shape[0] * dy.shape[2] * dy.shape[3]
+        counter.record(op, skipped_macs=(k - kept.size) * per_channel)
+    if not bias:
+        return dw
+    db = np.zeros(k, np.float32)
+    db[kept] = out[1]
+    return dw, db
+
+
 def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bias=False, channels=None,
                        counter=None, op="conv2d_grad_weight", seed=0):  # fmt: skip
     """dw[k,c,r,s] = Σ_n,p,q dy[n,k,p,q]·x[n,c,p·stride−ph+r, q·stride−pw+s]; with ``bias=True``
@@ -253,20 +272,11 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bi
     get a gradient (pruned ones are zero, their work skipped)."""
     x, dy = _array("x", x, 4), _array("dy", dy, 4)
     if channels is not None:
-        k = int(weight_shape[0])
-        kept = _kept_channels(channels, k)
-        out = conv2d_grad_weight(x, np.ascontiguousarray(dy[:, kept]), (kept.size, *weight_shape[1:]), stride, padding,
-                                 fmt, bias=bias, counter=counter, op=op, seed=seed)  # fmt: skip
-        dw = np.zeros(tuple(weight_shape), np.float32)
-        dw[kept] = out[0] if bias else out
-        if counter is not None:
-            per_channel = int(np.prod(weight_shape[1:])) * dy.shape[0] * dy.shape[2] * dy.shape[3]
-            counter.record(op, skipped_macs=(k - kept.size) * per_channel)
-        if not bias:
-            return dw
-        db = np.zeros(k, np.float32)
-        db[kept] = out[1]
-        return dw, db
+        return pruned_weight_gradient(
+            lambda kept_dy, kept_shape: conv2d_grad_weight(x, kept_dy, kept_shape, stride, padding, fmt, bias=bias,
+                                                           counter=counter, op=op, seed=seed),
+            dy, weight_shape, channels, bias, counter, op,
+        )  # fmt: skip
     k, c, r, s = (int(d) for d in weight_shape)
     n, h, width = x.shape[0], x.shape[2], x.shape[3]
     _shape("x", x, (n, c, h, width))

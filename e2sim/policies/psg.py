@@ -66,20 +66,11 @@ def psg_weight_gradient(
     """Returns the weight gradient to apply (scaled signs), and the bias gradient if ``bias``.
     ``channels`` (error-map pruning): only these output channels get a gradient; others are zero."""
     if channels is not None:
-        kept = np.asarray(channels)
-        k = weight_shape[0]
-        out = psg_weight_gradient(x, np.ascontiguousarray(dy[:, kept]), (kept.size, *weight_shape[1:]), stride,
-                                  padding, fmt, spec, stats, bias, counter, op, seed, layer)  # fmt: skip
-        dw = np.zeros(tuple(weight_shape), np.float32)
-        dw[kept] = out[0] if bias else out
-        if counter is not None:
-            counter.record(op, skipped_macs=(k - kept.size) * int(np.prod(weight_shape[1:])) * dy.shape[0]
-                           * dy.shape[2] * dy.shape[3])  # fmt: skip
-        if not bias:
-            return dw
-        db = np.zeros(k, np.float32)
-        db[kept] = out[1]
-        return dw, db
+        return F.pruned_weight_gradient(
+            lambda kept_dy, kept_shape: psg_weight_gradient(x, kept_dy, kept_shape, stride, padding, fmt, spec, stats,
+                                                            bias, counter, op, seed, layer),
+            dy, weight_shape, channels, bias, counter, op,
+        )  # fmt: skip
     xp, dyp = predictor_operands(x, dy, spec, seed)
     predicted = F.conv2d_grad_weight(xp.dequantize(), dyp.dequantize(), weight_shape, stride, padding)
     threshold = spec.threshold * float(np.max(np.abs(predicted))) if spec.adaptive else spec.threshold
