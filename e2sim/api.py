@@ -14,7 +14,7 @@ from e2sim.config.errors import SpecError
 from e2sim.config.loading import read_hardware_spec, read_workload_spec
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
-from e2sim.config.workload import POLICY_PRESETS, PRESETS, PolicySpec, Workload, read_policy
+from e2sim.config.workload import POLICY_PRESETS, PRESETS, PolicySpec, Workload, read_policy, with_policy
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
 from e2sim.energy.account import Arithmetic, account
@@ -24,7 +24,7 @@ from e2sim.graph import lower as lower_workload
 from e2sim.graph.ir import Op
 from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
-from e2sim.policies.checks import check_policy
+from e2sim.policies.checks import check_approximate, check_policy
 from e2sim.policies.eif import filter_graph
 from e2sim.policies.emp import emp_ops
 from e2sim.policies.slu import gate_ops
@@ -72,11 +72,23 @@ def train(
     progress: bool | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    hw: HardwareLike | None = None,
 ) -> TrainResult:
     """Train a workload by executing its lowered graph with the reduced-precision kernels.
 
-    Returns per-epoch accuracy, and the counts of everything executed by graph op."""
-    return train_workload(load_workload(workload), epochs, data_dir, progress, checkpoint, resume)
+    Returns per-epoch accuracy, and the counts of everything executed by graph op. With ``hw``
+    that has an approximate mode, AxTrain's passive method trains on it and every epoch is also
+    evaluated on it."""
+    spec = load_workload(workload)
+    mode = None
+    if hw is not None:
+        accelerator = load_hw(hw)
+        check_approximate(spec, accelerator)
+        mode = accelerator.approximate
+    elif spec.policy.axtrain is not None and spec.policy.axtrain.passive:
+        raise SpecError.single(spec.source, "policy.axtrain.passive", "trains on an accelerator's approximate mode: "
+                               "pass the hardware spec that has it (hw=...)")  # fmt: skip
+    return train_workload(spec, epochs, data_dir, progress, checkpoint, resume, approximate=mode)
 
 
 def estimate(
@@ -85,12 +97,14 @@ def estimate(
     counts: OpCounter | None = None,
     forward_only: bool = False,
     batch_size: int | None = None,
+    approximate: bool = False,
 ) -> Estimate:
     """Energy and cycles of one training iteration of ``workload`` on ``hw`` (no training).
 
     ``workload`` may also be a SCALE-Sim topology CSV (forward layers, 8-bit). With ``counts``
     (from ``e2sim.train``) every op is priced as often as it ran, with the MACs it executed;
-    ``forward_only`` prices the forward ops alone (inference)."""
+    ``forward_only`` prices the forward ops alone (inference). ``approximate``: the workload's
+    forward conv/linear ops run on ``hw``'s approximate mode."""
     accelerator = load_hw(hw)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
     if isinstance(workload, str | Path) and str(workload).endswith(".csv"):
@@ -117,6 +131,12 @@ def estimate(
             ops += [op for op in extra if not forward_only or op.phase == "fwd"]
             tensors.update(extra_tensors)
         arithmetic = arithmetic_of(spec)
+        if approximate:
+            if accelerator.approximate is None:
+                raise SpecError.single(accelerator.source, "approximate", "no approximate mode to price ops on")
+            check_approximate(spec, accelerator)
+            names = frozenset(op.name for op in graph.ops if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))
+            arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
         name, batch = spec.name, graph.batch_size
     rows = account(ops, tensors, accelerator, table, arithmetic, counts)
     return Estimate(name, accelerator, batch, forward_only, tuple(rows), tensors, table, counts is not None)
@@ -162,28 +182,33 @@ def run(
 
     Returns the run report (see ``e2sim.report.run``); with ``compare_baseline`` the baseline policy
     is run too (or read from the cache of earlier runs) and the report gains ``comparison``."""
-    spec = load_workload(workload)
-    if policy is not None:
-        spec = dataclasses.replace(spec, policy=load_policy(policy))
+    original = load_workload(workload)
+    spec = with_policy(original, load_policy(policy)) if policy is not None else original
     check_policy(spec, build_model(spec))
     accelerator = load_hw(hw)
+    check_approximate(spec, accelerator)
     report = _run_once(spec, accelerator, epochs, data_dir, progress)
     if compare_baseline:
-        baseline = _cached_baseline(spec, accelerator, epochs, data_dir, progress)
+        baseline = _cached_baseline(original, accelerator, epochs, data_dir, progress)
         report["comparison"] = compare(report, baseline)
         report["baseline"] = {k: baseline[k] for k in ("accuracy", "epochs", "energy", "hardware_time", "macs")}
     return report
 
 
 def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress) -> dict:
-    result = train_workload(spec, epochs, data_dir, progress)
-    priced = estimate(spec, accelerator, counts=result.counts)
-    return run_report(result, priced, spec.policy, spec.training.seed)
+    mode = accelerator.approximate
+    result = train_workload(spec, epochs, data_dir, progress, approximate=mode)
+    passive = spec.policy.axtrain is not None and spec.policy.axtrain.passive
+    priced = estimate(spec, accelerator, counts=result.counts, approximate=passive)
+    inference = None
+    if mode is not None:  # one inference batch on the exact datapath and on the approximate mode
+        inference = tuple(estimate(spec, accelerator, forward_only=True, approximate=a) for a in (False, True))
+    return run_report(result, priced, spec.policy, spec.training.seed, inference)
 
 
 def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress) -> dict:
     """The baseline run of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
-    baseline = dataclasses.replace(spec, policy=PRESETS["baseline"])
+    baseline = with_policy(spec, PRESETS["baseline"])
     key = hashlib.sha256(repr((fingerprint(baseline), accelerator, epochs, str(data_dir), __version__)).encode())
     path = cache_dir() / "runs" / f"{baseline.name}-{key.hexdigest()[:20]}.json"
     if path.exists():

@@ -159,6 +159,14 @@ def _values(q: Quantized, integer: bool) -> np.ndarray:
     return q.values if integer else q.dequantize()
 
 
+def _read(approx, seed: int, *operands: Quantized) -> list[np.ndarray]:
+    """The integer (activations, weights) of a forward GEMM as an approximate mode reads them."""
+    if not _integer(*operands):
+        raise ValueError("the approximate mode needs intN weights and activations (set a precision)")
+    rng = np.random.default_rng(derive_seed(seed, 55))
+    return [approx.read_operand(q, role, rng) for q, role in zip(operands, ("activations", "weights"), strict=True)]
+
+
 def _record(counter, op, a: Quantized, b: Quantized, macs, reads, writes, saturated, elementwise=0):
     if counter is not None:
         counter.record(
@@ -177,8 +185,10 @@ def _round_gradient(g: np.ndarray, fmt: PrecisionSpec | None, seed: int) -> tupl
 # -- convolution ---------------------------------------------------------------------------------------
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, counter=None, op="conv2d", seed=0) -> np.ndarray:
-    """y[n,k,p,q] = Σ_c,r,s x[n,c,p·stride−ph+r, q·stride−pw+s]·w[k,c,r,s] (+ b[k])."""
+def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, approx=None, counter=None, op="conv2d",
+           seed=0) -> np.ndarray:  # fmt: skip
+    """y[n,k,p,q] = Σ_c,r,s x[n,c,p·stride−ph+r, q·stride−pw+s]·w[k,c,r,s] (+ b[k]).
+    ``approx`` (an ApproxDatapath): compute on an accelerator's approximate mode (intN only)."""
     x, w = _array("x", x, 4), _array("w", w, 4)
     n, c, h, width = x.shape
     k, r, s = w.shape[0], w.shape[2], w.shape[3]
@@ -187,9 +197,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, counter=None, op="con
     p, q = _window(h, r, stride, ph), _window(width, s, stride, pw)
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
-    cols = conv_kernels.im2col(_values(xq, integer), r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    x_values, w_values = (
+        _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer), _values(wq, integer))
+    )
+    cols = conv_kernels.im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
     bounds = (wq.bound(), xq.bound())
-    acc = _matmul(_values(wq, integer).reshape(k, -1), cols, integer, bounds)
+    if approx is None:
+        acc = _matmul(w_values.reshape(k, -1), cols, integer, bounds)
+    else:
+        acc, bounds = approx.matmul(w_values.reshape(k, -1), cols, wq.bits, xq.bits), (np.inf, np.inf)
     scale = (wq.scale.reshape(-1, 1) * _per_column(xq.scale, p * q)) if integer else 1
     y, saturated = _finish(acc, integer, fmt, scale, seed, c * r * s * bounds[0] * bounds[1])
     y = np.ascontiguousarray(y.reshape(k, n, p, q).transpose(1, 0, 2, 3))
@@ -306,8 +322,8 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bi
 # -- linear --------------------------------------------------------------------------------------------
 
 
-def linear(x, w, b=None, fmt=None, *, counter=None, op="linear", seed=0) -> np.ndarray:
-    """y = x·wᵀ (+ b) for x (N, in) and w (out, in)."""
+def linear(x, w, b=None, fmt=None, *, approx=None, counter=None, op="linear", seed=0) -> np.ndarray:
+    """y = x·wᵀ (+ b) for x (N, in) and w (out, in); ``approx`` as in :func:`conv2d`."""
     x, w = _array("x", x, 2), _array("w", w, 2)
     n, f_in = x.shape
     f_out = w.shape[0]
@@ -315,7 +331,11 @@ def linear(x, w, b=None, fmt=None, *, counter=None, op="linear", seed=0) -> np.n
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
     bounds = (xq.bound(), wq.bound())
-    acc = _matmul(_values(xq, integer), _values(wq, integer).T, integer, bounds)
+    if approx is None:
+        acc = _matmul(_values(xq, integer), _values(wq, integer).T, integer, bounds)
+    else:
+        x_values, w_values = _read(approx, seed, xq, wq)
+        acc, bounds = approx.matmul(x_values, np.ascontiguousarray(w_values.T), xq.bits, wq.bits), (np.inf, np.inf)
     scale = (xq.scale.reshape(-1, 1) * wq.scale.reshape(1, -1)) if integer else 1
     y, saturated = _finish(acc, integer, fmt, scale, seed, f_in * bounds[0] * bounds[1])
     reads = {"x": x.size, "w": w.size}

@@ -135,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, CheckpointError, FileExistsError) as exc:
         print(f"e2sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except FloatingPointError as exc:  # a recipe that diverges (e.g. too high a learning rate)
+        print(f"e2sim: {exc}; lower the learning rate or change the policy", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

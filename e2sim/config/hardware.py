@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from e2sim.config.approximate import read_approximate
 from e2sim.config.reader import (
     Invalid,
     ProblemLog,
@@ -33,8 +35,9 @@ from e2sim.hw.energy_entries import ENERGY_ENTRIES
 DEFAULT_MAC_BITS = (8, 16)
 
 
-def read_hardware(data: Any, source: str) -> Accelerator:
-    """Check a parsed hardware document; raise SpecError listing every problem."""
+def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accelerator:
+    """Check a parsed hardware document; raise SpecError listing every problem. ``base_dir``:
+    where files the spec names are looked up (default: the working directory)."""
     log = ProblemLog(source)
     top = Section.of(data, "", log)
     if top is None:
@@ -49,12 +52,24 @@ def read_hardware(data: Any, source: str) -> Accelerator:
     static_power_mw = top.read("static_power_mw", non_negative_number)
     vector = _read_vector(top.section("vector", default={}), pe_array)
     overrides = _read_overrides(top.section("energy_overrides", default={}))
+    approximate = read_approximate(top.section("approximate", default=None), base_dir or Path.cwd())
     top.finish()
     if not log.problems:  # the tile check needs every field valid
         _check_smallest_tiles(Section(top.data["buffers"], "buffers", log), pe_array, buffers)
     log.raise_if_any()
     return Accelerator(
-        name, description, source, technology, clock_mhz, pe_array, buffers, dram, vector, static_power_mw, overrides
+        name,
+        description,
+        source,
+        technology,
+        clock_mhz,
+        pe_array,
+        buffers,
+        dram,
+        vector,
+        static_power_mw,
+        overrides,
+        approximate,
     )
 
 

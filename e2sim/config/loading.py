@@ -39,20 +39,21 @@ def resolve_spec(spec: str | Path, kind: str) -> Path:
 
 def read_workload_spec(spec: str | Path | Mapping) -> Workload:
     """Read and check a workload from a file, an embedded name or an already-parsed mapping."""
-    data, source = _document(spec, "workload")
+    data, source, _ = _document(spec, "workload")
     return read_workload(data, source)
 
 
 def read_hardware_spec(spec: str | Path | Mapping) -> Accelerator:
     """Read and check a hardware spec from a file, an embedded name or an already-parsed mapping."""
-    data, source = _document(spec, "hardware")
-    return read_hardware(data, source)
+    data, source, folder = _document(spec, "hardware")
+    return read_hardware(data, source, folder)
 
 
-def _document(spec: str | Path | Mapping, kind: str) -> tuple[Any, str]:
+def _document(spec: str | Path | Mapping, kind: str) -> tuple[Any, str, Path]:
+    """(parsed document, its name in error messages, the folder its relative file names start from)."""
     if isinstance(spec, Mapping):
-        return spec, f"<{kind} mapping>"
+        return spec, f"<{kind} mapping>", Path.cwd()
     path = resolve_spec(spec, kind)
     embedded = path.parent == embedded_dir(kind) and not Path(spec).exists()
     source = f"{SPEC_DIRS[kind]}/{path.name} (embedded)" if embedded else str(spec)
-    return read_yaml_file(path), source
+    return read_yaml_file(path), source, path.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -44,7 +44,8 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
 RESNET_DEPTHS = "6n+2 with n >= 1 (8, 20, 32, 44, 56, 74, 110, ...)"
 VGG_DEPTHS = (11, 13, 16, 19)
 SHORTCUTS = ("zero_pad", "projection")
-POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train", "emp", "eif", "eif+emp")
+POLICY_PRESETS = ("baseline", "smd", "slu", "psg", "e2train", "emp", "eif", "eif+emp", "eif+emp+q8", "axtrain-passive",
+                  "axtrain-active", "axtrain")  # fmt: skip
 SCHEDULES = ("constant", "step", "cosine")
 ROUNDINGS = ("nearest", "stochastic", "truncate")
 # Dynamic-scale granularities per role: one scale per tensor, per output channel (weights, weight
@@ -193,8 +194,25 @@ class EifSpec:
 
 
 @dataclass(frozen=True)
+class AxTrainSpec:
+    """AxTrain (He et al., ISLPED 2018): training for an accelerator's approximate mode (the
+    hardware spec's ``approximate`` block). ``passive``: the training forward pass runs on that
+    mode (its multiplier, and bit errors on the operands it reads); the backward pass treats the
+    approximate forward as exact (straight-through). ``sensitivity_radius`` ρ > 0 turns on the
+    active method: each step takes the gradient at the weights moved by ε = ρ·w²⊙g / ‖w⊙g‖₂
+    (conv/linear weights), which descends L(w) + ρ·‖w⊙g‖₂ to first order — a penalty on the
+    sensitivity of the loss to relative weight (and so product) perturbations: ‖w⊙g‖₂ is the
+    largest first-order loss change over relative perturbations of norm 1 (Kwon et al., ASAM,
+    ICML 2021). It costs one more forward and backward pass per step, counted and priced."""
+
+    passive: bool = True
+    sensitivity_radius: float = 0.0
+
+
+@dataclass(frozen=True)
 class PolicySpec:
-    """What a training run skips; ``name`` is the preset (or the techniques joined by '+')."""
+    """What a training run skips or approximates; ``name`` is the preset (or the techniques joined
+    by '+'). ``precision``: a preset's number formats, replacing the workload's (``eif+emp+q8``)."""
 
     name: str = "baseline"
     smd: SmdSpec | None = None
@@ -202,27 +220,16 @@ class PolicySpec:
     psg: PsgSpec | None = None
     emp: EmpSpec | None = None
     eif: EifSpec | None = None
+    axtrain: AxTrainSpec | None = None
+    precision: PrecisionSpec | None = None
 
     @property
     def techniques(self) -> tuple[str, ...]:
         return tuple(t for t in TECHNIQUES if getattr(self, t) is not None)
 
 
-TECHNIQUES = ("smd", "slu", "psg", "emp", "eif")
-
-
-PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
-    {
-        "baseline": PolicySpec(),
-        "smd": PolicySpec("smd", smd=SmdSpec()),
-        "slu": PolicySpec("slu", slu=SluSpec()),
-        "psg": PolicySpec("psg", psg=PsgSpec()),
-        "e2train": PolicySpec("e2train", smd=SmdSpec(), slu=SluSpec(), psg=PsgSpec()),
-        "emp": PolicySpec("emp", emp=EmpSpec()),
-        "eif": PolicySpec("eif", eif=EifSpec()),
-        "eif+emp": PolicySpec("eif+emp", emp=EmpSpec(), eif=EifSpec()),
-    }
-)
+TECHNIQUES = ("smd", "slu", "psg", "emp", "eif", "axtrain")
+ACTIVE_RADIUS = 0.5  # the presets' ρ (ASAM's default radius for relative perturbations)
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,12 @@ def read_workload(data: Any, source: str) -> Workload:
     policy = read_policy(top, "policy")
     top.finish()
     log.raise_if_any()
-    return Workload(name, description, source, dataset, model, training, precision, policy)
+    return with_policy(Workload(name, description, source, dataset, model, training, precision, policy), policy)
+
+
+def with_policy(workload: Workload, policy: PolicySpec) -> Workload:
+    """``workload`` under ``policy``; a policy with its own precision (``eif+emp+q8``) sets the formats."""
+    return replace(workload, policy=policy, precision=policy.precision or workload.precision)
 
 
 def _read_dataset(s: Section | None) -> DatasetSpec | None:
@@ -520,10 +532,47 @@ def read_policy(s: Section, key: str) -> PolicySpec | None:
             eif.read("explore_fraction", _fraction_below_one, default=0.1),
         )
         eif.finish(" for eif")
+    axtrain = block.section("axtrain", default=None)
+    if axtrain is not None:
+        spec = AxTrainSpec(axtrain.read("passive", boolean, default=True),
+                           axtrain.read("sensitivity_radius", non_negative_number, default=0.0))  # fmt: skip
+        axtrain.finish(" for axtrain")
+        if spec.passive is False and spec.sensitivity_radius == 0:
+            axtrain.log.add(
+                axtrain.path, "turn on passive training, the active method (sensitivity_radius > 0), or both"
+            )
+        techniques["axtrain"] = spec
     block.finish(f" (techniques: {', '.join(TECHNIQUES)})")
     if not techniques and not block.log.problems:
         block.log.add(block.path, f"name at least one technique ({', '.join(TECHNIQUES)}) or use a preset")
     return PolicySpec("+".join(techniques) or "baseline", **techniques)
+
+
+def _q8_precision() -> PrecisionSpec:
+    """int8 weights, activations and errors, int16 weight gradients, exact int32 sums, stochastic rounding."""
+    log = ProblemLog("preset eif+emp+q8")
+    spec = read_precision(Section({"weights": "int8", "activations": "int8", "errors": "int8", "gradients": "int16",
+                                   "accumulator": "int32", "rounding": "stochastic"}, "precision", log))  # fmt: skip
+    log.raise_if_any()
+    return spec
+
+
+PRESETS: Mapping[str, PolicySpec] = MappingProxyType(
+    {
+        "baseline": PolicySpec(),
+        "smd": PolicySpec("smd", smd=SmdSpec()),
+        "slu": PolicySpec("slu", slu=SluSpec()),
+        "psg": PolicySpec("psg", psg=PsgSpec()),
+        "e2train": PolicySpec("e2train", smd=SmdSpec(), slu=SluSpec(), psg=PsgSpec()),
+        "emp": PolicySpec("emp", emp=EmpSpec()),
+        "eif": PolicySpec("eif", eif=EifSpec()),
+        "eif+emp": PolicySpec("eif+emp", emp=EmpSpec(), eif=EifSpec()),
+        "axtrain-passive": PolicySpec("axtrain-passive", axtrain=AxTrainSpec(passive=True)),
+        "axtrain-active": PolicySpec("axtrain-active", axtrain=AxTrainSpec(False, ACTIVE_RADIUS)),
+        "axtrain": PolicySpec("axtrain", axtrain=AxTrainSpec(True, ACTIVE_RADIUS)),
+        "eif+emp+q8": PolicySpec("eif+emp+q8", emp=EmpSpec(), eif=EifSpec(), precision=_q8_precision()),
+    }
+)
 
 
 def _at_least_one(value: Any) -> float:

@@ -4,6 +4,11 @@ Components: ``mac`` (PE-array multiply-accumulates), ``rf`` (PE register files /
 ``sram`` (on-chip buffers), ``dram`` (off-chip traffic), ``vector`` (element-wise ops; each is
 priced as an add plus half a multiply at the vector unit's width, as a mix of adds, multiplies
 and compares), ``static`` (static power × time).
+
+Ops named in ``Arithmetic.approximate_ops`` run on the accelerator's approximate mode: their
+multiplies cost the approximate multiplier's energy, and their on-chip dynamic energy (mac, rf,
+sram, vector) scales with (V / V_nominal)²; DRAM and static energy are unchanged (the spec's
+``clock_mhz`` and ``static_power_mw`` are taken as they are at that voltage).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from e2sim.counting import OpCounter
 from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator
+from e2sim.hw.approximate import ApproximateMode
 from e2sim.schedule.ops import STREAMS, OpCost, pe_operands, schedule_op
 
 COMPONENTS = ("mac", "rf", "sram", "dram", "vector", "static")
@@ -28,6 +34,8 @@ class Arithmetic:
 
     accumulator_bits: int
     float_phases: frozenset[str]
+    approximate: ApproximateMode | None = None
+    approximate_ops: frozenset[str] = frozenset()  # ops that run on the approximate mode
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,17 @@ def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, d
               hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> dict[str, float]:  # fmt: skip
     """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport)."""
     floating = op.phase in arithmetic.float_phases
+    mode = arithmetic.approximate if op.name in arithmetic.approximate_ops else None
     mac = 0.0
     for key, n in macs.items():  # each MAC runs on the unit its operands fit, in as many passes as needed
         (a_width, a_passes), (b_width, b_passes) = (hw.pe_array.executed_width(int(b)) for b in key.split("x"))
-        mac += n * a_passes * b_passes * table.mac_pj(a_width, b_width, arithmetic.accumulator_bits, floating)
+        if mode is None:
+            per_mac = table.mac_pj(a_width, b_width, arithmetic.accumulator_bits, floating)
+        else:
+            per_mac = table.approx_mult_pj(a_width, b_width, mode.multiplier) + table.add_pj(
+                arithmetic.accumulator_bits, False
+            )
+        mac += n * a_passes * b_passes * per_mac
     sram = 0.0
     for name, bits in cost.sram_bits.items():
         buffer = hw.buffers[name]
@@ -96,12 +111,13 @@ def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, d
     v = hw.vector
     vector_pj = table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2
     seconds = (cost.compute_cycles * compute + cost.stall_cycles * data) / (hw.clock_mhz * 1e6)
+    dynamic = table.voltage_factor(mode.supply_voltage_v) if mode is not None else 1.0
     return {
-        "mac": mac * PJ,
-        "rf": table.rf_pj(cost.rf_bits) * compute * PJ,
-        "sram": sram * data * PJ,
+        "mac": mac * dynamic * PJ,
+        "rf": table.rf_pj(cost.rf_bits) * compute * dynamic * PJ,
+        "sram": sram * data * dynamic * PJ,
         "dram": dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * data * PJ,
-        "vector": op.elementwise_ops * vector_pj * compute * PJ,
+        "vector": op.elementwise_ops * vector_pj * compute * dynamic * PJ,
         "static": hw.static_power_mw * 1e-3 * seconds,
     }
 

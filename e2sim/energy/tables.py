@@ -5,6 +5,11 @@ Derived rules (documented in the tables): an a×b-bit integer multiply costs
 multiplies interpolate between fp16 and fp32 in significand width and float adds in total width
 (log-log); register-file accesses are linear in width; an SRAM access of w bits to a buffer of
 S KB costs ``sram_access_64b_8kb_pj · (w/64) · (S/8)^sram_size_exponent``.
+
+Approximate multipliers (an accelerator's approximate mode): truncation of t bits is an
+(a−t)×(b−t) array by the width rule; DRUM-k a k×k array plus ``drum_steering_ratio`` of the
+exact multiply; Mitchell ``mitchell_mult_ratio`` of the exact multiply; a table multiplier its
+spec's ``energy_ratio``. On-chip dynamic energy at supply V scales by (V / ``nominal_supply_v``)².
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from types import MappingProxyType
 
 import yaml
 
+from e2sim.hw.approximate import MultiplierSpec
 from e2sim.hw.energy_entries import ENERGY_ENTRIES
 
 
@@ -39,6 +45,25 @@ class EnergyTable:
             slope = math.log(self["fp32_mult_pj"] / self["fp16_mult_pj"]) / math.log(24 / 11)
             return self["fp16_mult_pj"] * (sig / 11) ** slope
         return self["int_mult_8b_pj"] * (a_bits * b_bits / 64) ** (self["int_mult_width_exponent"] / 2)
+
+    def approx_mult_pj(self, a_bits: int, b_bits: int, multiplier: MultiplierSpec) -> float:
+        """One integer multiply of a×b bits on an approximate multiplier."""
+        exact = self.mult_pj(a_bits, b_bits, False)
+        if multiplier.kind == "truncation":
+            t = multiplier.dropped_bits
+            return self.mult_pj(max(a_bits - t, 1), max(b_bits - t, 1), False)
+        if multiplier.kind == "drum":
+            k = multiplier.kept_bits
+            return self.mult_pj(min(k, a_bits), min(k, b_bits), False) + self["drum_steering_ratio"] * exact
+        if multiplier.kind == "mitchell":
+            return self["mitchell_mult_ratio"] * exact
+        if multiplier.kind == "table":
+            return multiplier.energy_ratio * exact
+        return exact
+
+    def voltage_factor(self, supply_v: float) -> float:
+        """Dynamic on-chip energy at ``supply_v`` relative to the table's nominal voltage (C·V²)."""
+        return (supply_v / self["nominal_supply_v"]) ** 2
 
     def add_pj(self, bits: int, floating: bool) -> float:
         if floating:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from e2sim.hw.approximate import ApproximateMode
+
 DATAFLOWS = ("ws", "os", "is", "rs")  # weight/output/input stationary (SCALE-Sim), row stationary (Eyeriss)
 TECHNOLOGIES = ("45nm", "65nm", "fpga")
 DRAM_TYPES = ("lpddr", "lpddr4", "ddr3", "ddr4", "gddr5", "hbm2")
@@ -90,6 +92,7 @@ class Accelerator:
     vector: VectorUnit
     static_power_mw: float  # leakage and clock tree of the whole accelerator, drawn while it runs
     energy_overrides: Mapping[str, float]  # energy-table entries replaced by the spec
+    approximate: ApproximateMode | None = None  # the approximate operating mode, if it has one
 
     @property
     def has_global_buffer(self) -> bool:

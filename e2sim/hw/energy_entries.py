@@ -18,4 +18,7 @@ ENERGY_ENTRIES = (
     "dram_ddr4_pj_per_bit",
     "dram_gddr5_pj_per_bit",
     "dram_hbm2_pj_per_bit",
+    "nominal_supply_v",
+    "drum_steering_ratio",
+    "mitchell_mult_ratio",
 )

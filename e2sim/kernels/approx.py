@@ -8,11 +8,13 @@ Signed operands are multiplied as sign × approx(|a|, |b|):
   logarithms, take the piecewise-linear antilog: 2^(ka+kb) + s if s < 2^(ka+kb), else 2·s, where
   s = fa·2^kb + fb·2^ka. All three are exact integer functions.
 Truncation and DRUM approximate each operand on its own, so a GEMM of transformed operands is
-exact BLAS work; Mitchell needs every product, done by ``mitchell_matmul``.
+exact BLAS work; Mitchell needs every product, done by ``mitchell_matmul`` or, for operands up to
+8 bits, by ``lut_matmul`` on a table of every signed product (``signed_product_table``), which
+also runs multipliers given as a table.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 EXACT, TRUNCATION, DRUM, MITCHELL = 0, 1, 2, 3
 
@@ -88,5 +90,46 @@ def mitchell_matmul(a, b):
             total = 0
             for k in range(kk):
                 total += approx_product(ai[i, k], bt[j, k], MITCHELL, 0)
+            out[i, j] = total
+    return out
+
+
+@njit(cache=True)
+def signed_product_table(magnitudes, kind, param, table):
+    """T[a + m, b + m] = approximate a·b for a, b in [-m, m], m = ``magnitudes`` - 1 (int32):
+    ``kind``'s product, or with ``kind`` < 0 sign·``table``[|a|, |b|] (a product table)."""
+    m = magnitudes - 1
+    out = np.empty((2 * m + 1, 2 * m + 1), np.int32)
+    for a in range(-m, m + 1):
+        for b in range(-m, m + 1):
+            if kind < 0:
+                p = table[abs(a), abs(b)]
+                out[a + m, b + m] = -p if (a < 0) != (b < 0) else p
+            else:
+                out[a + m, b + m] = approx_product(a, b, kind, param)
+    return out
+
+
+@njit(parallel=True)
+def lut_matmul(a, b, table):
+    """Σ_k table[a[i,k] + m, b[k,j] + m] for integer-valued float32 matrices (m: the table's
+    offset, its side = 2m + 1), as exact int64 sums; columns run in parallel."""
+    m = (table.shape[0] - 1) // 2
+    rows, kk = a.shape
+    n = b.shape[1]
+    ai = np.empty((rows, kk), np.int32)
+    for i in range(rows):
+        for k in range(kk):
+            ai[i, k] = np.int32(a[i, k]) + m
+    bt = np.empty((n, kk), np.int32)
+    for j in prange(n):
+        for k in range(kk):
+            bt[j, k] = np.int32(b[k, j]) + m
+    out = np.zeros((rows, n), np.int64)
+    for j in prange(n):
+        for i in range(rows):
+            total = 0
+            for k in range(kk):
+                total += table[ai[i, k], bt[j, k]]
             out[i, j] = total
     return out

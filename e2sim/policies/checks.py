@@ -5,6 +5,8 @@ from __future__ import annotations
 from e2sim.config.errors import SpecError
 from e2sim.config.workload import Workload
 from e2sim.graph.models import Model
+from e2sim.hw.accelerator import Accelerator
+from e2sim.numerics.approximate import LUT_MAX_BITS
 
 
 def check_policy(workload: Workload, model: Model) -> None:
@@ -13,3 +15,34 @@ def check_policy(workload: Workload, model: Model) -> None:
             workload.source, "policy.slu",
             f"selective layer update gates residual blocks, and {model.name} has none (use a residual model)",
         )  # fmt: skip
+    axtrain = workload.policy.axtrain
+    if axtrain is not None and axtrain.sensitivity_radius > 0 and workload.policy.slu is not None:
+        raise SpecError.single(
+            workload.source, "policy.axtrain.sensitivity_radius",
+            "AxTrain's active method does not compose with slu yet (its second pass would re-run the gates)",
+        )  # fmt: skip
+
+
+def check_approximate(workload: Workload, hw: Accelerator) -> None:
+    """A run on ``hw``'s approximate mode (AxTrain, or evaluation on it) needs intN weights and
+    activations that its multiplier covers; a policy that trains on it needs the mode."""
+    mode = hw.approximate
+    axtrain = workload.policy.axtrain
+    if mode is None:
+        if axtrain is not None and axtrain.passive:
+            wanted = f"policy {workload.policy.name} trains on the accelerator's approximate mode"
+            raise SpecError.single(hw.source, "approximate", f"{wanted}, and this spec has no approximate block")
+        return
+    p = workload.precision
+    for role in ("weights", "activations"):
+        fmt = getattr(p, role)
+        if fmt.kind != "int":
+            raise SpecError.single(hw.source, "approximate", f"the approximate mode multiplies intN operands; "
+                                   f"workload {workload.name} has precision.{role} {fmt.name}")  # fmt: skip
+    bits = max(p.weights.bits, p.activations.bits)
+    table = mode.multiplier.table
+    if table is not None and (bits > LUT_MAX_BITS or table.shape[0] < (1 << (bits - 1)) + 1):
+        need = f"{bits}-bit operands need {(1 << (bits - 1)) + 1} (magnitudes 0..{1 << (bits - 1)})"
+        limit = f"tables cover at most {LUT_MAX_BITS}-bit operands"
+        message = f"{mode.multiplier.table_file} has {table.shape[0]} rows; {need}, and {limit}"
+        raise SpecError.single(hw.source, "approximate.multiplier.table_file", message)

@@ -29,11 +29,14 @@ def policy_dict(policy: PolicySpec) -> dict[str, Any]:
     return {"name": policy.name, **{t: vars(getattr(policy, t)) for t in policy.techniques}}
 
 
-def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed: int) -> dict[str, Any]:
+def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed: int,
+               inference: tuple[Estimate, Estimate] | None = None) -> dict[str, Any]:  # fmt: skip
+    """``inference``: one forward batch priced on the exact datapath and on the approximate mode
+    (hardware with an approximate mode); the report then gains ``approximate_mode``."""
     priced = estimate.to_dict()
     skipped = sum(c.skipped_macs for c in result.counts.ops.values())
     accuracies = [e.test_accuracy for e in result.epochs]
-    return {
+    report = {
         "workload": result.workload,
         "hardware": priced["hardware"],
         "policy": policy_dict(policy),
@@ -48,6 +51,7 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
                 "train_accuracy": e.train_accuracy,
                 "test_accuracy": e.test_accuracy,
                 "iterations": e.iterations,
+                "approximate_test_accuracy": e.approximate_test_accuracy,
             }
             for e in result.epochs
         ],
@@ -67,6 +71,22 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
         "policy_stats": result.policy_stats,
         "ops": priced["ops"],
         "energy_table": priced["energy_table"],
+    }
+    if inference is not None:
+        report["approximate_mode"] = _approximate_section(result, inference)
+    return report
+
+
+def _approximate_section(result: TrainResult, inference: tuple[Estimate, Estimate]) -> dict[str, Any]:
+    """Accuracy on the approximate mode and the energy of inference with and without it."""
+    exact, approximate = (e.to_dict()["totals"]["energy_j"] / e.batch_size for e in inference)
+    mode = result.policy_stats["approximate_mode"]
+    on_mode = [e.approximate_test_accuracy for e in result.epochs]
+    return {
+        **mode,
+        "accuracy": {"final": on_mode[-1], "best": max(on_mode), "per_epoch": on_mode},
+        "inference_energy_per_image_j": {"exact": exact, "approximate": approximate},
+        "inference_energy_saving": 1 - approximate / exact,
     }
 
 
@@ -92,7 +112,17 @@ def format_run(report: dict[str, Any]) -> str:
         "energy by component: " + ", ".join(f"{k} {v:.3g} J" for k, v in energy["breakdown_j"].items()),
         "energy by phase: " + ", ".join(f"{k} {v['energy_j']:.3g} J" for k, v in energy["phases"].items()),
     ]
+    if "approximate_mode" in report:
+        a = report["approximate_mode"]
+        lines.append(
+            f"on the approximate mode ({a['multiplier']}, {a['supply_voltage_v']:g} V, bit-error rate "
+            f"{a['bit_error_rate']:.3g}): test accuracy {a['accuracy']['final']:.2%}; inference "
+            f"{a['inference_energy_per_image_j']['approximate']:.4g} J/image against "
+            f"{a['inference_energy_per_image_j']['exact']:.4g} J exact ({a['inference_energy_saving']:.1%} saved)"
+        )
     for technique, stats in report["policy_stats"].items():
+        if technique == "approximate_mode":
+            continue
         lines.append(
             f"{technique}: "
             + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())

@@ -3,6 +3,7 @@ is the graph that ran. Every op's work is recorded under its graph name in an Op
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import Op, TrainingGraph
 from e2sim.graph.layers import Layer
+from e2sim.numerics.approximate import ApproxDatapath
 from e2sim.numerics.quantize import derive_seed
 from e2sim.policies.emp import EmpStats, select_channels, selection_ops
 from e2sim.policies.psg import PsgStats, psg_weight_gradient
@@ -77,6 +79,7 @@ class _Step:
     psg_stats: PsgStats | None = None
     emp: EmpSpec | None = None
     emp_stats: EmpStats | None = None
+    approx: ApproxDatapath | None = None  # forward conv/linear on the accelerator's approximate mode
 
 
 def _emp_channels(s: _Step, op: Op, layer) -> np.ndarray | None:
@@ -101,7 +104,9 @@ class GraphExecutor:
     """Runs the ops of ``graph`` on a state; the batch may be smaller than the graph's (last batch)."""
 
     def __init__(self, graph: TrainingGraph, fmt: PrecisionSpec | None, momentum: float, weight_decay: float,
-                 policy: PolicySpec | None = None):  # fmt: skip
+                 policy: PolicySpec | None = None, approx: ApproxDatapath | None = None):  # fmt: skip
+        """``approx``: the accelerator's approximate mode; training runs its forward pass on it with
+        AxTrain's passive method, and :meth:`predict` on request."""
         self.graph = graph
         self.fmt = fmt
         self.momentum = momentum
@@ -111,6 +116,12 @@ class GraphExecutor:
         self.emp = policy.emp if policy is not None else None
         self.emp_stats = EmpStats()
         self.slu = SluRuntime(graph, policy.slu) if policy is not None and policy.slu is not None else None
+        self.approx = approx
+        axtrain = policy.axtrain if policy is not None else None
+        self.passive = axtrain is not None and axtrain.passive
+        self.radius = axtrain.sensitivity_radius if axtrain is not None else 0.0
+        if self.passive and approx is None:
+            raise ValueError("AxTrain's passive method needs the accelerator's approximate mode")
         self.layers = {layer.name: layer for layer in graph.model.layers}
         self.logits = next(op.reads[0] for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
         self.handlers: list[tuple[Op, Layer, Callable]] = []
@@ -128,13 +139,14 @@ class GraphExecutor:
         tensors["input.x"], tensors["input.labels"] = images, labels
         if sample_weights is not None:
             tensors["input.weights"] = sample_weights
+        approx = self.approx if self.passive else None
         step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {},
-                     self.psg, self.psg_stats, self.emp, self.emp_stats)  # fmt: skip
+                     self.psg, self.psg_stats, self.emp, self.emp_stats, approx)  # fmt: skip
         gates = self.slu.start(tensors, counter, seed, training=True) if self.slu else None
-        for index, (op, layer, handler) in enumerate(self.handlers):
-            self._run(step, op, layer, handler, derive_seed(seed, index), gates)
-            if counter is not None:
-                counter.ran(op.name)
+        self._pass(step, seed, gates, updates=False)
+        if self.radius > 0:
+            self._sharpness_gradients(step, seed)
+        self._pass(step, seed, gates, updates=True)
         if gates is not None:
             gates.finish(tensors, lr, self.momentum)
         for name in state.arrays:
@@ -143,6 +155,33 @@ class GraphExecutor:
         picked = probs[np.arange(len(labels)), labels].astype(np.float64)
         self.last_losses = -np.log(np.maximum(picked, 1e-30))
         return float(tensors["loss.y"]), int(np.sum(np.argmax(probs, axis=1) == labels))
+
+    def _pass(self, step: _Step, seed: int, gates, updates: bool) -> None:
+        """The forward and backward ops (``updates=False``) or the update ops, in graph order (the
+        updates write ``.next`` tensors, so running them after every backward op is equivalent)."""
+        for index, (op, layer, handler) in enumerate(self.handlers):
+            if (op.phase == "update") == updates:
+                self._run(step, op, layer, handler, derive_seed(seed, index), gates)
+                if step.counter is not None:
+                    step.counter.ran(op.name)
+
+    def _sharpness_gradients(self, step: _Step, seed: int) -> None:
+        """AxTrain's active method (see AxTrainSpec): replace every gradient by the gradient at the
+        conv/linear weights moved by ε = ρ·w²⊙g / ‖w⊙g‖₂ (one more forward and backward pass)."""
+        t = step.tensors
+        weights = [f"{layer.name}.w" for layer in self.graph.model.layers if layer.kind in ("conv", "linear")]
+        norm = np.sqrt(sum(float(np.sum((t[w].astype(np.float64) * t[f"{w}.grad"]) ** 2)) for w in weights))
+        if norm == 0 or not np.isfinite(norm):
+            return
+        moved = dict(t)
+        for w in weights:
+            moved[w] = (t[w] + self.radius * t[w] * t[w] * t[f"{w}.grad"] / norm).astype(np.float32)
+        probe = dataclasses.replace(step, tensors=moved, stash={})
+        self._pass(probe, derive_seed(seed, 77), None, updates=False)
+        for op, layer, _ in self.handlers:
+            if op.phase == "update":
+                for short, _ in layer.params():
+                    t[f"{layer.name}.{short}.grad"] = moved[f"{layer.name}.{short}.grad"]
 
     def optimizer_step(self, state: TrainState, lr: float, seed: int, counter: OpCounter | None) -> None:
         """The update ops alone, with zero gradients (a dropped iteration whose optimizer still steps)."""
@@ -159,17 +198,22 @@ class GraphExecutor:
         for name in state.arrays:
             state.arrays[name] = tensors.get(f"{name}.next", state.arrays[name])
 
-    def predict(self, state: TrainState, images: np.ndarray, counter: OpCounter | None = None) -> np.ndarray:
+    def predict(self, state: TrainState, images: np.ndarray, counter: OpCounter | None = None,
+                approximate: bool = False, seed: int = 0) -> np.ndarray:  # fmt: skip
         """Logits of the forward ops in inference mode (BN with running statistics, the workload's
-        formats); with ``counter`` the work is recorded (e.g. a filter network deciding)."""
+        formats); with ``counter`` the work is recorded (e.g. a filter network deciding). With
+        ``approximate`` conv/linear run on the accelerator's approximate mode (``seed``: its bit errors)."""
         tensors = dict(state.arrays)
         tensors["input.x"] = images
-        step = _Step(self.graph, tensors, self.fmt, counter, 0, 0.0, 0.0, 0.0, {"eval": ()})
+        approx = self.approx if approximate else None
+        if approximate and approx is None:
+            raise ValueError("this executor has no approximate mode")
+        step = _Step(self.graph, tensors, self.fmt, counter, seed, 0.0, 0.0, 0.0, {"eval": ()}, approx=approx)
         gates = self.slu.start(tensors, None, 0, training=False) if self.slu else None
         for index, (op, layer, handler) in enumerate(self.handlers):
             if op.phase != "fwd" or layer.kind == "loss":
                 continue
-            self._run(step, op, layer, handler, derive_seed(0, index), gates)
+            self._run(step, op, layer, handler, derive_seed(seed, index), gates)
             if counter is not None:
                 counter.ran(op.name)
         return tensors[self.logits]
@@ -189,7 +233,7 @@ def _conv_fwd(s: _Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     bias = t[op.reads[2]] if layer.bias else None
     t[op.writes[0]] = F.conv2d(t[op.reads[0]], t[op.reads[1]], bias, layer.stride, layer.padding, s.fmt,
-                               counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+                               approx=s.approx, counter=s.counter, op=op.name, seed=seed)  # fmt: skip
 
 
 def _conv_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
@@ -225,8 +269,8 @@ def _flat(x: np.ndarray) -> np.ndarray:
 def _linear_fwd(s: _Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     bias = t[op.reads[2]] if layer.bias else None
-    t[op.writes[0]] = F.linear(_flat(t[op.reads[0]]), t[op.reads[1]], bias, s.fmt, counter=s.counter, op=op.name,
-                               seed=seed)  # fmt: skip
+    t[op.writes[0]] = F.linear(_flat(t[op.reads[0]]), t[op.reads[1]], bias, s.fmt, approx=s.approx,
+                               counter=s.counter, op=op.name, seed=seed)  # fmt: skip
 
 
 def _linear_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:

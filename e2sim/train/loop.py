@@ -16,6 +16,8 @@ import numpy as np
 from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
+from e2sim.hw.approximate import ApproximateMode
+from e2sim.numerics.approximate import ApproxDatapath, BitErrorStats
 from e2sim.numerics.quantize import derive_seed
 from e2sim.policies.eif import EIF_SKIPPED, EifRuntime
 from e2sim.policies.emp import EmpStats
@@ -42,6 +44,7 @@ class EpochStats:
     test_accuracy: float
     iterations: int  # executed (not dropped) iterations
     seconds: float
+    approximate_test_accuracy: float | None = None  # evaluated on the accelerator's approximate mode
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,12 @@ def learning_rate(training: TrainingSpec, iteration: int, iterations_per_epoch: 
     return training.lr
 
 
-def fingerprint(workload: Workload) -> str:
-    """A digest of everything in the workload that changes training (not its name or description)."""
-    text = repr((workload.dataset, workload.model, workload.training, workload.precision, workload.policy))
+def fingerprint(workload: Workload, approximate: ApproximateMode | None = None) -> str:
+    """A digest of everything that changes training: the workload (not its name or description),
+    and the approximate mode when the policy trains on it."""
+    passive = workload.policy.axtrain is not None and workload.policy.axtrain.passive
+    text = repr((workload.dataset, workload.model, workload.training, workload.precision, workload.policy,
+                 approximate if passive else None))  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -94,12 +100,14 @@ class _Progress:
                              + " " * 10 + "\n")  # fmt: skip
 
 
-def evaluate(executor: GraphExecutor, state: TrainState, dataset: Dataset) -> float:
-    """Top-1 accuracy on the test split (inference mode)."""
+def evaluate(executor: GraphExecutor, state: TrainState, dataset: Dataset, approximate: bool = False) -> float:
+    """Top-1 accuracy on the test split (inference mode), on the approximate mode if asked (each
+    batch with its own bit errors)."""
     test = dataset.test
     correct = 0
     for start in range(0, len(test.labels), EVAL_BATCH):
-        logits = executor.predict(state, test.images[start : start + EVAL_BATCH])
+        logits = executor.predict(state, test.images[start : start + EVAL_BATCH], approximate=approximate,
+                                  seed=derive_seed(start, 3))  # fmt: skip
         correct += int(np.sum(np.argmax(logits, axis=1) == test.labels[start : start + EVAL_BATCH]))
     return correct / max(len(test.labels), 1)
 
@@ -113,6 +121,7 @@ def train(
     resume: bool = False,
     dataset: Dataset | None = None,
     stop_after: int | None = None,
+    approximate: ApproximateMode | None = None,
 ) -> TrainResult:
     """Train ``workload`` by executing its lowered graph; deterministic given ``training.seed``.
 
@@ -121,6 +130,8 @@ def train(
     ``checkpoint`` is a file written after every epoch (never over a file that is not a checkpoint
     of this run); ``resume`` continues from it. Training uses full batches only (the last partial
     batch of an epoch is dropped), so every iteration is the lowered graph exactly.
+    ``approximate``: the accelerator's approximate mode; AxTrain's passive method trains on it,
+    and every epoch is also evaluated on it.
     """
     training = workload.training
     smd = workload.policy.smd
@@ -134,12 +145,14 @@ def train(
     per_epoch = len(dataset.train.labels) // batch
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(dataset.train.labels)} images, fewer than one batch of {batch}")
-    executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay, workload.policy)
+    datapath = ApproxDatapath(approximate) if approximate is not None else None
+    executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay, workload.policy,
+                             datapath)  # fmt: skip
     state, history, counts, first_epoch = init_state(graph, training.seed, workload.policy), [], OpCounter(), 1
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if resume and checkpoint.exists():
-            state, history, counts, saved_stats = load_checkpoint(checkpoint, workload, graph, epochs)
+            state, history, counts, saved_stats = load_checkpoint(checkpoint, workload, graph, epochs, approximate)
             smd_stats = SmdStats(**saved_stats.get("smd", {}))
             if executor.slu is not None:
                 executor.slu.stats = SluStats(**saved_stats.get("slu", {}))
@@ -147,6 +160,8 @@ def train(
                 executor.psg_stats = PsgStats(**saved_stats.get("psg", {}))
             if executor.emp is not None:
                 executor.emp_stats = EmpStats(**saved_stats.get("emp", {}))
+            if datapath is not None:
+                datapath.stats = BitErrorStats(**saved_stats.get("approximate_mode", {}))
             first_epoch = len(history) + 1
         elif checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
@@ -195,8 +210,9 @@ def train(
             bar.update(epoch, i + 1, loss)
         mean_loss = float(np.mean(losses)) if losses else math.nan
         accuracy = correct / max(seen, 1)
+        on_approximate = evaluate(executor, state, dataset, approximate=True) if datapath is not None else None
         stats = EpochStats(epoch, lr, mean_loss, accuracy, evaluate(executor, state, dataset), executed,
-                           time.perf_counter() - start)  # fmt: skip
+                           time.perf_counter() - start, on_approximate)  # fmt: skip
         history.append(stats)
         bar.end_epoch(stats)
         if checkpoint is not None:
@@ -204,7 +220,9 @@ def train(
                             "emp": asdict(executor.emp_stats)}  # fmt: skip
             if executor.slu is not None:
                 policy_state["slu"] = asdict(executor.slu.stats)
-            save_checkpoint(checkpoint, workload, epochs, state, history, counts, policy_state)
+            if datapath is not None:
+                policy_state["approximate_mode"] = asdict(datapath.stats)
+            save_checkpoint(checkpoint, workload, epochs, state, history, counts, policy_state, approximate)
     stats = {"smd": smd_stats.as_dict()} if smd is not None else {}
     if workload.policy.psg is not None:
         stats["psg"] = executor.psg_stats.as_dict()
@@ -214,17 +232,22 @@ def train(
         stats["emp"] = executor.emp_stats.as_dict()
     if eif is not None:
         stats["eif"] = eif.stats.as_dict()
+    if datapath is not None:
+        stats["approximate_mode"] = {"multiplier": approximate.multiplier.label, "supply_voltage_v":
+                                     approximate.supply_voltage_v, "bit_error_rate": approximate.bit_error_rate,
+                                     **datapath.stats.as_dict()}  # fmt: skip
     return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats)
 
 
 def save_checkpoint(
-    path: Path, workload: Workload, epochs: int, state: TrainState, history: list, counts: OpCounter, stats: dict
-) -> None:
+    path: Path, workload: Workload, epochs: int, state: TrainState, history: list, counts: OpCounter, stats: dict,
+    approximate: ApproximateMode | None = None,
+) -> None:  # fmt: skip
     """The full training state after an epoch, written atomically (a temporary file, then a rename)."""
     meta = {
         "version": CHECKPOINT_VERSION,
         "workload": workload.name,
-        "fingerprint": fingerprint(workload),
+        "fingerprint": fingerprint(workload, approximate),
         "epochs": epochs,
         "history": [asdict(h) for h in history],
         "counts": {name: c.as_dict() for name, c in counts.ops.items()},
@@ -236,14 +259,15 @@ def save_checkpoint(
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph, epochs: int):
+def load_checkpoint(path: Path, workload: Workload, graph: TrainingGraph, epochs: int,
+                    approximate: ApproximateMode | None = None):  # fmt: skip
     try:
         with np.load(path) as data:
             meta = json.loads(bytes(data["__meta__"]).decode())
             arrays = {name: data[name] for name in data.files if name != "__meta__"}
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not an e2sim checkpoint ({exc})") from None
-    if meta.get("version") != CHECKPOINT_VERSION or meta.get("fingerprint") != fingerprint(workload):
+    if meta.get("version") != CHECKPOINT_VERSION or meta.get("fingerprint") != fingerprint(workload, approximate):
         raise CheckpointError(f"{path}: was written for another workload or e2sim version than {workload.name}")
     if meta.get("epochs") != epochs:
         raise CheckpointError(f"{path}: belongs to a run of {meta.get('epochs')} epochs, not {epochs} (lr schedule)")
