@@ -1,8 +1,8 @@
 """Early instance filtering and error-map pruning on LeNet-5 / mnist5k (Wu et al. 2020): test
 accuracy, computation reduction and training-energy saving on the ZedBoard, against the baseline.
 
-The paper's LeNet recipe (lr 0.01, momentum 0.5, batch 64), fp32 unless "+q8" (int8 weights,
-activations and errors, int16 gradients). Computation counts every executed MAC: the main
+The paper's LeNet recipe (lr 0.01, momentum 0.5, batch 64), fp32 except the eif+emp+q8 preset
+(int8 weights, activations and errors, int16 gradients). Computation counts every executed MAC: the main
 network's, the filter's and the selection's. Paper target for LeNet/MNIST: 78.6% computation
 reduction with no accuracy loss (99.23 -> 99.47 on the full MNIST).
 
@@ -17,12 +17,10 @@ import time
 
 import e2sim
 from e2sim.api import load_policy
+from e2sim.config.workload import with_policy
 from e2sim.functional import precision
 
-RUNS = [("baseline", "baseline", False), ("EIF", "eif", False), ("EMP", "emp", False), ("EIF+EMP", "eif+emp", False),
-        ("EIF+EMP+q8", "eif+emp", True)]  # fmt: skip
-INT8 = dict(weights="int8", activations="int8", errors="int8", gradients="int16", accumulator="int32",
-            rounding="stochastic")  # fmt: skip
+RUNS = [("baseline", "baseline"), ("EIF", "eif"), ("EMP", "emp"), ("EIF+EMP", "eif+emp"), ("EIF+EMP+q8", "eif+emp+q8")]
 
 
 def main() -> None:
@@ -31,12 +29,12 @@ def main() -> None:
     args = parser.parse_args()
     base = e2sim.load_workload("lenet5-mnist")
     base = dataclasses.replace(base, training=dataclasses.replace(base.training, lr=0.01, momentum=0.5,
-                                                                  weight_decay=0.0, schedule="constant"))  # fmt: skip
+                                                                  weight_decay=0.0, schedule="constant"),
+                               precision=precision())  # fmt: skip
     print(f"{'run':<12}{'accuracy':>9}{'MACs':>16}{'reduction':>11}{'energy J':>10}{'saving':>8}{'host s':>8}")
     reference = None
-    for label, policy, q8 in RUNS:
-        spec = dataclasses.replace(base, policy=load_policy(policy),
-                                   precision=precision(**INT8) if q8 else precision())  # fmt: skip
+    for label, policy in RUNS:
+        spec = with_policy(base, load_policy(policy))
         start = time.perf_counter()
         result = e2sim.train(spec, epochs=args.epochs, progress=False)
         energy = e2sim.estimate(spec, "zedboard", counts=result.counts).energy_j

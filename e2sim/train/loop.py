@@ -100,14 +100,15 @@ class _Progress:
                              + " " * 10 + "\n")  # fmt: skip
 
 
-def evaluate(executor: GraphExecutor, state: TrainState, dataset: Dataset, approximate: bool = False) -> float:
+def evaluate(executor: GraphExecutor, state: TrainState, dataset: Dataset, approximate: bool = False,
+             seed: int = 0) -> float:  # fmt: skip
     """Top-1 accuracy on the test split (inference mode), on the approximate mode if asked (each
-    batch with its own bit errors)."""
+    batch with its own bit errors, drawn from ``seed``)."""
     test = dataset.test
     correct = 0
     for start in range(0, len(test.labels), EVAL_BATCH):
         logits = executor.predict(state, test.images[start : start + EVAL_BATCH], approximate=approximate,
-                                  seed=derive_seed(start, 3))  # fmt: skip
+                                  seed=derive_seed(seed, start))  # fmt: skip
         correct += int(np.sum(np.argmax(logits, axis=1) == test.labels[start : start + EVAL_BATCH]))
     return correct / max(len(test.labels), 1)
 
