@@ -189,7 +189,8 @@ def test_a_table_multiplier_runs_the_products_it_lists(tmp_path):
     ({"kind": "table", "table_file": "missing.csv", "energy_ratio": 0.5}, {}, "approximate.multiplier.table_file"),
     ({"kind": "table", "table_file": "bad.csv", "energy_ratio": 0.5}, {}, "approximate.multiplier.table_file"),
     ({"kind": "table", "table_file": "bad.csv"}, {}, "approximate.multiplier.energy_ratio"),
-    ({"kind": "mitchell"}, {"bit_error_rates": [[0.7, 0.9]]}, "approximate.bit_error_rates[0]"),
+    ({"kind": "mitchell"}, {"bit_error_rates": [[0.7, 0.9]]}, "approximate.bit_error_rates[0][1]"),
+    ({"kind": "mitchell"}, {"bit_error_rates": [[0.7]]}, "approximate.bit_error_rates[0]"),
     ({"kind": "mitchell"}, {"bit_error_rates": [[0.7, 0.1], [0.7, 0.2]]}, "approximate.bit_error_rates"),
     ({"kind": "mitchell"}, {"bit_errors_on": ["biases"]}, "approximate.bit_errors_on[0]"),
 ])  # fmt: skip
@@ -322,3 +323,12 @@ def test_cli_run_reports_the_approximate_mode(capsys):
     assert 0 < section["inference_energy_per_image_j"]["approximate"] < section["inference_energy_per_image_j"]["exact"]
     assert 0.5 < section["accuracy"]["final"] <= 1
     assert report["epochs"][0]["approximate_test_accuracy"] == section["accuracy"]["final"]
+
+
+def test_cli_estimate_on_the_approximate_mode(capsys):
+    assert main(["estimate", "lenet5-mnist", "--hw", "axtrain-65nm", "--forward-only", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)["totals"]["energy_j"]
+    assert main(["estimate", "lenet5-mnist", "--hw", "axtrain-65nm", "--forward-only", "--approximate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["energy_j"] < exact
+    assert main(["estimate", "lenet5-mnist", "--hw", "zedboard", "--approximate"]) == 2
+    assert "zedboard.yaml (embedded): approximate: no approximate mode" in capsys.readouterr().err

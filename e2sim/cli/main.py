@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--hw", required=True, metavar="HW", help="hardware YAML, embedded name, or SCALE-Sim .cfg")
     estimate.add_argument("--batch", type=_positive_int, metavar="N", help="batch size (default: the workload's)")
     estimate.add_argument("--forward-only", action="store_true", help="price the forward ops only (inference)")
+    estimate.add_argument("--approximate", action="store_true",
+                          help="run forward conv/linear ops on the hardware's approximate mode")  # fmt: skip
     estimate.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     estimate.set_defaults(handler=_estimate)
 
@@ -101,7 +103,8 @@ def _lower(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    report = api.estimate(args.workload, args.hw, forward_only=args.forward_only, batch_size=args.batch).to_dict()
+    report = api.estimate(args.workload, args.hw, forward_only=args.forward_only, batch_size=args.batch,
+                          approximate=args.approximate).to_dict()  # fmt: skip
     print(json.dumps(report, indent=1) if args.json else format_estimate(report))
     return 0
 

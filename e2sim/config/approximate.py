@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from e2sim.config.reader import Invalid, Section, one_of, positive_number
+from e2sim.config.reader import Invalid, Section, describe, one_of, positive_number
 from e2sim.hw.approximate import MULTIPLIERS, STORED_OPERANDS, ApproximateMode, MultiplierSpec
 
 MAX_TABLE_ROWS = 256  # tables are for operands up to 8 bits (an 8-bit unsigned multiplier has 256)
@@ -29,7 +29,7 @@ def read_approximate(s: Section | None, base_dir: Path) -> ApproximateMode | Non
         return None
     multiplier = _read_multiplier(s.section("multiplier"), base_dir)
     voltage = s.read("supply_voltage_v", _voltage)
-    rates = s.read_list("bit_error_rates", _rate_point, default=((1.0, 0.0),), check_all=_distinct_voltages)
+    rates = _read_rates(s)
     stored = s.read_list("bit_errors_on", one_of(*STORED_OPERANDS), default=("weights",), check_all=_distinct_roles)
     s.finish()
     if multiplier is None or voltage is None or rates is None or stored is None:
@@ -125,23 +125,40 @@ def _voltage(value: Any) -> float:
     return number
 
 
-def _rate_point(value: Any) -> tuple[float, float]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise Invalid("must be a [voltage_v, bit_error_rate] pair")
-    voltage, rate = _voltage(value[0]), value[1]
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 0.5:
-        raise Invalid("the bit-error rate must be a probability in [0, 0.5]")
-    return voltage, float(rate)
-
-
 def _distinct_roles(roles: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(roles)) != len(roles):
         raise Invalid("must name each operand once")
     return roles
 
 
-def _distinct_voltages(points: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+def _read_rates(s: Section) -> tuple[tuple[float, float], ...] | None:
+    """``bit_error_rates``: a list of [voltage_v, rate] pairs, each value checked at its own path."""
+    items = s.items("bit_error_rates", default=None)
+    if items is None:
+        return None if s.has("bit_error_rates") else ((1.0, 0.0),)
+    points = []
+    for path, item in items:
+        if not isinstance(item, list) or len(item) != 2:
+            s.log.add(path, f"must be a [voltage_v, bit_error_rate] pair, got {describe(item)}")
+            continue
+        point = []
+        for check, index, value in ((_voltage, 0, item[0]), (_probability, 1, item[1])):
+            try:
+                point.append(check(value))
+            except Invalid as exc:
+                s.log.add(f"{path}[{index}]", f"{exc}, got {describe(value)}")
+        if len(point) == 2:
+            points.append(tuple(point))
+    if len(points) != len(items):
+        return None
     ordered = tuple(sorted(points))
     if len({v for v, _ in ordered}) != len(ordered):
-        raise Invalid("must give each voltage once")
+        s.log.add(s.key_path("bit_error_rates"), "must give each voltage once")
+        return None
     return ordered
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 0.5:
+        raise Invalid("must be a bit-error probability in [0, 0.5]")
+    return float(value)
