@@ -7,13 +7,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from e2sim.hw.approximate import ApproximateMode
+from e2sim.hw.approximate import ApproximateMode, MultiplierSpec
 from e2sim.kernels import approx as approx_kernels
 from e2sim.numerics.quantize import Quantized, exact_integer_matmul
 
 KIND_CODES = {"exact": approx_kernels.EXACT, "truncation": approx_kernels.TRUNCATION,
               "drum": approx_kernels.DRUM, "mitchell": approx_kernels.MITCHELL, "table": -1}  # fmt: skip
 LUT_MAX_BITS = 8  # products by table look-up for operands up to 8 bits (a 257 x 257 table)
+
+
+def table_shortfall(multiplier: MultiplierSpec, bits: int) -> str | None:
+    """Why ``multiplier``'s product table cannot serve ``bits``-wide operands (None if it can,
+    or if the multiplier is not a table)."""
+    table = multiplier.table
+    magnitudes = (1 << (bits - 1)) + 1
+    if table is None or (bits <= LUT_MAX_BITS and table.shape[0] >= magnitudes):
+        return None
+    return (f"{multiplier.table_file} has {table.shape[0]} rows; {bits}-bit operands need {magnitudes} "
+            f"(magnitudes 0..{magnitudes - 1}), and tables cover at most {LUT_MAX_BITS}-bit operands")  # fmt: skip
 
 
 @dataclass
@@ -90,10 +101,10 @@ class ApproxDatapath:
         if bits not in self._tables:
             multiplier = self.mode.multiplier
             magnitudes = (1 << (bits - 1)) + 1
+            shortfall = table_shortfall(multiplier, bits)
+            if shortfall is not None:
+                raise ValueError(shortfall)
             given = multiplier.table if multiplier.table is not None else np.zeros((1, 1), np.int64)
-            if multiplier.kind == "table" and given.shape[0] < magnitudes:
-                raise ValueError(f"the product table ({multiplier.table_file}) has {given.shape[0]} rows; "
-                                 f"{bits}-bit operands need magnitudes up to {magnitudes - 1}")  # fmt: skip
             self._tables[bits] = approx_kernels.signed_product_table(
                 magnitudes, KIND_CODES[multiplier.kind], 0, np.ascontiguousarray(given, np.int64)
             )

@@ -6,7 +6,7 @@ from e2sim.config.errors import SpecError
 from e2sim.config.workload import Workload
 from e2sim.graph.models import Model
 from e2sim.hw.accelerator import Accelerator
-from e2sim.numerics.approximate import LUT_MAX_BITS
+from e2sim.numerics.approximate import table_shortfall
 
 
 def check_policy(workload: Workload, model: Model) -> None:
@@ -40,9 +40,6 @@ def check_approximate(workload: Workload, hw: Accelerator) -> None:
             raise SpecError.single(hw.source, "approximate", f"the approximate mode multiplies intN operands; "
                                    f"workload {workload.name} has precision.{role} {fmt.name}")  # fmt: skip
     bits = max(p.weights.bits, p.activations.bits)
-    table = mode.multiplier.table
-    if table is not None and (bits > LUT_MAX_BITS or table.shape[0] < (1 << (bits - 1)) + 1):
-        need = f"{bits}-bit operands need {(1 << (bits - 1)) + 1} (magnitudes 0..{1 << (bits - 1)})"
-        limit = f"tables cover at most {LUT_MAX_BITS}-bit operands"
-        message = f"{mode.multiplier.table_file} has {table.shape[0]} rows; {need}, and {limit}"
-        raise SpecError.single(hw.source, "approximate.multiplier.table_file", message)
+    shortfall = table_shortfall(mode.multiplier, bits)
+    if shortfall is not None:
+        raise SpecError.single(hw.source, "approximate.multiplier.table_file", shortfall)
