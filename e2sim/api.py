@@ -23,7 +23,7 @@ from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
 from e2sim.graph.ir import Op
-from e2sim.graph.topology import TOPOLOGY_BITS, ops_from_topology
+from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
 from e2sim.policies.checks import check_approximate, check_policy
 from e2sim.policies.eif import filter_graph
@@ -32,6 +32,8 @@ from e2sim.policies.slu import gate_ops
 from e2sim.policies.smd import LOAD_OP
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import compare, run_report
+from e2sim.schedule.mapper import MappingError
+from e2sim.schedule.target import OBJECTIVES
 from e2sim.train.loop import TrainResult, fingerprint
 from e2sim.train.loop import train as train_workload
 
@@ -99,23 +101,38 @@ def estimate(
     forward_only: bool = False,
     batch_size: int | None = None,
     approximate: bool = False,
+    fusion: bool = True,
+    objective: str = "energy",
+    operand_bits: int | None = None,
 ) -> Estimate:
     """Energy and cycles of one training iteration of ``workload`` on ``hw`` (no training).
 
-    ``workload`` may also be a SCALE-Sim topology CSV (forward layers, 8-bit). With ``counts``
-    (from ``e2sim.train``) every op is priced as often as it ran, with the MACs it executed;
+    ``workload`` may also be a SCALE-Sim topology CSV (forward layers at ``batch_size``, default 1,
+    with ``operand_bits``-bit operands, default 8, and 32-bit sums). With ``counts`` (from
+    ``e2sim.train``) every op is priced as often as it ran, with the MACs it executed;
     ``forward_only`` prices the forward ops alone (inference). ``approximate``: the workload's
-    forward conv/linear ops run on ``hw``'s approximate mode."""
+    forward conv/linear ops run on ``hw``'s approximate mode. ``fusion``: plan fusion and residency
+    across the iteration (else every tensor goes to DRAM and back, layer by layer); ``objective``:
+    what the mapper minimises per op (energy, latency or edp)."""
     accelerator = load_hw(hw)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
+    if objective not in OBJECTIVES:
+        raise SpecError.single("estimate", "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if isinstance(workload, str | Path) and str(workload).endswith(".csv"):
-        ops, tensors = ops_from_topology(read_scalesim_topology(workload))
-        arithmetic = Arithmetic(4 * TOPOLOGY_BITS, frozenset())
-        name, batch = Path(workload).stem, 1
+        bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32:
+            raise SpecError.single(str(workload), "operand_bits", f"must be a bit width from 2 to 32, got {bits!r}")
+        batch = 1 if batch_size is None else batch_size
+        ops, tensors = ops_from_topology(read_scalesim_topology(workload), batch, bits)
+        arithmetic = Arithmetic(max(TOPOLOGY_ACCUMULATOR_BITS, 2 * bits), frozenset())
+        name, forward_only, inputs = Path(workload).stem, True, frozenset(t for op in ops for t in op.reads)
     else:
+        if operand_bits is not None:
+            raise SpecError.single(str(workload), "operand_bits", "applies to SCALE-Sim topology inputs only: a "
+                                   "workload's formats are in its precision block")  # fmt: skip
         spec = load_workload(workload)
         graph = lower_workload(spec, batch_size)
-        ops, tensors = list(graph.ops), dict(graph.tensors)
+        ops, tensors, inputs = list(graph.ops), dict(graph.tensors), set(graph.inputs)
         if forward_only:
             ops = [op for op in ops if op.phase == "fwd"]
         if counts is not None and LOAD_OP in counts.ops:  # batches loaded by iterations a policy dropped
@@ -127,6 +144,7 @@ def estimate(
             filtering = filter_graph(spec)
             ops = [op for op in filtering.ops if not forward_only or op.phase == "fwd"] + ops
             tensors.update({k: v for k, v in filtering.tensors.items() if k not in tensors})
+            inputs |= filtering.inputs
         if spec.policy.slu is not None:  # the gates are hardware work too
             extra, extra_tensors = gate_ops(graph, spec.policy.slu)
             ops += [op for op in extra if not forward_only or op.phase == "fwd"]
@@ -139,8 +157,12 @@ def estimate(
             names = frozenset(op.name for op in graph.ops if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))
             arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
         name, batch = spec.name, graph.batch_size
-    rows = account(ops, tensors, accelerator, table, arithmetic, counts)
-    return Estimate(name, accelerator, batch, forward_only, tuple(rows), tensors, table, counts is not None)
+    try:
+        priced = account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), fusion, objective)
+    except MappingError as exc:
+        raise SpecError.single(accelerator.source, "buffers", str(exc)) from None
+    return Estimate(name, accelerator, batch, forward_only, priced.rows, tensors, table, counts is not None,
+                    priced.placements, fusion, objective)  # fmt: skip
 
 
 def arithmetic_of(workload: Workload) -> Arithmetic:

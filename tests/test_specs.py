@@ -222,7 +222,7 @@ def test_vgg_does_not_fit_mnist(write_yaml):
         (
             "pe_array: {rows: 4, cols: 4, dataflow: rs}",
             "pe_array.rf_bytes",
-            "row-stationary (rs) needs a register file",
+            "row-stationary (rs) needs scratchpads per PE",
         ),
         (
             "pe_array: {rows: 4, cols: 4, dataflow: ws, mac_bits: [8, 8]}",

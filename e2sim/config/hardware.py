@@ -33,6 +33,8 @@ from e2sim.hw.accelerator import (
 from e2sim.hw.energy_entries import ENERGY_ENTRIES
 
 DEFAULT_MAC_BITS = (8, 16)
+SCRATCHPADS = ("filter", "ifmap", "psum")
+NETWORKS = ("ifmap", "filter", "psum")
 
 
 def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accelerator:
@@ -50,6 +52,7 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
     buffers = _read_buffers(top.section("buffers"))
     dram = _read_dram(top.section("dram"))
     static_power_mw = top.read("static_power_mw", non_negative_number)
+    supply_voltage_v = top.read("supply_voltage_v", positive_number, default=None)
     vector = _read_vector(top.section("vector", default={}), pe_array)
     overrides = _read_overrides(top.section("energy_overrides", default={}))
     approximate = read_approximate(top.section("approximate", default=None), base_dir or Path.cwd())
@@ -57,6 +60,10 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
     if not log.problems:  # the tile check needs every field valid
         _check_smallest_tiles(Section(top.data["buffers"], "buffers", log), pe_array, buffers)
     log.raise_if_any()
+    assumptions = ()
+    if pe_array.dataflow == "rs" and not top.data["pe_array"].get("scratchpads"):
+        assumptions = (("pe_array.scratchpads", f"filter/ifmap/psum {pe_array.scratchpad_bytes} bytes: rf_bytes "
+                        "split in Eyeriss's proportions (448/24/48 of 520)"),)  # fmt: skip
     return Accelerator(
         name,
         description,
@@ -70,6 +77,8 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
         static_power_mw,
         overrides,
         approximate,
+        supply_voltage_v,
+        assumptions,
     )
 
 
@@ -118,10 +127,24 @@ def _read_pe_array(s: Section | None) -> PEArray | None:
     dataflow = s.read("dataflow", one_of(*DATAFLOWS))
     rf_bytes = s.read("rf_bytes", non_negative_int, default=0)
     mac_bits = s.read_list("mac_bits", _bit_width, default=DEFAULT_MAC_BITS, check_all=_distinct_sorted)
+    pads = s.section("scratchpads", default=None)
+    scratchpads = None
+    if pads is not None:
+        scratchpads = tuple(pads.read(f"{name}_bytes", positive_int) for name in SCRATCHPADS)
+        pads.finish()
+    noc = s.section("noc", default={})
+    widths = None
+    if noc is not None:
+        widths = tuple(noc.read(f"{name}_bits_per_cycle", positive_int, default=64) for name in NETWORKS)
+        noc.finish()
     s.finish()
-    if dataflow == "rs" and rf_bytes == 0:
-        s.log.add(s.key_path("rf_bytes"), "row-stationary (rs) needs a register file per PE (rf_bytes > 0)")
-    return PEArray(rows, cols, dataflow, rf_bytes, mac_bits)
+    if dataflow == "rs" and rf_bytes == 0 and scratchpads is None:
+        s.log.add(s.key_path("rf_bytes"), "row-stationary (rs) needs scratchpads per PE (rf_bytes > 0 or scratchpads)")
+    if scratchpads is None and rf_bytes:  # Eyeriss's split of 520 B: filter 448, ifmap 24, psum 48
+        scratchpads = (rf_bytes * 448 // 520, rf_bytes * 24 // 520, rf_bytes * 48 // 520)
+    if scratchpads is not None and None not in scratchpads and rf_bytes == 0:
+        rf_bytes = sum(scratchpads)
+    return PEArray(rows, cols, dataflow, rf_bytes, mac_bits, scratchpads or (0, 0, 0), widths or (64, 64, 64))
 
 
 def _bit_width(value: Any) -> int:
@@ -173,5 +196,6 @@ def _read_dram(s: Section | None) -> Dram | None:
         return None
     dram_type = s.read("type", one_of(*DRAM_TYPES))
     bandwidth = s.read("bandwidth_gb_per_s", positive_number)
+    overlaps = s.read("overlaps_compute", boolean, default=True)
     s.finish()
-    return Dram(dram_type, bandwidth)
+    return Dram(dram_type, bandwidth, overlaps)

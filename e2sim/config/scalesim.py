@@ -1,8 +1,10 @@
 """SCALE-Sim v3 inputs: a ``.cfg`` as hardware and a topology CSV (conv or GEMM form) as layers.
 
-A SCALE-Sim config has no clock, technology, DRAM type or static power; e2sim assumes 1 GHz,
-45 nm, LPDDR4 and no static power, SRAMs of 8-bit words that feed the array at full rate, and a
-DRAM bandwidth of ``Bandwidth`` words per cycle (10 when absent, SCALE-Sim's sample value).
+A SCALE-Sim config has no clock, technology, DRAM type or static power. Unless an ``[e2sim]``
+section of the same file gives them (``clock_mhz``, ``technology``, ``dram_type``,
+``static_power_mw``), e2sim assumes 1 GHz, 45 nm, LPDDR4 and no static power, and says so in
+every report (``hardware.assumptions``). SRAMs have 8-bit words that feed the array at full rate;
+the DRAM bandwidth is ``Bandwidth`` words per cycle (10 when absent, SCALE-Sim's sample value).
 A topology's input sizes include padding and its output size follows SCALE-Sim:
 ⌈(H − R) / stride⌉ + 1.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from e2sim.config.errors import Problem, SpecError
-from e2sim.hw.accelerator import Accelerator, Buffer, Dram, PEArray, VectorUnit
+from e2sim.hw.accelerator import DRAM_TYPES, TECHNOLOGIES, Accelerator, Buffer, Dram, PEArray, VectorUnit
 
 ASSUMED_CLOCK_MHZ = 1000.0
 ASSUMED_TECHNOLOGY = "45nm"
@@ -62,18 +64,53 @@ def read_scalesim_cfg(path: str | Path) -> Accelerator:
     for key in keys:
         if key not in _KNOWN_KEYS:
             problems.append(Problem(source, f"{section}.{key}", "unknown key for a SCALE-Sim config"))
+    settings, assumed = _e2sim_section(parser, source, problems)
     if problems:
         raise SpecError(problems)
+    clock = settings["clock_mhz"]
     feed = float(max(rows, cols))  # elements (bytes) per cycle: the array never waits on its SRAMs
     buffers = {name: Buffer(float(kb), 1, 8, feed) for name, kb in sizes.items()}
     name = parser.get("general", "run_name", fallback=Path(path).stem).strip() or Path(path).stem
-    dram = Dram("lpddr4", bandwidth * ASSUMED_CLOCK_MHZ * 1e6 / 1e9)
+    dram = Dram(settings["dram_type"], bandwidth * clock * 1e6 / 1e9)
     return Accelerator(
-        name=name, description=f"SCALE-Sim config {Path(path).name}", source=source, technology=ASSUMED_TECHNOLOGY,
-        clock_mhz=ASSUMED_CLOCK_MHZ, pe_array=PEArray(rows, cols, dataflow, 0, (8,)),
-        buffers=MappingProxyType(buffers), dram=dram, vector=VectorUnit(cols, 32, True), static_power_mw=0.0,
-        energy_overrides=MappingProxyType({}),
+        name=name, description=f"SCALE-Sim config {Path(path).name}", source=source, technology=settings["technology"],
+        clock_mhz=clock, pe_array=PEArray(rows, cols, dataflow, 0, (8,)),
+        buffers=MappingProxyType(buffers), dram=dram, vector=VectorUnit(cols, 32, True),
+        static_power_mw=settings["static_power_mw"], energy_overrides=MappingProxyType({}), assumptions=assumed,
     )  # fmt: skip
+
+
+DEFAULTS = {"clock_mhz": ASSUMED_CLOCK_MHZ, "technology": ASSUMED_TECHNOLOGY, "dram_type": "lpddr4",
+            "static_power_mw": 0.0}  # fmt: skip
+
+
+def _e2sim_section(parser: configparser.ConfigParser, source: str, problems: list[Problem]):
+    """The values a SCALE-Sim config lacks: from its ``[e2sim]`` section, else assumed (and listed)."""
+    given = dict(parser["e2sim"]) if parser.has_section("e2sim") else {}
+    settings, assumed = {}, []
+    for key, default in DEFAULTS.items():
+        if key not in given:
+            settings[key] = default
+            assumed.append((key, f"{default} (not in a SCALE-Sim config; set it in an [e2sim] section)"))
+            continue
+        text = given.pop(key).strip()
+        if key in ("clock_mhz", "static_power_mw"):
+            try:
+                value = float(text)
+            except ValueError:
+                value = -1.0
+            if value < 0 or (key == "clock_mhz" and value == 0):
+                kind = "positive" if key == "clock_mhz" else "non-negative"
+                problems.append(Problem(source, f"e2sim.{key}", f"must be a {kind} number, got {text!r}"))
+            settings[key] = value
+        else:
+            options = TECHNOLOGIES if key == "technology" else DRAM_TYPES
+            if text not in options:
+                problems.append(Problem(source, f"e2sim.{key}", f"must be one of {', '.join(options)}, got {text!r}"))
+            settings[key] = text
+    for key in given:
+        problems.append(Problem(source, f"e2sim.{key}", f"unknown key (known: {', '.join(DEFAULTS)})"))
+    return settings, tuple(assumed)
 
 
 @dataclass(frozen=True)

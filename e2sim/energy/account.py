@@ -1,13 +1,16 @@
 """Energy accounting: op costs × energy per action -> joules per op, component, layer and phase.
 
 Components: ``mac`` (PE-array multiply-accumulates), ``rf`` (PE register files / scratchpads),
-``sram`` (on-chip buffers), ``dram`` (off-chip traffic), ``vector`` (element-wise ops; each is
-priced as an add plus half a multiply at the vector unit's width, as a mix of adds, multiplies
-and compares), ``static`` (static power × time).
+``noc`` (row stationary: values delivered over the array's networks and partial sums passed
+between PEs), ``sram`` (on-chip buffers: the datapath's accesses, fills from DRAM and drains to
+it), ``dram`` (off-chip traffic), ``vector`` (element-wise ops; each is priced as an add plus half
+a multiply at the vector unit's width, as a mix of adds, multiplies and compares), ``clock`` (the
+clock tree and control of every PE, every cycle) and ``static`` (static power × time).
 
-Ops named in ``Arithmetic.approximate_ops`` run on the accelerator's approximate mode: their
-multiplies cost the approximate multiplier's energy, and their on-chip dynamic energy (mac, rf,
-sram, vector) scales with (V / V_nominal)²; DRAM and static energy are unchanged (the spec's
+On-chip dynamic energy (mac, rf, noc, sram, vector, clock) scales with (V / V_nominal)² at the
+spec's ``supply_voltage_v``. Ops named in ``Arithmetic.approximate_ops`` run on the accelerator's
+approximate mode: their multiplies cost the approximate multiplier's energy and their on-chip
+dynamic energy scales to the mode's voltage; DRAM and static energy are unchanged (the spec's
 ``clock_mhz`` and ``static_power_mw`` are taken as they are at that voltage).
 """
 
@@ -21,9 +24,11 @@ from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator
 from e2sim.hw.approximate import ApproximateMode
-from e2sim.schedule.ops import STREAMS, OpCost, pe_operands, schedule_op
+from e2sim.schedule.ops import STREAMS, OpCost, finish_op, plan_op
+from e2sim.schedule.residency import Placement, plan_iteration
+from e2sim.schedule.target import BufferLevel, Target
 
-COMPONENTS = ("mac", "rf", "sram", "dram", "vector", "static")
+COMPONENTS = ("mac", "rf", "noc", "sram", "dram", "vector", "clock", "static")
 PJ = 1e-12
 
 
@@ -107,45 +112,86 @@ def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, d
     for name, bits in cost.sram_bits.items():
         buffer = hw.buffers[name]
         sram += bits / buffer.word_bits * table.sram_pj(buffer.size_kb, buffer.word_bits)
-    dram_bytes = sum(cost.dram_reads.values()) + sum(cost.dram_writes.values())
     v = hw.vector
     vector_pj = table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2
-    seconds = (cost.compute_cycles * compute + cost.stall_cycles * data) / (hw.clock_mhz * 1e6)
-    dynamic = table.voltage_factor(mode.supply_voltage_v) if mode is not None else 1.0
+    cycles = cost.compute_cycles * compute + cost.stall_cycles * data
+    seconds = cycles / (hw.clock_mhz * 1e6)
+    dynamic = supply_factor(hw, table, mode.supply_voltage_v if mode is not None else None)
+    noc = cost.noc_bits * table["noc_16b_pj"] / 16 + cost.hop_bits * table["pe_hop_16b_pj"] / 16
     return {
         "mac": mac * dynamic * PJ,
         "rf": table.rf_pj(cost.rf_bits) * compute * dynamic * PJ,
+        "noc": noc * data * dynamic * PJ,
         "sram": sram * data * dynamic * PJ,
-        "dram": dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * data * PJ,
+        "dram": cost.dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * data * PJ,
         "vector": op.elementwise_ops * vector_pj * compute * dynamic * PJ,
+        "clock": table["clock_pj_per_pe_cycle"] * hw.pe_array.pes * cycles * dynamic * PJ,
         "static": hw.static_power_mw * 1e-3 * seconds,
     }
 
 
+def supply_factor(hw: Accelerator, table: EnergyTable, voltage: float | None = None) -> float:
+    """On-chip dynamic energy at ``voltage`` (default: the spec's supply) relative to the table's."""
+    volts = voltage if voltage is not None else hw.supply_voltage_v
+    return table.voltage_factor(volts) if volts is not None else 1.0
+
+
+def target_of(hw: Accelerator, table: EnergyTable, objective: str = "energy") -> Target:
+    """The mapper's view of ``hw`` priced with ``table`` at the spec's supply voltage."""
+    v = supply_factor(hw, table)
+    buffers = tuple(
+        BufferLevel(name, b.size_bytes, b.word_bits, b.bandwidth_bytes_per_cycle,
+                    v * table.sram_pj(b.size_kb, b.word_bits) / b.word_bits)
+        for name, b in hw.buffers.items()
+    )  # fmt: skip
+    pe = hw.pe_array
+    return Target(
+        dataflow=pe.dataflow, rows=pe.rows, cols=pe.cols, buffers=buffers,
+        streams=("global",) * 3 if hw.has_global_buffer else STREAMS,
+        double_buffered=hw.dram.overlaps_compute, dram_bytes_per_cycle=hw.dram_bytes_per_cycle,
+        dram_pj_per_bit=table.dram_pj_per_bit(hw.dram.type), rf_pj_per_bit=v * table.rf_pj(1),
+        noc_pj_per_bit=v * table["noc_16b_pj"] / 16, hop_pj_per_bit=v * table["pe_hop_16b_pj"] / 16,
+        cycle_pj=v * table["clock_pj_per_pe_cycle"] * pe.pes + hw.static_power_mw * 1e-3 / (hw.clock_mhz * 1e6) * 1e12,
+        spad_bits=tuple(8 * b for b in pe.scratchpad_bytes), noc_bits_per_cycle=pe.noc_bits_per_cycle,
+        objective=objective,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """Every op priced, and where each tensor lived."""
+
+    rows: tuple[OpReport, ...]
+    placements: Mapping[str, Placement]
+    fusion: bool
+    objective: str
+
+
 def account(
     ops: Sequence[Op], tensors: Mapping[str, Tensor], hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic,
-    counter: OpCounter | None = None,
-) -> list[OpReport]:  # fmt: skip
-    """Schedule and price every op; with ``counter`` (what a training run executed) each op is
-    priced as many times as it ran, with its counted MACs (skipped work is not priced)."""
+    counter: OpCounter | None = None, inputs: frozenset[str] = frozenset(), fusion: bool = True,
+    objective: str = "energy",
+) -> Pricing:  # fmt: skip
+    """Map, schedule and price every op of one iteration. ``inputs``: the tensors that exist before
+    the iteration (from DRAM); ``fusion``: plan fusion and residency across the iteration (else
+    layer by layer). With ``counter`` (what a training run executed) each op is priced as many
+    times as it ran, with its counted MACs (skipped work is not priced)."""
+    target = target_of(hw, table, objective)
+    plans = [plan_op(op, tensors, hw, target, arithmetic.accumulator_bits) for op in ops]
+    moves, placements = plan_iteration(ops, tensors, plans, inputs, target, fusion)
     reports = []
-    for op in ops:
+    for op, plan, settled in zip(ops, plans, moves, strict=True):
         runs, compute, data, counted = _scales(op, counter)
-        cost = schedule_op(op, tensors, hw, arithmetic.accumulator_bits)
+        cost = finish_op(plan, settled, hw, target)
         if counted is None:
-            if op.macs:
-                o = pe_operands(op, tensors)
-                counted = {f"{o.a.bits}x{o.b.bits}": op.macs * compute}
-            else:
-                counted = {}
+            counted = {f"{plan.nest.a_bits}x{plan.nest.b_bits}": op.macs * compute} if plan.nest is not None else {}
         energy = op_energy(op, cost, counted, compute, data, hw, table, arithmetic)
         reports.append(OpReport(op, runs, compute, data, counted, cost, energy))
-    return reports
+    return Pricing(tuple(reports), placements, fusion, objective)
 
 
-def operand_tensors(op: Op, tensors: Mapping[str, Tensor]) -> dict[str, str]:
+def operand_tensors(op: Op, cost: OpCost) -> dict[str, str]:
     """Which tensor each stream carries (ifmap, filter, ofmap) for PE-array ops."""
-    if op.kind not in ("conv", "gemm"):
+    if cost.mapping is None:
         return {}
-    o = pe_operands(op, tensors)
-    return dict(zip(STREAMS, (o.a.name, o.b.name, o.out.name), strict=True))
+    return {m.stream: m.tensor for m in cost.moves[:3]}

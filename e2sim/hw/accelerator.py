@@ -15,13 +15,17 @@ OPERAND_BUFFERS = ("ifmap", "filter", "ofmap")
 
 @dataclass(frozen=True)
 class PEArray:
-    """rows x cols processing elements; ``rf_bytes`` of register file per PE; MAC operand widths (bits)."""
+    """rows x cols processing elements; ``rf_bytes`` of register file per PE; MAC operand widths (bits).
+    A row-stationary array also has per-PE scratchpads and the widths of the networks that fill
+    them from the global buffer."""
 
     rows: int
     cols: int
     dataflow: str
     rf_bytes: int
     mac_bits: tuple[int, ...]
+    scratchpad_bytes: tuple[int, int, int] = (0, 0, 0)  # filter, ifmap, psum scratchpads of a PE (rs)
+    noc_bits_per_cycle: tuple[int, int, int] = (64, 64, 64)  # ifmap, filter, psum networks (rs)
 
     @property
     def pes(self) -> int:
@@ -57,10 +61,12 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Dram:
-    """Off-chip memory; bandwidth in GB/s (10^9 bytes per second)."""
+    """Off-chip memory; bandwidth in GB/s (10^9 bytes per second). ``overlaps_compute``: DMA runs
+    while the array computes (tiles are double-buffered); otherwise loads and stores wait."""
 
     type: str
     bandwidth_gb_per_s: float
+    overlaps_compute: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class Accelerator:
     static_power_mw: float  # leakage and clock tree of the whole accelerator, drawn while it runs
     energy_overrides: Mapping[str, float]  # energy-table entries replaced by the spec
     approximate: ApproximateMode | None = None  # the approximate operating mode, if it has one
+    supply_voltage_v: float | None = None  # operating voltage (None: the energy table's nominal)
+    assumptions: tuple[tuple[str, str], ...] = ()  # (key, value and why) for values the source did not state
 
     @property
     def has_global_buffer(self) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from e2sim.energy.account import COMPONENTS, OpReport, operand_tensors
 from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import PHASES, Tensor
 from e2sim.hw.accelerator import Accelerator
+from e2sim.schedule.residency import Placement
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class Estimate:
     tensors: dict[str, Tensor]
     table: EnergyTable
     counted: bool  # priced from a training run's counts (else one nominal iteration)
+    placements: Mapping[str, Placement] = field(default_factory=dict)
+    fusion: bool = True
+    objective: str = "energy"
 
     @property
     def energy_j(self) -> float:
@@ -59,33 +64,61 @@ class Estimate:
                     "kind": r.op.kind, "macs": macs, "macs_by_bits": dict(r.macs), "executions": r.runs,
                     "compute_cycles": r.compute_cycles, "stall_cycles": r.stall_cycles, "cycles": r.cycles,
                     "energy_j": r.energy_j, "energy_breakdown_j": dict(r.energy),
-                    "operands": operand_tensors(r.op, self.tensors),
+                    "operands": operand_tensors(r.op, r.cost),
                     "sram_reads": {k: v * r.data_scale for k, v in r.cost.sram_reads.items()},
                     "sram_writes": {k: v * r.data_scale for k, v in r.cost.sram_writes.items()},
+                    "buffer_bits": {k: v * r.data_scale for k, v in r.cost.sram_bits.items()},
                     "dram_reads_bytes": {k: v * r.data_scale for k, v in r.cost.dram_reads.items()},
                     "dram_writes_bytes": {k: v * r.data_scale for k, v in r.cost.dram_writes.items()},
+                    "dram_bytes": r.cost.dram_bytes * r.data_scale,
+                    **({"mapping": r.cost.mapping.as_dict(r.cost.nest.kinds)} if r.cost.mapping else {}),
                 }
             )  # fmt: skip
         hw = self.hardware
         return {
             "workload": self.workload,
             "hardware": {"name": hw.name, "source": hw.source, "technology": hw.technology, "clock_mhz": hw.clock_mhz,
-                         "pe_array": f"{hw.pe_array.rows}x{hw.pe_array.cols} {hw.pe_array.dataflow}"},
+                         "pe_array": f"{hw.pe_array.rows}x{hw.pe_array.cols} {hw.pe_array.dataflow}",
+                         "supply_voltage_v": hw.supply_voltage_v or self.table["nominal_supply_v"],
+                         "dma_overlaps_compute": hw.dram.overlaps_compute,
+                         "assumptions": [{"key": k, "value": v} for k, v in hw.assumptions]},
             "batch_size": self.batch_size,
             "forward_only": self.forward_only,
             "counted": self.counted,
+            "fusion": self.fusion,
+            "mapping_objective": self.objective,
             "totals": {
                 "energy_j": self.energy_j, "cycles": self.cycles, "time_s": self.time_s,
                 "macs": sum(p["macs"] for p in phases.values()),
                 "compute_cycles": sum(r.compute_cycles for r in self.rows),
                 "stall_cycles": sum(r.stall_cycles for r in self.rows),
+                "dram_bytes": sum(o["dram_bytes"] for o in ops),
             },
             "energy_breakdown_j": breakdown,
             "phases": phases,
             "layers": list(layers.values()),
             "ops": ops,
+            "tensors": self.tensor_rows(),
             "energy_table": self.table.provenance(),
         }  # fmt: skip
+
+    def tensor_rows(self) -> list[dict[str, Any]]:
+        """DRAM bytes per tensor (all its producer's and readers' traffic, re-fetches included) and
+        where it lived, with the reason."""
+        moved: dict[str, list[float]] = {}
+        for r in self.rows:
+            for m in r.cost.moves:
+                name = self.tensors[m.tensor].alias_of or m.tensor
+                entry = moved.setdefault(name, [0.0, 0.0, 1.0])
+                entry[1 if m.write else 0] += m.dram_bytes * r.data_scale
+                entry[2] = max(entry[2], m.times)
+        rows = []
+        for name, p in self.placements.items():
+            read, written, times = moved.get(name, (0.0, 0.0, 1.0))
+            rows.append({"tensor": name, "bytes": p.bytes, "placement": p.placement, "dram_read_bytes": read,
+                         "dram_write_bytes": written, "max_refetch": times, "producer": p.producer,
+                         "consumers": list(p.consumers), "reason": p.reason})  # fmt: skip
+        return rows
 
 
 def _si(value: float, unit: str) -> str:
@@ -115,14 +148,38 @@ def format_estimate(report: dict[str, Any]) -> str:
         f"{report['workload']} on {hw['name']} ({hw['pe_array']}, {hw['clock_mhz']:g} MHz, {hw['technology']}): "
         f"{what} at batch {report['batch_size']}",
         f"energy {_si(t['energy_j'], 'J')}, time {_si(t['time_s'], 's')} ({t['cycles']:,.0f} cycles, "
-        f"{t['stall_cycles'] / max(t['cycles'], 1):.1%} stalled), {t['macs']:,.0f} MACs",
+        f"{t['stall_cycles'] / max(t['cycles'], 1):.1%} stalled), {t['macs']:,.0f} MACs, "
+        f"DRAM {t['dram_bytes'] / 1e6:,.3f} MB",
         "energy by component: " + ", ".join(f"{k} {_si(v, 'J')}" for k, v in report["energy_breakdown_j"].items()),
+        f"mappings minimise {report['mapping_objective']}; "
+        + ("fusion and residency across the iteration" if report["fusion"] else "layer by layer (no fusion)"),
     ]
+    head += [f"assumed: {a['key']} = {a['value']}" for a in hw["assumptions"]]
     phases = _table(["phase", "energy", "cycles", "MACs"],
                     [[p, _si(v["energy_j"], "J"), f"{v['cycles']:,.0f}", f"{v['macs']:,.0f}"]
                      for p, v in report["phases"].items()])  # fmt: skip
     layers = _table(["layer", "kind", "energy", "cycles", "MACs"],
                     [[r["layer"], r["kind"], _si(r["energy_j"], "J"), f"{r['cycles']:,.0f}", f"{r['macs']:,.0f}"]
                      for r in report["layers"]])  # fmt: skip
+    mappings = _table(
+        ["op", "array", "buffer tile (n k c p q r s)", "DRAM loops", "stationary", "refetch A/B/out", "util"],
+        [[o["name"], " ".join(f"{s['axis']}={s['extent']}" for s in o["mapping"]["spatial"]),
+          " ".join(str(v) for v in o["mapping"]["buffer_tile"].values()),
+          " ".join(f"{d['dim']}{d['count']}" for d in o["mapping"]["dram_loops"]) or "-", o["mapping"]["stationary"],
+          "/".join(f"{v:g}" for v in o["mapping"]["refetch"].values()), f"{o['mapping']['utilisation']:.0%}"]
+         for o in report["ops"] if "mapping" in o],
+    )  # fmt: skip
+    tensors = report["tensors"]
+    placed = {}
+    for row in tensors:
+        entry = placed.setdefault(row["placement"], [0, 0.0])
+        entry[0] += 1
+        entry[1] += row["dram_read_bytes"] + row["dram_write_bytes"]
+    summary = "tensors: " + ", ".join(f"{k} {n} ({b / 1e6:,.3f} MB of DRAM traffic)" for k, (n, b) in placed.items())
+    heavy = sorted(tensors, key=lambda r: -(r["dram_read_bytes"] + r["dram_write_bytes"]))[:10]
+    top = _table(["tensor", "MB to/from DRAM", "placement", "reason"],
+                 [[r["tensor"], f"{(r['dram_read_bytes'] + r['dram_write_bytes']) / 1e6:,.3f}", r["placement"],
+                   r["reason"] + (f"; re-fetched x{r['max_refetch']:g} by its reader's tiling"
+                                  if r["max_refetch"] > 1 else "")] for r in heavy])  # fmt: skip
     source = f"energy table: {report['energy_table']['table']} ({report['energy_table']['description']})"
-    return "\n".join([*head, "", *phases, "", *layers, "", source])
+    return "\n".join([*head, "", *phases, "", *layers, "", *mappings, "", summary, *top, "", source])

@@ -1,12 +1,10 @@
-"""Schedule the ops of a training iteration on an accelerator, one :class:`OpCost` per op.
+"""Schedule the ops of a training iteration on an accelerator.
 
-PE-array ops (conv and GEMM, forward and backward) are priced through the GEMM each one is
-equivalent to (``op.gemm``) on a systolic array, or through the conv geometry on a row-stationary
-array; operands wider than the array's widest MAC unit take several passes (``mac_passes``).
-Element-wise ops run on the vector unit (``lanes`` ops per cycle). Every op reads its inputs from
-DRAM and writes its outputs back (layer-by-layer execution, no residency between ops); aliases
-move nothing. SRAM bandwidth beyond ``bandwidth_bytes_per_cycle`` and DRAM bandwidth beyond the
-compute time both show up as stall cycles.
+:func:`plan_op` says how one op moves each of its tensors: PE-array ops (conv and GEMM, every
+phase) through the mapping of their loop nest (``mapper.py``), element-wise ops streaming through
+the vector unit, a dropped batch's load as a DMA. :mod:`e2sim.schedule.residency` then decides,
+for the iteration as a whole, which tensors never leave the chip, and :func:`finish_op` turns the
+resulting moves into an :class:`OpCost` with the DMA/compute timeline and SRAM-bandwidth stalls.
 """
 
 from __future__ import annotations
@@ -14,20 +12,62 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
 
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator
-from e2sim.schedule.memory import buffer_of, gemm_dram_traffic, streaming_tiles, timeline
-from e2sim.schedule.rowstationary import row_stationary_cost
-from e2sim.schedule.systolic import systolic_cost
+from e2sim.schedule.mapper import Mapping as NestMapping
+from e2sim.schedule.mapper import _timeline
+from e2sim.schedule.nest import LoopNest, nest_of
+from e2sim.schedule.target import Target
 
 STREAMS = ("ifmap", "filter", "ofmap")
+STAGING_BYTES = 4096  # an element-wise op streams each operand through tiles of this size (an assumption)
+
+
+@dataclass(frozen=True)
+class TensorMove:
+    """How one op moves one tensor: DRAM bytes (re-fetches included), the buffer accesses that
+    fill it from DRAM or drain it to DRAM (bits), and the accesses of the datapath that uses it
+    (bits). ``times``: how often the op fetches it (1: once)."""
+
+    tensor: str
+    stream: str  # ifmap, filter, ofmap (which buffer: the global one when there is one)
+    write: bool
+    dram_bytes: float
+    fill_bits: float
+    use_bits: float
+    times: float = 1.0
+    tile_bytes: float = 0.0  # buffer space the op gives this tensor's tiles (freed if the tensor is resident)
+
+
+@dataclass(frozen=True)
+class OpPlan:
+    """One op before the iteration-level plan: its compute, its tensor moves, what it needs on
+    chip, and (PE-array ops) its loop nest and mapping."""
+
+    compute_cycles: float
+    moves: tuple[TensorMove, ...]
+    footprint_bytes: float
+    tiles: int
+    psum_bytes: tuple[float, float] = (0.0, 0.0)  # partial sums spilled to DRAM and read back
+    psum_bits: float = 0.0  # buffer accesses of those spills and of on-chip accumulation
+    sram_reads: Mapping[str, float] = field(default_factory=dict)  # datapath reads, elements per stream
+    sram_writes: Mapping[str, float] = field(default_factory=dict)
+    rf_bits: float = 0.0
+    noc_bits: float = 0.0
+    hop_bits: float = 0.0
+    nest: LoopNest | None = None
+    mapping: NestMapping | None = None
 
 
 @dataclass(frozen=True)
 class OpCost:
-    """Cycles and accesses of one op. SRAM counts are elements per operand stream; ``sram_bits``
-    are bits moved per buffer (what energy prices); DRAM counts are bytes per stream."""
+    """Cycles and accesses of one op. ``sram_reads``/``sram_writes`` are the datapath's accesses
+    in elements per stream (SCALE-Sim's counts on systolic arrays); ``sram_bits`` every bit
+    moved per buffer (fills and drains included: what energy prices); DRAM in bytes per stream."""
 
     compute_cycles: float
     stall_cycles: float
@@ -37,148 +77,131 @@ class OpCost:
     dram_reads: Mapping[str, float] = field(default_factory=dict)
     dram_writes: Mapping[str, float] = field(default_factory=dict)
     rf_bits: float = 0.0
+    noc_bits: float = 0.0
+    hop_bits: float = 0.0
+    moves: tuple[TensorMove, ...] = ()
+    mapping: NestMapping | None = None
+    nest: LoopNest | None = None
 
     @property
     def cycles(self) -> float:
         return self.compute_cycles + self.stall_cycles
 
-
-@dataclass(frozen=True)
-class Operands:
-    """The tensors a PE-array op streams as A (ifmap), B (filter) and its output (ofmap)."""
-
-    a: Tensor
-    b: Tensor
-    out: Tensor
+    @property
+    def dram_bytes(self) -> float:
+        return sum(self.dram_reads.values()) + sum(self.dram_writes.values())
 
 
-def pe_operands(op: Op, tensors: Mapping[str, Tensor]) -> Operands:
-    """fwd: A = input activations, B = weights; bwd_data: A = output error, B = weights;
-    bwd_weight: A = output error, B = input activations (im2col)."""
+@lru_cache(maxsize=16384)
+def map_nest(nest: LoopNest, target: Target) -> NestMapping:
+    """The best mapping of ``nest`` on ``target`` (cached by both)."""
+    if target.dataflow == "rs":
+        from e2sim.schedule.rowstationary import map_row_stationary
+
+        return map_row_stationary(nest, target)
+    from e2sim.schedule.systolic import map_systolic
+
+    return map_systolic(nest, target)
+
+
+def plan_op(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator, target: Target, accumulator_bits: int) -> OpPlan:
+    if op.kind == "load":
+        return _load(op, tensors)
+    if op.kind in ("conv", "gemm") and op.gemm is not None:
+        return _pe_array(op, tensors, hw, target, accumulator_bits)
+    return _streaming(op, tensors, hw.vector.lanes)
+
+
+def _pe_array(op: Op, tensors, hw: Accelerator, target: Target, accumulator_bits: int) -> OpPlan:
+    nest = nest_of(op, tensors, accumulator_bits)
+    m = map_nest(nest, target)
     first, second = (tensors[name] for name in op.reads[:2])
     if op.phase == "bwd_weight":
         first, second = second, first
-    return Operands(first, second, tensors[op.writes[0]])
+    out = tensors[op.writes[0]]
+    a_read, b_read, psum_read = m.dram_read_bytes
+    final = nest.elements(nest.kinds[2]) * nest.out_bits / 8
+    psum_write = m.dram_write_bytes - final
+    tile = m.footprint_bytes
+    moves = [
+        TensorMove(first.name, "ifmap", False, a_read, a_read * 8, m.buffer_reads[0], m.refetch[0], tile[0]),
+        TensorMove(second.name, "filter", False, b_read, b_read * 8, m.buffer_reads[1], m.refetch[1], tile[1]),
+        TensorMove(out.name, "ofmap", True, final, final * 8, 0.0, 1.0, tile[2]),
+    ]
+    moves += [TensorMove(name, "ofmap", True, 0.0, 0.0, 0.0) for name in op.writes[1:]]  # a bias gradient
+    psum_bits = m.buffer_reads[2] + m.buffer_writes[2] - final * 8  # accumulation and spills, on chip
+    passes = hw.pe_array.mac_passes(nest.a_bits, nest.b_bits)
+    bits = (nest.a_bits, nest.b_bits, nest.acc_bits)
+    return OpPlan(
+        compute_cycles=m.compute_cycles * passes, moves=tuple(moves), footprint_bytes=sum(m.footprint_bytes),
+        tiles=m.tiles, psum_bytes=(psum_write, psum_read), psum_bits=psum_bits,
+        sram_reads={"ifmap": m.buffer_reads[0] / bits[0], "filter": m.buffer_reads[1] / bits[1],
+                    "ofmap": (m.buffer_reads[2] - final * 8) / bits[2]},
+        sram_writes={"ofmap": (m.buffer_writes[2] - psum_read * 8) / bits[2]},
+        rf_bits=m.rf_bits, noc_bits=m.noc_bits, hop_bits=m.hop_bits, nest=nest, mapping=m,
+    )  # fmt: skip
 
 
-def schedule_op(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator, accumulator_bits: int) -> OpCost:
-    if op.kind == "load":
-        return _load(op, tensors, hw)
-    if op.kind in ("conv", "gemm") and op.gemm is not None:
-        if hw.pe_array.dataflow == "rs":
-            return _row_stationary(op, tensors, hw, accumulator_bits)
-        return _systolic(op, tensors, hw, accumulator_bits)
-    return _streaming(op, tensors, hw)
+def _times_read(op: Op) -> int:
+    """Passes an element-wise op makes over its main input: training batch norm reads x once for
+    the batch statistics and once to normalise (the residency plan removes the first pass when the
+    statistics are gathered in the producer's epilogue)."""
+    return 2 if op.layer_kind == "batchnorm" and op.phase == "fwd" and len(op.writes) > 2 else 1
 
 
-def _sram_stall(hw: Accelerator, stream_bytes: Mapping[str, float], compute: float) -> float:
-    """Extra cycles when a buffer cannot deliver its stream's bytes within the compute time."""
-    need = {}
-    for stream, nbytes in stream_bytes.items():
-        buffer = buffer_of(hw, stream)
-        need[id(buffer)] = need.get(id(buffer), 0.0) + nbytes / buffer.bandwidth_bytes_per_cycle
-    return max(0.0, max(need.values(), default=0.0) - compute)
-
-
-def _finish(hw, compute, reads_elems, writes_elems, bits, traffic, tiles, rf_bits) -> OpCost:
-    """Timeline and SRAM bandwidth on top of the compute cycles."""
-    sram_bits = {}
-    stream_bytes = {}
-    for stream in STREAMS:
-        moved = (reads_elems.get(stream, 0) + writes_elems.get(stream, 0)) * bits[stream]
-        if moved:
-            key = "global" if hw.has_global_buffer else stream
-            sram_bits[key] = sram_bits.get(key, 0.0) + moved
-            stream_bytes[stream] = moved / 8
-    dram_in = traffic["ifmap"] + traffic["filter"] + traffic.get("ofmap_reads", 0.0)
-    dram_out = traffic.get("ofmap_writes", 0.0)
-    total, dma_stall = timeline(compute, dram_in, dram_out, tiles, hw.dram_bytes_per_cycle)
-    stall = max(dma_stall, _sram_stall(hw, stream_bytes, compute))
-    return OpCost(
-        compute_cycles=float(compute),
-        stall_cycles=float(stall),
-        sram_reads=dict(reads_elems),
-        sram_writes=dict(writes_elems),
-        sram_bits=sram_bits,
-        dram_reads={"ifmap": traffic["ifmap"], "filter": traffic["filter"], "ofmap": traffic.get("ofmap_reads", 0.0)},
-        dram_writes={"ofmap": dram_out},
-        rf_bits=rf_bits,
-    )
-
-
-def _systolic(op: Op, tensors, hw: Accelerator, accumulator_bits: int) -> OpCost:
-    pe = hw.pe_array
-    g = op.gemm
-    cost = systolic_cost(pe.dataflow, pe.rows, pe.cols, g.m, g.n, g.k)
-    o = pe_operands(op, tensors)
-    psum_bytes = accumulator_bits / 8
-    traffic = gemm_dram_traffic(hw, pe.dataflow, cost.row_folds, cost.col_folds, g.m, g.n, g.k,
-                                o.a.bytes, o.b.bytes, o.out.bytes, psum_bytes)  # fmt: skip
-    # partial sums read back on chip when the reduction spans several folds (ws and is)
-    reduction_folds = cost.row_folds if pe.dataflow in ("ws", "is") else 1
-    compute = cost.compute_cycles * pe.mac_passes(o.a.bits, o.b.bits)
-    reads = {"ifmap": cost.ifmap_reads, "filter": cost.filter_reads, "ofmap": (reduction_folds - 1) * g.m * g.n}
-    writes = {"ofmap": cost.ofmap_writes}
-    bits = {"ifmap": o.a.bits, "filter": o.b.bits, "ofmap": accumulator_bits}
-    rf_bits = op.macs * (o.a.bits + o.b.bits + accumulator_bits)  # pipeline registers: each operand and psum once
-    return _finish(hw, compute, reads, writes, bits,
-                   {"ifmap": traffic.ifmap_reads, "filter": traffic.filter_reads,
-                    "ofmap_reads": traffic.ofmap_reads, "ofmap_writes": traffic.ofmap_writes},
-                   traffic.tiles, rf_bits)  # fmt: skip
-
-
-def _row_stationary(op: Op, tensors, hw: Accelerator, accumulator_bits: int) -> OpCost:
-    pe = hw.pe_array
-    o = pe_operands(op, tensors)
-    g = op.conv
-    if op.kind == "conv" and op.phase == "fwd":
-        shape = (g.n, g.k, g.c, g.h + 2 * g.pad_h, g.w + 2 * g.pad_w, g.p, g.q, g.r, g.s)
-    elif op.kind == "conv" and op.phase == "bwd_data":  # transposed conv: K channels in, C out
-        shape = (g.n, g.c, g.k, g.p, g.q, g.h, g.w, g.r, g.s)
-    else:  # a GEMM as independent dot products: M output rows, K-long reduction, N filters
-        shape = (1, op.gemm.n, op.gemm.k, op.gemm.m, 1, op.gemm.m, 1, 1, 1)
-    n, k, c, h, w, p, q, r, s = shape
-    cost = row_stationary_cost(pe.rows, pe.cols, pe.rf_bytes, n, k, c, h, w, p, q, r, s,
-                               o.b.bits, o.a.bits, accumulator_bits)  # fmt: skip
-    scale = op.macs / max(n * k * c * p * q * r * s, 1)  # a strided transposed conv skips the zeros
-    compute = math.ceil(cost.compute_cycles * scale) * pe.mac_passes(o.a.bits, o.b.bits)
-    reads = {"ifmap": cost.input_reads * scale, "filter": cost.filter_reads * scale, "ofmap": cost.psum_reads * scale}
-    writes = {"ofmap": cost.psum_writes * scale}
-    bits = {"ifmap": o.a.bits, "filter": o.b.bits, "ofmap": accumulator_bits}
-    extra_passes = cost.psum_writes / max(n * k * p * q, 1)
-    spill = o.out.numel * accumulator_bits / 8 * (extra_passes - 1)
-    traffic = {"ifmap": o.a.bytes, "filter": o.b.bytes, "ofmap_reads": 0.0, "ofmap_writes": o.out.bytes}
-    if spill > 0 and o.out.numel * accumulator_bits / 8 > buffer_of(hw, "ofmap").size_bytes / 2:
-        traffic["ofmap_reads"], traffic["ofmap_writes"] = spill, o.out.bytes + spill
-    tiles = streaming_tiles(hw, o.a.bytes + o.b.bytes)
-    rf_bits = op.macs * (o.a.bits + o.b.bits + 2 * accumulator_bits)  # scratchpads: psum read-modify-write
-    return _finish(hw, compute, reads, writes, bits, traffic, tiles, rf_bits)
-
-
-def _streaming(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator) -> OpCost:
-    """Element-wise ops on the vector unit, and data-movement ops (no arithmetic)."""
+def _streaming(op: Op, tensors: Mapping[str, Tensor], lanes: int) -> OpPlan:
+    """Element-wise ops on the vector unit (``lanes`` ops per cycle), and data-movement ops."""
     written = [tensors[t] for t in op.writes if tensors[t].alias_of is None]
     if not written:  # e.g. a residual add's backward: the gradient is passed on, nothing moves
-        return OpCost(0.0, 0.0)
+        return OpPlan(0.0, (), 0.0, 1)
     read = [tensors[t] for t in op.reads]
-    in_bytes = sum(t.bytes for t in read)
-    out_bytes = sum(t.bytes for t in written)
-    compute = math.ceil(op.elementwise_ops / hw.vector.lanes)
-    reads = {"ifmap": sum(t.numel for t in read)}
-    writes = {"ofmap": sum(t.numel for t in written)}
-    read_bits = in_bytes * 8 / max(reads["ifmap"], 1)
-    write_bits = out_bytes * 8 / max(writes["ofmap"], 1)
-    bits = {"ifmap": read_bits, "filter": 0, "ofmap": write_bits}
-    tiles = streaming_tiles(hw, in_bytes)
-    traffic = {"ifmap": in_bytes, "filter": 0.0, "ofmap_reads": 0.0, "ofmap_writes": out_bytes}
-    return _finish(hw, compute, reads, writes, bits, traffic, tiles, 0.0)
+    passes = [_times_read(op) if i == 0 else 1 for i in range(len(read))]
+    stage = 2 * STAGING_BYTES
+    moves = [TensorMove(t.name, "ifmap", False, t.bytes * n, t.bytes * 8 * n, t.bytes * 8 * n, n, min(t.bytes, stage))
+             for t, n in zip(read, passes, strict=True)]  # fmt: skip
+    moves += [TensorMove(t.name, "ofmap", True, t.bytes, t.bytes * 8, t.bytes * 8, 1.0, min(t.bytes, stage))
+              for t in written]  # fmt: skip
+    in_bytes = sum(m.dram_bytes for m in moves if not m.write)
+    staged = sum(m.tile_bytes for m in moves)
+    return OpPlan(
+        compute_cycles=float(math.ceil(op.elementwise_ops / lanes)), moves=tuple(moves), footprint_bytes=staged,
+        tiles=max(1, math.ceil(in_bytes / STAGING_BYTES)),
+        sram_reads={"ifmap": float(sum(t.numel * n for t, n in zip(read, passes, strict=True)))},
+        sram_writes={"ofmap": float(sum(t.numel for t in written))},
+    )  # fmt: skip
 
 
-def _load(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator) -> OpCost:
+def _load(op: Op, tensors: Mapping[str, Tensor]) -> OpPlan:
     """A batch fetched from DRAM into the ifmap buffer and not used (a dropped iteration)."""
-    read = [tensors[t] for t in op.reads]
-    nbytes = sum(t.bytes for t in read)
-    elements = sum(t.numel for t in read)
-    bits = {"ifmap": nbytes * 8 / max(elements, 1), "filter": 0, "ofmap": 0}
-    traffic = {"ifmap": nbytes, "filter": 0.0}
-    return _finish(hw, 0, {}, {"ifmap": elements}, bits, traffic, streaming_tiles(hw, nbytes), 0.0)
+    moves = tuple(TensorMove(t, "ifmap", False, tensors[t].bytes, tensors[t].bytes * 8, 0.0) for t in op.reads)
+    nbytes = sum(m.dram_bytes for m in moves)
+    return OpPlan(0.0, moves, min(nbytes, 2 * STAGING_BYTES), max(1, math.ceil(nbytes / STAGING_BYTES)),
+                  sram_writes={"ifmap": float(sum(tensors[t].numel for t in op.reads))})  # fmt: skip
+
+
+def finish_op(plan: OpPlan, moves: tuple[TensorMove, ...], hw: Accelerator, target: Target) -> OpCost:
+    """The op's cost once the iteration plan settled its moves: DRAM bytes per stream, every buffer
+    access in bits, and stalls from the DMA timeline and the buffers' bandwidth."""
+    dram_in = {s: 0.0 for s in STREAMS}
+    dram_out = {s: 0.0 for s in STREAMS}
+    buffer_bits: dict[str, float] = {}
+    for move in moves:
+        (dram_out if move.write else dram_in)[move.stream] += move.dram_bytes
+        key = target.streams[STREAMS.index(move.stream)]
+        buffer_bits[key] = buffer_bits.get(key, 0.0) + move.fill_bits + move.use_bits
+    psum_write, psum_read = plan.psum_bytes
+    dram_in["ofmap"] += psum_read
+    dram_out["ofmap"] += psum_write
+    if plan.psum_bits:
+        key = target.streams[2]
+        buffer_bits[key] = buffer_bits.get(key, 0.0) + plan.psum_bits
+    compute = plan.compute_cycles
+    total = float(_timeline(np.float64(compute), sum(dram_in.values()), sum(dram_out.values()), plan.tiles, target))
+    sram = max((bits / 8 / target.buffer(name).bytes_per_cycle for name, bits in buffer_bits.items()), default=0.0)
+    stall = max(total, sram) - compute
+    return OpCost(
+        compute_cycles=compute, stall_cycles=max(stall, 0.0), sram_reads=dict(plan.sram_reads),
+        sram_writes=dict(plan.sram_writes), sram_bits=buffer_bits, dram_reads=dram_in,
+        dram_writes={"ofmap": sum(dram_out.values())}, rf_bits=plan.rf_bits, noc_bits=plan.noc_bits,
+        hop_bits=plan.hop_bits, moves=moves, mapping=plan.mapping, nest=plan.nest,
+    )  # fmt: skip

@@ -18,9 +18,26 @@ extra ofmap writes per fold.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
+
+from e2sim.schedule.mapper import (
+    IRRELEVANT,
+    ORDERS,
+    ArraySide,
+    Mapping,
+    Tiles,
+    legal_tiles,
+    make_tiles,
+    search,
+    tile_options,
+)
+from e2sim.schedule.nest import LoopNest
+from e2sim.schedule.target import Target
 
 
 @dataclass(frozen=True)
@@ -59,3 +76,103 @@ def systolic_cost(dataflow: str, rows: int, cols: int, m: int, n: int, k: int) -
     else:
         ifmap, filters, ofmap = k * m, col_folds * k * n, row_folds * m * n
     return ArrayCost(cycles, row_folds, col_folds, ifmap, filters, ofmap)
+
+
+# -- buffer tiles of a loop nest on a systolic array --------------------------------------------------
+
+# The nest dimensions each GEMM dimension is made of (r·s multiplies the one holding c), per role.
+GEMM_DIMS = {
+    "fwd": (("n", "p", "q"), ("k",), ("c",)),
+    "bwd_data": (("n", "p", "q"), ("c",), ("k",)),
+    "bwd_weight": (("k",), ("c",), ("n", "p", "q")),
+}
+
+
+def _gemm_dim(t: Tiles, dims: tuple[str, ...], factor: int, divisor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(number of tiles, Σ over tiles of ⌈tile extent / divisor⌉) of one GEMM dimension, exactly:
+    every tiled dimension has (count − 1) tiles of its tile size and one of its last size."""
+    tiles = np.prod([t.count[d] for d in dims], axis=0)
+    folds = np.zeros_like(tiles)
+    for choice in itertools.product((0, 1), repeat=len(dims)):
+        number, extent = 1.0, float(factor)
+        for d, last in zip(dims, choice, strict=True):
+            number = number * (1.0 if last else t.count[d] - 1)
+            extent = extent * (t.last[d] if last else t.size[d])
+        folds = folds + number * np.ceil(extent / divisor)
+    return tiles, folds
+
+
+def streamed_kind(role: str, dataflow: str) -> str:
+    """The operand kind the dimension a systolic array streams is irrelevant to: chunks of that
+    dimension are the innermost DRAM loops, so that operand stays put (ws: the weights of a forward
+    op, os: its outputs, is: its inputs)."""
+    axis = {"ws": 0, "os": 2, "is": 1}[dataflow]
+    dims = set(GEMM_DIMS[role][axis])
+    return next(kind for kind, irrelevant in IRRELEVANT.items() if dims & set(irrelevant))
+
+
+def systolic_tiles(nest: LoopNest, t: Tiles, dataflow: str, rows: int, cols: int) -> ArraySide:
+    """SCALE-Sim's cycles and buffer reads with buffer tiles: the array walks its folds over the
+    tiles of the two dimensions it holds (summed exactly over the tiles: whole tiles, or tiles in
+    multiples of the array's sides, give SCALE-Sim's counts on the whole GEMM) and streams the
+    third through every fold, in chunks that change nothing on the array. Partial sums: written
+    per reduction fold, read back on chip before every write but the first of each output."""
+    dims = GEMM_DIMS[nest.role]
+    rs = nest.r * nest.s
+    m, n, k = (np.prod([nest.size(d) for d in group]) * (rs if "c" in group else 1) for group in dims)
+
+    def folds(axis: int, divisor: int) -> np.ndarray:
+        return _gemm_dim(t, dims[axis], rs if "c" in dims[axis] else 1, divisor)[1]
+
+    if dataflow == "ws":  # rows: K, cols: N, streamed: M
+        row_folds, col_folds = folds(2, rows), folds(1, cols)
+        cycles = row_folds * col_folds * (2 * rows + cols - 2 + m)
+        reads_a, reads_b, psum = col_folds * m * k, np.full_like(row_folds, k * n), row_folds * m * n
+        used = np.minimum(rows, k) * np.minimum(cols, n)
+    elif dataflow == "os":  # rows: M, cols: N, streamed: K (outputs stay in the PEs)
+        row_folds, col_folds = folds(0, rows), folds(1, cols)
+        cycles = row_folds * col_folds * (rows + cols - 2 + k)
+        reads_a, reads_b = col_folds * m * k, row_folds * k * n
+        psum = m * n + row_folds * col_folds * (rows + cols)  # SCALE-Sim's accounting
+        used = np.minimum(rows, m) * np.minimum(cols, n)
+    else:  # is: rows: K, cols: M, streamed: N
+        row_folds, col_folds = folds(2, rows), folds(0, cols)
+        cycles = row_folds * col_folds * (2 * rows + cols - 2 + n)
+        reads_a, reads_b, psum = np.full_like(row_folds, k * m), col_folds * k * n, row_folds * m * n
+        used = np.minimum(rows, k) * np.minimum(cols, m)
+    psum_reads = np.zeros_like(psum) if dataflow == "os" else np.maximum(psum - m * n, 0.0)
+    rf = np.full(t.n_candidates, float(nest.macs * (nest.a_bits + nest.b_bits + nest.acc_bits)))
+    zeros = np.zeros(t.n_candidates)
+    axes = {"ws": (("rows", 2), ("cols", 1)), "os": (("rows", 0), ("cols", 1)), "is": (("rows", 2), ("cols", 0))}
+
+    def spatial(i: int) -> tuple:
+        sides = {"rows": rows, "cols": cols}
+        return tuple((axis, "·".join(d + ("·r·s" if d == "c" and rs > 1 else "") for d in dims[g]),
+                      int(min(sides[axis], [m, n, k][g]))) for axis, g in axes[dataflow])  # fmt: skip
+
+    return ArraySide(cycles - 1, reads_a, reads_b, psum, psum_reads, rf, zeros, zeros, used, spatial)
+
+
+def whole_folds(nest: LoopNest, t: Tiles, dataflow: str, rows: int, cols: int) -> np.ndarray:
+    """Candidates whose tiles of the two dimensions the array holds add no folds to SCALE-Sim's walk
+    of the whole GEMM (whole dimensions, or tiles of whole folds)."""
+    held = {"ws": ((2, rows), (1, cols)), "os": ((0, rows), (1, cols)), "is": ((2, rows), (0, cols))}[dataflow]
+    ok = np.ones(t.n_candidates, dtype=bool)
+    for axis, side in held:
+        dims = GEMM_DIMS[nest.role][axis]
+        factor = nest.r * nest.s if "c" in dims else 1
+        whole = np.prod([nest.size(d) for d in dims]) * factor
+        ok &= _gemm_dim(t, dims, factor, side)[1] == -(-whole // side)
+    return ok
+
+
+def map_systolic(nest: LoopNest, target: Target) -> Mapping:
+    """The best buffer tiling of ``nest`` on a systolic array (ws, os or is)."""
+    rows, cols = target.rows, target.cols
+    options = {d: tile_options(nest.size(d), (rows, cols)) for d in ("n", "k", "c", "p")}
+    options["q"] = sorted({nest.q, -(-nest.q // 2), -(-nest.q // 4), 1})
+    t = make_tiles(nest, options)
+    t, footprint = legal_tiles(nest, target, t, whole_folds(nest, t, target.dataflow, rows, cols))
+    inner = streamed_kind(nest.role, target.dataflow)
+    orders = tuple(order for order in ORDERS if order[0] == inner)
+    return search(nest, target, t, footprint, systolic_tiles(nest, t, target.dataflow, rows, cols), orders)

@@ -1,0 +1,305 @@
+"""The mapper: choose how a PE-array op's loop nest is tiled between DRAM and the on-chip buffers.
+
+A mapping has three levels. The **array** unrolls the dimensions its dataflow fixes (see
+``systolic.py`` and ``rowstationary.py``); the **buffer** holds one tile of each operand
+(``tile``: a size per dimension, R and S whole); **DRAM** runs the loops over tiles in an order.
+Every dimension is irrelevant to exactly one operand (k to x; n, p, q to w; c, r, s to y), so the
+DRAM loops fall into three groups and only the order of the groups changes the traffic: the
+operand whose irrelevant loops are innermost stays in the buffer (moves through DRAM once); the
+next is re-fetched once per iteration of its irrelevant loops, and so on. Interleaving groups
+never moves fewer bytes, so the search covers every tile size in a candidate set × the six group
+orders. An output re-visited by a reduction loop outside its tile writes its partial sums to
+DRAM and reads them back (at the accumulator width); the search avoids that whenever an order
+that keeps them on chip costs less.
+
+Legal mappings fit each tile in its buffer (twice when DMA overlaps compute: double buffering);
+among them the best by the target's objective (energy, latency or energy-delay product) wins;
+ties go to the smaller footprint. Results are cached by (nest, target).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from e2sim.schedule.nest import LoopNest
+from e2sim.schedule.target import Target
+
+TILED = ("n", "k", "c", "p", "q")  # r and s stay whole in a tile (the array holds whole filter rows)
+# the DRAM loops that re-fetch an operand of each kind (the dimensions it is not indexed by)
+IRRELEVANT = {"x": ("k",), "w": ("n", "p", "q"), "y": ("c",)}
+ORDERS = tuple(itertools.permutations(("x", "w", "y")))  # innermost group first: the stationary operand's
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A chosen mapping and the accesses it implies. Per-stream tuples are (A, B, output);
+    buffer accesses are bits, DRAM traffic bytes."""
+
+    dataflow: str
+    spatial: tuple[tuple[str, str, int], ...]  # (array axis, dimensions unrolled on it, extent used)
+    tile: tuple[int, ...]  # buffer tile, n k c p q r s
+    dram_loops: tuple[tuple[str, int], ...]  # DRAM-level loops over tiles, outermost first
+    stationary: str  # the operand that stays in the buffer across the innermost DRAM loops
+    refetch: tuple[float, float, float]  # times A, B and the output cross the DRAM interface
+    tiles: int
+    compute_cycles: float
+    utilisation: float
+    dram_read_bytes: tuple[float, float, float]  # A, B, partial sums read back
+    dram_write_bytes: float  # outputs and spilled partial sums
+    buffer_reads: tuple[float, float, float]
+    buffer_writes: tuple[float, float, float]
+    footprint_bytes: tuple[float, float, float]
+    rf_bits: float
+    noc_bits: float
+    hop_bits: float
+    detail: tuple[tuple[str, float], ...] = ()  # dataflow-specific choices (row stationary parameters)
+
+    def as_dict(self, kinds: tuple[str, str, str]) -> dict:
+        names = ("A", "B", "out")
+        return {
+            "dataflow": self.dataflow,
+            "spatial": [{"axis": a, "dims": d, "extent": e} for a, d, e in self.spatial],
+            "buffer_tile": dict(zip(("n", "k", "c", "p", "q", "r", "s"), self.tile, strict=True)),
+            "dram_loops": [{"dim": d, "count": c} for d, c in self.dram_loops],
+            "stationary": self.stationary,
+            "operands": dict(zip(names, kinds, strict=True)),
+            "refetch": dict(zip(names, self.refetch, strict=True)),
+            "tiles": self.tiles,
+            "utilisation": self.utilisation,
+            "dram_read_bytes": dict(zip(("A", "B", "psum"), self.dram_read_bytes, strict=True)),
+            "dram_write_bytes": self.dram_write_bytes,
+            "buffer_read_bits": dict(zip(names, self.buffer_reads, strict=True)),
+            "buffer_write_bits": dict(zip(names, self.buffer_writes, strict=True)),
+            "footprint_bytes": dict(zip(names, self.footprint_bytes, strict=True)),
+            "rf_bits": self.rf_bits, "noc_bits": self.noc_bits, "pe_hop_bits": self.hop_bits,
+            **({"detail": dict(self.detail)} if self.detail else {}),
+        }  # fmt: skip
+
+
+@dataclass
+class Tiles:
+    """Candidate buffer tiles: per tiled dimension the tile size, the number of tiles and the size
+    of the last (possibly smaller) tile, as arrays over candidates."""
+
+    size: dict[str, np.ndarray]
+    count: dict[str, np.ndarray]
+    last: dict[str, np.ndarray]
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.size["n"])
+
+    def select(self, mask: np.ndarray) -> Tiles:
+        return Tiles(*({d: a[mask] for d, a in part.items()} for part in (self.size, self.count, self.last)))
+
+    def tiles(self) -> np.ndarray:
+        return np.prod([self.count[d] for d in TILED], axis=0)
+
+
+def tile_options(size: int, aligns: tuple[int, ...] = (), divisions=(2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64, 128)):
+    """Tile sizes worth trying for a dimension of ``size``: the whole, ⌈size / L⌉ for a spread of
+    tile counts L, 1, and powers-of-two multiples of the array's sides."""
+    options = {size, 1}
+    options.update(-(-size // d) for d in divisions if d < size)
+    for a in aligns:
+        v = a
+        while v < size:
+            options.add(v)
+            v *= 2
+    return sorted(options)
+
+
+def make_tiles(nest: LoopNest, options: dict[str, list[int]]) -> Tiles:
+    grids = np.meshgrid(*(np.asarray(options[d], dtype=np.float64) for d in TILED), indexing="ij")
+    size = {d: g.reshape(-1) for d, g in zip(TILED, grids, strict=True)}
+    count = {d: np.ceil(nest.size(d) / size[d]) for d in TILED}
+    last = {d: nest.size(d) - (count[d] - 1) * size[d] for d in TILED}
+    return Tiles(size, count, last)
+
+
+def window_extent(tile: np.ndarray, stride: int, taps: int, limit: int) -> np.ndarray:
+    """Input rows (or columns) a tile of ``tile`` outputs covers with ``taps``-wide windows."""
+    return np.minimum(limit, (tile - 1) * stride + taps)
+
+
+def _halo(nest: LoopNest) -> tuple[int, int]:
+    """Extra rows and columns of dy a tile of dx needs in a backward-data op (gather form: the
+    transposed convolution reads ⌈(R − σ)/σ⌉ rows of dy beyond its own on each tile boundary)."""
+    return (max(0, -(-(nest.r - nest.stride) // nest.stride)), max(0, -(-(nest.s - nest.stride) // nest.stride)))
+
+
+def operand_footprints(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray]:
+    """Elements of one buffer tile of each operand kind."""
+    rows = window_extent(t.size["p"], nest.stride, nest.r, nest.h_pad)
+    cols = window_extent(t.size["q"], nest.stride, nest.s, nest.w_pad)
+    extra_rows, extra_cols = _halo(nest) if nest.role == "bwd_data" else (0, 0)
+    return {
+        "x": t.size["n"] * t.size["c"] * rows * cols,
+        "w": t.size["k"] * t.size["c"] * nest.r * nest.s,
+        "y": t.size["n"] * t.size["k"] * np.minimum(t.size["p"] + extra_rows, nest.p)
+        * np.minimum(t.size["q"] + extra_cols, nest.q),
+    }
+
+
+def operand_traffic(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray]:
+    """Elements moved when every tile of each operand kind is fetched once, without padding: an x
+    read through windows with its halos; in a backward-data op (gather form) the dx tiles
+    partition dx and the dy tiles carry the halos."""
+    ones = np.ones(t.n_candidates)
+    if nest.role == "bwd_data":
+        extra_rows, extra_cols = _halo(nest)
+        rows = np.minimum(nest.p + (t.count["p"] - 1) * extra_rows, t.count["p"] * nest.p)
+        cols = np.minimum(nest.q + (t.count["q"] - 1) * extra_cols, t.count["q"] * nest.q)
+        return {"x": ones * nest.elements("x"), "w": ones * nest.elements("w"), "y": nest.n * nest.k * rows * cols}
+
+    def covered(dim: str, stride: int, taps: int, limit: int, real: int) -> np.ndarray:
+        full = window_extent(t.size[dim], stride, taps, limit)
+        last = window_extent(t.last[dim], stride, taps, limit)
+        return ((t.count[dim] - 1) * full + last) * min(real, limit) / limit
+
+    rows = covered("p", nest.stride, nest.r, nest.h_pad, nest.h)
+    cols = covered("q", nest.stride, nest.s, nest.w_pad, nest.w)
+    return {"x": nest.n * nest.c * rows * cols, "w": ones * nest.elements("w"), "y": ones * nest.elements("y")}
+
+
+@dataclass
+class ArraySide:
+    """What the array does with candidate buffer tiles (arrays over candidates): cycles, buffer
+    reads of A and B and partial-sum writes and reads (elements), and local traffic (bits)."""
+
+    compute_cycles: np.ndarray
+    reads_a: np.ndarray
+    reads_b: np.ndarray
+    psum_writes: np.ndarray
+    psum_reads: np.ndarray
+    rf_bits: np.ndarray
+    noc_bits: np.ndarray
+    hop_bits: np.ndarray
+    active_pes: np.ndarray
+    spatial: Callable[[int], tuple]  # candidate index -> the spatial description
+    detail: Callable[[int], tuple] = lambda i: ()
+
+
+def _order_multipliers(t: Tiles, order: tuple[str, str, str]) -> dict[str, np.ndarray]:
+    """Times each kind crosses DRAM for a group order (innermost group first)."""
+    loops = {kind: np.prod([t.count[d] for d in dims], axis=0) for kind, dims in IRRELEVANT.items()}
+    inner, middle, outer = order
+    ones = np.ones(t.n_candidates)
+    return {
+        inner: ones,
+        middle: np.where(loops[inner] > 1, loops[middle], 1.0),
+        outer: np.where(loops[inner] * loops[middle] > 1, loops[outer], 1.0),
+    }
+
+
+def _timeline(compute, dram_in, dram_out, tiles, target: Target):
+    """Cycles of an op whose tiles load, compute and store (overlapped when double-buffered)."""
+    bw = target.dram_bytes_per_cycle
+    if not target.double_buffered:
+        return compute + (dram_in + dram_out) / bw
+    load, store, c = dram_in / bw / tiles, dram_out / bw / tiles, compute / tiles
+    many = load + np.maximum(c, load) + (tiles - 2) * np.maximum(c, load + store) + np.maximum(c, store) + store
+    return np.where(tiles > 1, many, load + c + store)
+
+
+def legal_tiles(
+    nest: LoopNest, target: Target, t: Tiles, preferred: np.ndarray | None = None
+) -> tuple[Tiles, np.ndarray]:
+    """The candidates whose A, B and output tiles fit their buffers (twice each when DMA overlaps
+    compute), and their footprints in bytes (3 × candidates); only ``preferred`` ones if any of
+    those fit."""
+    kinds = nest.kinds
+    foot = operand_footprints(nest, t)
+    copies = 2 if target.double_buffered else 1
+    footprint = np.stack([foot[kinds[0]] * nest.a_bits, foot[kinds[1]] * nest.b_bits,
+                          foot[kinds[2]] * nest.acc_bits]) * (copies / 8)  # fmt: skip
+    legal = np.ones(t.n_candidates, dtype=bool)
+    for name in set(target.streams):
+        used = sum(footprint[i] for i, s in enumerate(target.streams) if s == name)
+        legal &= used <= target.buffer(name).size_bytes
+    if not legal.any():
+        raise MappingError(f"no tile of this {nest.role} op fits the buffers (the smallest needs "
+                           f"{footprint.sum(axis=0).min():.0f} bytes)")  # fmt: skip
+    if preferred is not None and (legal & preferred).any():
+        legal &= preferred
+    return t.select(legal), footprint[:, legal]
+
+
+def search(nest: LoopNest, target: Target, t: Tiles, footprint: np.ndarray, array: ArraySide,
+           orders: tuple[tuple[str, str, str], ...] = ORDERS) -> Mapping:  # fmt: skip
+    """The best (tile, order) among legal candidates ``t`` and ``orders`` by the target's objective;
+    ``array`` describes what the array does with each candidate."""
+    kinds = nest.kinds
+    bits = (nest.a_bits, nest.b_bits)
+    traffic = operand_traffic(nest, t)
+    unique_out = nest.elements(kinds[2])
+    compute = array.compute_cycles
+    tiles = t.tiles()
+    buf = [target.buffer(s) for s in target.streams]
+    psum_bits = (array.psum_writes + array.psum_reads) * nest.acc_bits
+    on_chip = (array.reads_a * (bits[0] * buf[0].pj_per_bit) + array.reads_b * (bits[1] * buf[1].pj_per_bit)
+               + psum_bits * buf[2].pj_per_bit + array.rf_bits * target.rf_pj_per_bit
+               + array.noc_bits * target.noc_pj_per_bit + array.hop_bits * target.hop_pj_per_bit)  # fmt: skip
+    datapath = {}
+    for i, moved in enumerate((array.reads_a * bits[0], array.reads_b * bits[1], psum_bits)):
+        datapath[target.streams[i]] = datapath.get(target.streams[i], 0.0) + moved / (8 * buf[i].bytes_per_cycle)
+    total_foot = footprint.sum(axis=0)
+    best = None
+    for order in orders:
+        mult = _order_multipliers(t, order)
+        reads = [traffic[kinds[i]] * mult[kinds[i]] * bits[i] for i in range(2)]  # bits
+        psum_moves = np.maximum(traffic[kinds[2]] * mult[kinds[2]] - unique_out, 0.0) * nest.acc_bits
+        writes = unique_out * nest.out_bits + psum_moves
+        dram_in, dram_out = (reads[0] + reads[1] + psum_moves) / 8, writes / 8
+        cycles = _timeline(compute, dram_in, dram_out, tiles, target)
+        fills = (reads[0], reads[1], psum_moves + writes)
+        sram = dict(datapath)
+        for i, moved in enumerate(fills):
+            sram[target.streams[i]] = sram[target.streams[i]] + moved / (8 * buf[i].bytes_per_cycle)
+        for busy in sram.values():
+            cycles = np.maximum(cycles, busy)
+        energy = (on_chip + (dram_in + dram_out) * (8 * target.dram_pj_per_bit) + cycles * target.cycle_pj
+                  + sum(fills[i] * buf[i].pj_per_bit for i in range(3)))  # fmt: skip
+        score = {"energy": energy, "latency": cycles, "edp": energy * cycles}[target.objective]
+        low = score.min()
+        near = np.flatnonzero(score <= low * (1 + 1e-9))
+        i = int(near[np.argmin(total_foot[near])])
+        if best is None or (low, total_foot[i]) < best[0]:
+            best = ((low, total_foot[i]), order, i, mult)
+    _, order, i, mult = best
+    return _mapping(nest, target, t, array, order, i, mult, traffic, footprint, compute)
+
+
+def _mapping(nest, target, t, array, order, i, mult, traffic, footprint, compute) -> Mapping:
+    kinds = nest.kinds
+    bits = (nest.a_bits, nest.b_bits)
+    unique_out = nest.elements(kinds[2])
+    refetch = tuple(float(mult[k][i]) for k in kinds)
+    reads = [float(traffic[kinds[j]][i] * refetch[j] * bits[j]) for j in range(2)]
+    out_touches = float(traffic[kinds[2]][i] * refetch[2])
+    psum_moves = max(out_touches - unique_out, 0.0) * nest.acc_bits
+    writes = unique_out * nest.out_bits + psum_moves
+    loops = []
+    for kind in reversed(order):  # outermost group first
+        loops += [(d, int(t.count[d][i])) for d in IRRELEVANT[kind] if t.count[d][i] > 1]
+    tile = (*tuple(int(t.size[d][i]) for d in TILED), nest.r, nest.s)
+    pes = target.rows * target.cols
+    return Mapping(
+        dataflow=target.dataflow, spatial=array.spatial(i), tile=tile, dram_loops=tuple(loops),
+        stationary=order[0], refetch=refetch, tiles=int(t.tiles()[i]), compute_cycles=float(compute[i]),
+        utilisation=nest.macs / max(pes * float(compute[i]), 1.0),
+        dram_read_bytes=(reads[0] / 8, reads[1] / 8, psum_moves / 8), dram_write_bytes=writes / 8,
+        buffer_reads=(float(array.reads_a[i]) * bits[0], float(array.reads_b[i]) * bits[1],
+                      float(array.psum_reads[i]) * nest.acc_bits + writes),
+        buffer_writes=(reads[0], reads[1], float(array.psum_writes[i]) * nest.acc_bits + psum_moves),
+        footprint_bytes=tuple(float(f) for f in footprint[:, i]), rf_bits=float(array.rf_bits[i]),
+        noc_bits=float(array.noc_bits[i]), hop_bits=float(array.hop_bits[i]), detail=array.detail(i),
+    )  # fmt: skip
+
+
+class MappingError(ValueError):
+    """No legal mapping exists (the buffers cannot hold even the smallest tiles)."""
