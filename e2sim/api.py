@@ -11,7 +11,7 @@ from pathlib import Path
 
 from e2sim import __version__
 from e2sim.config.errors import SpecError
-from e2sim.config.loading import read_hardware_spec, read_workload_spec
+from e2sim.config.loading import read_hardware_spec, read_workload_spec, topology_path
 from e2sim.config.policy import POLICY_PRESETS, PRESETS, PolicySpec, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
@@ -104,11 +104,12 @@ def estimate(
     fusion: bool = True,
     objective: str = "energy",
     operand_bits: int | None = None,
+    accumulator_bits: int | None = None,
 ) -> Estimate:
     """Energy and cycles of one training iteration of ``workload`` on ``hw`` (no training).
 
     ``workload`` may also be a SCALE-Sim topology CSV (forward layers at ``batch_size``, default 1,
-    with ``operand_bits``-bit operands, default 8, and 32-bit sums). With ``counts`` (from
+    with ``operand_bits``-bit operands, default 8, and ``accumulator_bits``-bit sums, default 32). With ``counts`` (from
     ``e2sim.train``) every op is priced as often as it ran, with the MACs it executed;
     ``forward_only`` prices the forward ops alone (inference). ``approximate``: the workload's
     forward conv/linear ops run on ``hw``'s approximate mode. ``fusion``: plan fusion and residency
@@ -118,18 +119,22 @@ def estimate(
     table = load_table(accelerator.technology, accelerator.energy_overrides)
     if objective not in OBJECTIVES:
         raise SpecError.single("estimate", "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if isinstance(workload, str | Path) and str(workload).endswith(".csv"):
+    topology = topology_path(workload) if isinstance(workload, str | Path) else None
+    if topology is not None:
         bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32:
-            raise SpecError.single(str(workload), "operand_bits", f"must be a bit width from 2 to 32, got {bits!r}")
+        acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
+        for key, value in (("operand_bits", bits), ("accumulator_bits", acc)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 64:
+                raise SpecError.single(str(workload), key, f"must be a bit width from 2 to 64, got {value!r}")
         batch = 1 if batch_size is None else batch_size
-        ops, tensors = ops_from_topology(read_scalesim_topology(workload), batch, bits)
-        arithmetic = Arithmetic(max(TOPOLOGY_ACCUMULATOR_BITS, 2 * bits), frozenset())
+        ops, tensors = ops_from_topology(read_scalesim_topology(topology), batch, bits)
+        arithmetic = Arithmetic(acc, frozenset())
         name, forward_only, inputs = Path(workload).stem, True, frozenset(t for op in ops for t in op.reads)
     else:
-        if operand_bits is not None:
-            raise SpecError.single(str(workload), "operand_bits", "applies to SCALE-Sim topology inputs only: a "
-                                   "workload's formats are in its precision block")  # fmt: skip
+        for key, value in (("operand_bits", operand_bits), ("accumulator_bits", accumulator_bits)):
+            if value is not None:
+                raise SpecError.single(str(workload), key, "applies to SCALE-Sim topology inputs only: a "
+                                       "workload's formats are in its precision block")  # fmt: skip
         spec = load_workload(workload)
         graph = lower_workload(spec, batch_size)
         ops, tensors, inputs = list(graph.ops), dict(graph.tensors), set(graph.inputs)

@@ -37,6 +37,20 @@ def resolve_spec(spec: str | Path, kind: str) -> Path:
     raise SpecError.single(str(spec), "", f"no such file, and no embedded {kind} spec of that name ({names})")
 
 
+def topology_path(spec: str | Path) -> Path | None:
+    """A SCALE-Sim topology: a ``.csv`` path, or the name of one shipped with e2sim
+    (``alexnet-conv``); None if ``spec`` names no topology."""
+    path = Path(spec)
+    if path.suffix == ".csv":
+        return path if path.exists() or len(path.parts) > 1 else _embedded_csv(path.stem) or path
+    return _embedded_csv(str(spec)) if not path.exists() and not path.suffix and len(path.parts) == 1 else None
+
+
+def _embedded_csv(name: str) -> Path | None:
+    candidate = embedded_dir("workload") / f"{name}.csv"
+    return candidate if candidate.exists() else None
+
+
 def read_workload_spec(spec: str | Path | Mapping) -> Workload:
     """Read and check a workload from a file, an embedded name or an already-parsed mapping."""
     data, source, _ = _document(spec, "workload")

@@ -145,15 +145,16 @@ def operand_footprints(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray]:
     }
 
 
-def operand_traffic(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray]:
+def operand_traffic(nest: LoopNest, t: Tiles, sliding: bool = False) -> dict[str, np.ndarray]:
     """Elements moved when every tile of each operand kind is fetched once, without padding: an x
     read through windows with its halos; in a backward-data op (gather form) the dx tiles
-    partition dx and the dy tiles carry the halos."""
+    partition dx and the dy tiles carry the halos. ``sliding``: consecutive tiles along p keep the
+    rows they share in the buffer, so no halo is fetched twice."""
     ones = np.ones(t.n_candidates)
     if nest.role == "bwd_data":
-        extra_rows, extra_cols = _halo(nest)
+        extra_rows, extra_cols = (0, 0) if sliding else _halo(nest)
         rows = np.minimum(nest.p + (t.count["p"] - 1) * extra_rows, t.count["p"] * nest.p)
-        cols = np.minimum(nest.q + (t.count["q"] - 1) * extra_cols, t.count["q"] * nest.q)
+        cols = np.minimum(nest.q + (t.count["q"] - 1) * _halo(nest)[1], t.count["q"] * nest.q)
         return {"x": ones * nest.elements("x"), "w": ones * nest.elements("w"), "y": nest.n * nest.k * rows * cols}
 
     def covered(dim: str, stride: int, taps: int, limit: int, real: int) -> np.ndarray:
@@ -161,9 +162,25 @@ def operand_traffic(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray]:
         last = window_extent(t.last[dim], stride, taps, limit)
         return ((t.count[dim] - 1) * full + last) * min(real, limit) / limit
 
-    rows = covered("p", nest.stride, nest.r, nest.h_pad, nest.h)
+    rows = ones * min(nest.h, nest.h_pad) if sliding else covered("p", nest.stride, nest.r, nest.h_pad, nest.h)
     cols = covered("q", nest.stride, nest.s, nest.w_pad, nest.w)
     return {"x": nest.n * nest.c * rows * cols, "w": ones * nest.elements("w"), "y": ones * nest.elements("y")}
+
+
+def _slides(nest: LoopNest, t: Tiles, order: tuple[str, str, str]) -> np.ndarray:
+    """Whether consecutive tiles of the windowed input move along p only: q is whole and the first
+    group of DRAM loops (innermost first) that changes that input is the one holding p."""
+    halo_kind = "y" if nest.role == "bwd_data" else "x"
+    loops = {kind: np.prod([t.count[d] for d in dims], axis=0) for kind, dims in IRRELEVANT.items()}
+    slides = np.zeros(t.n_candidates, dtype=bool)
+    decided = np.zeros(t.n_candidates, dtype=bool)
+    for kind in order:
+        if kind == halo_kind:
+            continue
+        here = ~decided & (loops[kind] > 1)
+        slides |= here & (kind == "w")
+        decided |= here
+    return slides & (t.count["q"] == 1)
 
 
 @dataclass
@@ -209,33 +226,48 @@ def _timeline(compute, dram_in, dram_out, tiles, target: Target):
 def legal_tiles(
     nest: LoopNest, target: Target, t: Tiles, preferred: np.ndarray | None = None
 ) -> tuple[Tiles, np.ndarray]:
-    """The candidates whose A, B and output tiles fit their buffers (twice each when DMA overlaps
-    compute), and their footprints in bytes (3 × candidates); only ``preferred`` ones if any of
-    those fit."""
+    """The candidates whose A, B and output tiles fit their buffers for at least one DRAM loop
+    order (see :func:`_fits`), and one copy of each tile in bytes (3 × candidates); only
+    ``preferred`` candidates if any of those fit."""
     kinds = nest.kinds
     foot = operand_footprints(nest, t)
-    copies = 2 if target.double_buffered else 1
-    footprint = np.stack([foot[kinds[0]] * nest.a_bits, foot[kinds[1]] * nest.b_bits,
-                          foot[kinds[2]] * nest.acc_bits]) * (copies / 8)  # fmt: skip
-    legal = np.ones(t.n_candidates, dtype=bool)
-    for name in set(target.streams):
-        used = sum(footprint[i] for i, s in enumerate(target.streams) if s == name)
-        legal &= used <= target.buffer(name).size_bytes
+    single = np.stack([foot[kinds[0]] * nest.a_bits, foot[kinds[1]] * nest.b_bits, foot[kinds[2]] * nest.acc_bits]) / 8
+    legal = np.zeros(t.n_candidates, dtype=bool)
+    for stationary in range(3):
+        legal |= _fits(target, single, stationary)
     if not legal.any():
         raise MappingError(f"no tile of this {nest.role} op fits the buffers (the smallest needs "
-                           f"{footprint.sum(axis=0).min():.0f} bytes)")  # fmt: skip
+                           f"{single.sum(axis=0).min():.0f} bytes)")  # fmt: skip
     if preferred is not None and (legal & preferred).any():
         legal &= preferred
-    return t.select(legal), footprint[:, legal]
+    return t.select(legal), single[:, legal]
 
 
-def search(nest: LoopNest, target: Target, t: Tiles, footprint: np.ndarray, array: ArraySide,
+def _copies(target: Target, stationary: int) -> np.ndarray:
+    """Copies of each stream's tile in the buffers: two for the tiles that change on the innermost
+    DRAM loops when DMA overlaps compute (one computes while the next loads), one for the
+    stationary tile (it changes on outer loops only; its reloads wait)."""
+    copies = np.full((3, 1), 2.0 if target.double_buffered else 1.0)
+    copies[stationary] = 1.0
+    return copies
+
+
+def _fits(target: Target, single: np.ndarray, stationary: int) -> np.ndarray:
+    footprint = single * _copies(target, stationary)
+    ok = np.ones(single.shape[1], dtype=bool)
+    for name in set(target.streams):
+        ok &= sum(footprint[i] for i, s in enumerate(target.streams) if s == name) <= target.buffer(name).size_bytes
+    return ok
+
+
+def search(nest: LoopNest, target: Target, t: Tiles, single: np.ndarray, array: ArraySide,
            orders: tuple[tuple[str, str, str], ...] = ORDERS) -> Mapping:  # fmt: skip
-    """The best (tile, order) among legal candidates ``t`` and ``orders`` by the target's objective;
-    ``array`` describes what the array does with each candidate."""
+    """The best (tile, order) among candidates ``t`` and ``orders`` that fit, by the target's
+    objective; ``array`` describes what the array does with each candidate, ``single`` is one copy
+    of each tile in bytes."""
     kinds = nest.kinds
     bits = (nest.a_bits, nest.b_bits)
-    traffic = operand_traffic(nest, t)
+    traffic = {False: operand_traffic(nest, t), True: operand_traffic(nest, t, sliding=True)}
     unique_out = nest.elements(kinds[2])
     compute = array.compute_cycles
     tiles = t.tiles()
@@ -247,46 +279,57 @@ def search(nest: LoopNest, target: Target, t: Tiles, footprint: np.ndarray, arra
     datapath = {}
     for i, moved in enumerate((array.reads_a * bits[0], array.reads_b * bits[1], psum_bits)):
         datapath[target.streams[i]] = datapath.get(target.streams[i], 0.0) + moved / (8 * buf[i].bytes_per_cycle)
-    total_foot = footprint.sum(axis=0)
     best = None
     for order in orders:
+        stationary = kinds.index(order[0])
+        footprint = single * _copies(target, stationary)
+        total_foot = footprint.sum(axis=0)
         mult = _order_multipliers(t, order)
-        reads = [traffic[kinds[i]] * mult[kinds[i]] * bits[i] for i in range(2)]  # bits
-        psum_moves = np.maximum(traffic[kinds[2]] * mult[kinds[2]] - unique_out, 0.0) * nest.acc_bits
+        slides = _slides(nest, t, order)
+        moved = {k: np.where(slides, traffic[True][k], traffic[False][k]) * mult[k] for k in kinds}
+        reads = [moved[kinds[i]] * bits[i] for i in range(2)]  # bits
+        psum_moves = np.maximum(moved[kinds[2]] - unique_out, 0.0) * nest.acc_bits
         writes = unique_out * nest.out_bits + psum_moves
-        dram_in, dram_out = (reads[0] + reads[1] + psum_moves) / 8, writes / 8
-        cycles = _timeline(compute, dram_in, dram_out, tiles, target)
         fills = (reads[0], reads[1], psum_moves + writes)
+        exposed = fills[stationary] / 8 if target.double_buffered else 0.0  # the stationary tile's loads wait
+        dram_in, dram_out = (reads[0] + reads[1] + psum_moves) / 8, writes / 8
+        if stationary == 2:
+            cycles = _timeline(compute, dram_in, dram_out - exposed, tiles, target)
+        else:
+            cycles = _timeline(compute, dram_in - exposed, dram_out, tiles, target)
+        cycles = cycles + exposed / target.dram_bytes_per_cycle
         sram = dict(datapath)
-        for i, moved in enumerate(fills):
-            sram[target.streams[i]] = sram[target.streams[i]] + moved / (8 * buf[i].bytes_per_cycle)
+        for i, moved_bits in enumerate(fills):
+            sram[target.streams[i]] = sram[target.streams[i]] + moved_bits / (8 * buf[i].bytes_per_cycle)
         for busy in sram.values():
             cycles = np.maximum(cycles, busy)
         energy = (on_chip + (dram_in + dram_out) * (8 * target.dram_pj_per_bit) + cycles * target.cycle_pj
                   + sum(fills[i] * buf[i].pj_per_bit for i in range(3)))  # fmt: skip
         score = {"energy": energy, "latency": cycles, "edp": energy * cycles}[target.objective]
+        score = np.where(_fits(target, single, stationary), score, np.inf)
         low = score.min()
+        if not np.isfinite(low):
+            continue
         near = np.flatnonzero(score <= low * (1 + 1e-9))
         i = int(near[np.argmin(total_foot[near])])
         if best is None or (low, total_foot[i]) < best[0]:
-            best = ((low, total_foot[i]), order, i, mult)
-    _, order, i, mult = best
-    return _mapping(nest, target, t, array, order, i, mult, traffic, footprint, compute)
+            best = ((low, total_foot[i]), order, i, mult, moved, footprint, cycles[i])
+    _, order, i, mult, moved, footprint, cycles = best
+    return _mapping(nest, target, t, array, order, i, mult, moved, footprint, compute)
 
 
-def _mapping(nest, target, t, array, order, i, mult, traffic, footprint, compute) -> Mapping:
+def _mapping(nest, target, t, array, order, i, mult, moved, footprint, compute) -> Mapping:
     kinds = nest.kinds
     bits = (nest.a_bits, nest.b_bits)
     unique_out = nest.elements(kinds[2])
     refetch = tuple(float(mult[k][i]) for k in kinds)
-    reads = [float(traffic[kinds[j]][i] * refetch[j] * bits[j]) for j in range(2)]
-    out_touches = float(traffic[kinds[2]][i] * refetch[2])
-    psum_moves = max(out_touches - unique_out, 0.0) * nest.acc_bits
+    reads = [float(moved[kinds[j]][i] * bits[j]) for j in range(2)]
+    psum_moves = max(float(moved[kinds[2]][i]) - unique_out, 0.0) * nest.acc_bits
     writes = unique_out * nest.out_bits + psum_moves
     loops = []
     for kind in reversed(order):  # outermost group first
         loops += [(d, int(t.count[d][i])) for d in IRRELEVANT[kind] if t.count[d][i] > 1]
-    tile = (*tuple(int(t.size[d][i]) for d in TILED), nest.r, nest.s)
+    tile = (*(int(t.size[d][i]) for d in TILED), nest.r, nest.s)
     pes = target.rows * target.cols
     return Mapping(
         dataflow=target.dataflow, spatial=array.spatial(i), tile=tile, dram_loops=tuple(loops),

@@ -66,8 +66,9 @@ def _options(limit: int) -> list[int]:
 
 
 def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
-    """The best processing-pass parameters for every buffer tile (by on-chip energy and cycles),
-    and what they cost on the array."""
+    """The best processing-pass parameters for every buffer tile (by on-chip energy, cycles
+    included), and what they cost on the array. Every cost of a pass is linear in the images it
+    processes, so the parameters are weighed once per distinct (K', C', P', R') of the tiles."""
     g = _geometry(nest, t)
     # the streamed input and the filter rows: the error is the filter in a weight gradient
     in_bits, f_bits = (nest.b_bits, nest.a_bits) if nest.role == "bwd_weight" else (nest.a_bits, nest.b_bits)
@@ -75,8 +76,11 @@ def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
     filter_words, ifmap_words, psum_words = (bits // w for bits, w in zip(target.spad_bits, (f_bits, in_bits, acc),
                                                                              strict=True))  # fmt: skip
     rows, cols = target.rows, target.cols
-    N, K, C, P, Q, R, S = (np.asarray(g[d], dtype=np.float64).reshape(-1, 1) * np.ones((t.n_candidates, 1))
-                           for d in ("N", "K", "C", "P", "Q", "R", "S"))  # fmt: skip
+    images = np.broadcast_to(np.asarray(g["N"], dtype=np.float64), (t.n_candidates,))
+    keys = np.stack([np.broadcast_to(np.asarray(g[d], dtype=np.float64), (t.n_candidates,)) for d in "KCPR"], axis=1)
+    groups, inverse = np.unique(keys, axis=0, return_inverse=True)
+    K, C, P, R = (groups[:, i : i + 1] for i in range(4))
+    Q, S = float(g["Q"]), float(g["S"])
     stride, dilation = g["stride"], g["dilation"]
     fold_r = np.ceil(R / rows)
     r_h = np.ceil(R / fold_r)  # a filter taller than the array is folded into balanced parts
@@ -100,36 +104,42 @@ def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
         real = g["density"]  # the zeros between the error's rows and columns are never read
     else:
         real = min(nest.h, nest.h_pad) / nest.h_pad * min(nest.w, nest.w_pad) / nest.w_pad  # padding is not stored
-    ifmap_reads = passes * N * q_pe * r_sets * in_rows * in_cols * real
-    filter_reads = passes * p_pe * t_sets * q_pe * r_sets * r_h * s_seg
-    psum_writes = passes * N * p_pe * t_sets * e * Q
-    psum_reads = np.maximum(psum_writes - N * K * P * Q, 0.0)
-    fill = np.ceil(filter_reads / passes * f_bits / target.noc_bits_per_cycle[1])
-    stream = np.maximum(ifmap_reads / passes * in_bits / target.noc_bits_per_cycle[0],
-                        (psum_writes + psum_reads) / passes * acc / target.noc_bits_per_cycle[2])  # fmt: skip
-    cycles = passes * (fill + np.maximum(N * p_pe * q_pe * s_seg * Q, stream))
-    delivered = ifmap_reads * np.minimum(r_h, e) * t_sets * in_bits + filter_reads * e * f_bits  # into scratchpads
-    noc = delivered + (psum_writes + psum_reads) * acc
-    hops = psum_writes * (r_h - 1 + r_sets - 1) * acc
-    gb = target.buffer(target.streams[0]).pj_per_bit
-    energy = ((ifmap_reads * in_bits + filter_reads * f_bits + (psum_writes + psum_reads) * acc) * gb
-              + noc * target.noc_pj_per_bit + (hops + delivered) * target.hop_pj_per_bit + cycles * target.cycle_pj)
-    energy = np.where(ok, energy, np.inf)
+    # per image of a pass (A) and per pass whatever the images (B)
+    a_ifmap = passes * q_pe * r_sets * in_rows * in_cols * real
+    b_filter = passes * p_pe * t_sets * q_pe * r_sets * r_h * s_seg
+    a_psum_w = passes * p_pe * t_sets * e * Q
+    a_psum_r = np.maximum(a_psum_w - K * P * Q, 0.0)
+    b_cycles = passes * np.ceil(b_filter / passes * f_bits / target.noc_bits_per_cycle[1])  # filter fills
+    a_cycles = passes * np.maximum(p_pe * q_pe * s_seg * Q,
+                                   np.maximum(a_ifmap / passes * in_bits / target.noc_bits_per_cycle[0],
+                                              (a_psum_w + a_psum_r) / passes * acc / target.noc_bits_per_cycle[2]))
+    a_delivered, b_delivered = a_ifmap * np.minimum(r_h, e) * t_sets * in_bits, b_filter * e * f_bits
+    a_hops = a_psum_w * (r_h - 1 + r_sets - 1) * acc
+    gb, noc, hop = target.buffer(target.streams[0]).pj_per_bit, target.noc_pj_per_bit, target.hop_pj_per_bit
+    a_energy = ((a_ifmap * in_bits + (a_psum_w + a_psum_r) * acc) * gb + a_delivered * (noc + hop)
+                + (a_psum_w + a_psum_r) * acc * noc + a_hops * hop + a_cycles * target.cycle_pj)  # fmt: skip
+    b_energy = b_filter * f_bits * gb + b_delivered * (noc + hop) + b_cycles * target.cycle_pj
+    a_energy, b_energy = np.where(ok, a_energy, np.inf), np.where(ok, b_energy, np.inf)
+    energy = images[:, None] * a_energy[inverse] + b_energy[inverse]
     if not np.isfinite(energy).any():
         raise MappingError(f"the PE scratchpads cannot hold one filter row of this {nest.role} op")
     best = np.argmin(energy, axis=1)
 
     def pick(a: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(np.broadcast_to(a, energy.shape), best[:, None], axis=1)[:, 0]
+        return np.broadcast_to(a, a_energy.shape)[inverse, best]
 
     chosen = {name: pick(a) for name, a in (("e", e), ("p", p_pe), ("q", q_pe), ("r", r_sets), ("t", t_sets),
                                              ("set_rows", r_h), ("taps", s_seg), ("passes", passes),
                                              ("folds", fold_r * fold_s))}  # fmt: skip
     tiles = t.tiles()
-    total = {name: pick(a) * tiles for name, a in (("cycles", cycles), ("ifmap", ifmap_reads), ("filter", filter_reads),
-                                                   ("psum_w", psum_writes), ("psum_r", psum_reads), ("noc", noc),
-                                                   ("hops", hops), ("delivered", delivered))}  # fmt: skip
-    rf = nest.macs * (in_bits + f_bits + 2 * acc) + total["delivered"]  # scratchpad reads per MAC, and fills
+
+    def total(a: np.ndarray, b: np.ndarray | float = 0.0) -> np.ndarray:
+        return (images * pick(a) + (pick(b) if isinstance(b, np.ndarray) else b)) * tiles
+
+    ifmap, filters = total(a_ifmap), pick(b_filter) * tiles
+    psum_w, psum_r = total(a_psum_w), total(a_psum_r)
+    delivered = total(a_delivered, b_delivered)
+    rf = nest.macs * (in_bits + f_bits + 2 * acc) + delivered  # scratchpad reads per MAC, and their fills
 
     def spatial(i: int) -> tuple:
         c = {k: int(v[i]) for k, v in chosen.items()}
@@ -139,9 +149,10 @@ def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
     def detail(i: int) -> tuple:
         return tuple((name, float(v[i])) for name, v in chosen.items())
 
-    reads = (total["filter"], total["ifmap"]) if nest.role == "bwd_weight" else (total["ifmap"], total["filter"])
-    return ArraySide(total["cycles"], reads[0], reads[1], total["psum_w"], total["psum_r"], rf, total["noc"],
-                     total["hops"], pick(r_h * e * r_sets * t_sets), spatial, detail)  # fmt: skip
+    reads = (filters, ifmap) if nest.role == "bwd_weight" else (ifmap, filters)
+    return ArraySide(total(a_cycles, b_cycles), reads[0], reads[1], psum_w, psum_r, rf,
+                     delivered + (psum_w + psum_r) * acc, total(a_hops), pick(r_h * e * r_sets * t_sets),
+                     spatial, detail)  # fmt: skip
 
 
 def map_row_stationary(nest: LoopNest, target: Target) -> Mapping:
