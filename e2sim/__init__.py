@@ -1,6 +1,6 @@
 """e2sim: the energy and cycles of training CNNs on FPGA and ASIC accelerators."""
 
-__version__ = "0.1.0"  # before the imports: api reads it
+__version__ = "0.2.0"  # before the imports: api reads it
 
 from e2sim.api import estimate, load_hw, load_workload, lower, run, train
 from e2sim.config.errors import Problem, SpecError

@@ -205,8 +205,11 @@ def run(
     data_dir: str | Path | None = None,
     progress: bool | None = None,
     compare_baseline: bool = False,
+    fusion: bool = True,
+    objective: str = "energy",
 ) -> dict:
-    """Train ``workload`` under ``policy`` (default: the workload's) and price what ran on ``hw``.
+    """Train ``workload`` under ``policy`` (default: the workload's) and price what ran on ``hw``
+    (``fusion`` and ``objective`` as in :func:`estimate`).
 
     Returns the run report (see ``e2sim.report.run``); with ``compare_baseline`` the baseline policy
     is run too (or read from the cache of earlier runs) and the report gains ``comparison``."""
@@ -215,33 +218,37 @@ def run(
     check_policy(spec, build_model(spec))
     accelerator = load_hw(hw)
     check_approximate(spec, accelerator)
-    report = _run_once(spec, accelerator, epochs, data_dir, progress)
+    pricing = (fusion, objective)
+    report = _run_once(spec, accelerator, epochs, data_dir, progress, pricing)
     if compare_baseline:
-        baseline = _cached_baseline(original, accelerator, epochs, data_dir, progress)
+        baseline = _cached_baseline(original, accelerator, epochs, data_dir, progress, pricing)
         report["comparison"] = compare(report, baseline)
         report["baseline"] = {k: baseline[k] for k in ("accuracy", "epochs", "energy", "hardware_time", "macs")}
     return report
 
 
-def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress) -> dict:
+def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
     mode = accelerator.approximate
     result = train_workload(spec, epochs, data_dir, progress, approximate=mode)
     passive = spec.policy.axtrain is not None and spec.policy.axtrain.passive
-    priced = estimate(spec, accelerator, counts=result.counts, approximate=passive)
+    fusion, objective = pricing
+    priced = estimate(spec, accelerator, counts=result.counts, approximate=passive, fusion=fusion, objective=objective)
     inference = None
     if mode is not None:  # one inference batch on the exact datapath and on the approximate mode
-        inference = tuple(estimate(spec, accelerator, forward_only=True, approximate=a) for a in (False, True))
+        inference = tuple(estimate(spec, accelerator, forward_only=True, approximate=a, fusion=fusion,
+                                   objective=objective) for a in (False, True))  # fmt: skip
     return run_report(result, priced, spec.policy, spec.training.seed, inference)
 
 
-def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress) -> dict:
+def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
     """The baseline run of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
     baseline = with_policy(spec, PRESETS["baseline"])
-    key = hashlib.sha256(repr((fingerprint(baseline), accelerator, epochs, str(data_dir), __version__)).encode())
+    key = hashlib.sha256(repr((fingerprint(baseline), accelerator, epochs, str(data_dir), pricing,
+                               __version__)).encode())  # fmt: skip
     path = cache_dir() / "runs" / f"{baseline.name}-{key.hexdigest()[:20]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    report = _run_once(baseline, accelerator, epochs, data_dir, progress)
+    report = _run_once(baseline, accelerator, epochs, data_dir, progress, pricing)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".partial")
     temporary.write_text(json.dumps(report))

@@ -2,7 +2,9 @@
 
 These counts are the input of the accelerator model and of every policy: MACs by operand
 bit-widths (``"8x8"``: an 8-bit by 8-bit product), MACs a policy skipped, element-wise ops,
-elements read and written per operand, and saturated (clipped) values per operand.
+elements read and written per operand, saturated (clipped) values per operand, and the sparsity
+the kernels saw: zero values per GEMM operand (as quantized for the op) and the MACs in which
+either operand was zero (exact counts, not estimates from the zero fractions).
 """
 
 from __future__ import annotations
@@ -28,10 +30,17 @@ class OpCount:
     reads: dict[str, int] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)
     saturated: dict[str, int] = field(default_factory=dict)
+    zeros: dict[str, int] = field(default_factory=dict)
+    rle_pairs: dict[str, int] = field(default_factory=dict)  # run-length pairs of feature-map operands
+    zero_macs: int = 0
 
     @property
     def total_macs(self) -> int:
         return sum(self.macs.values())
+
+    def zero_fractions(self) -> dict[str, float]:
+        """Zero values per GEMM operand over the values the op read."""
+        return {k: v / self.reads[k] for k, v in sorted(self.zeros.items()) if self.reads.get(k)}
 
     def as_dict(self) -> dict:
         return {
@@ -43,6 +52,9 @@ class OpCount:
             "reads": dict(sorted(self.reads.items())),
             "writes": dict(sorted(self.writes.items())),
             "saturated": dict(sorted(self.saturated.items())),
+            "zeros": dict(sorted(self.zeros.items())),
+            "rle_pairs": dict(sorted(self.rle_pairs.items())),
+            "zero_macs": self.zero_macs,
         }
 
 
@@ -61,6 +73,9 @@ class OpCounter:
         reads: Mapping[str, int] | None = None,
         writes: Mapping[str, int] | None = None,
         saturated: Mapping[str, int] | None = None,
+        zeros: Mapping[str, int] | None = None,
+        rle_pairs: Mapping[str, int] | None = None,
+        zero_macs: int = 0,
     ) -> None:
         count = self.ops.setdefault(op, OpCount())
         count.calls += 1
@@ -70,6 +85,9 @@ class OpCounter:
         _add(count.reads, reads)
         _add(count.writes, writes)
         _add(count.saturated, {k: v for k, v in (saturated or {}).items() if v})
+        _add(count.zeros, zeros)
+        _add(count.rle_pairs, rle_pairs)
+        count.zero_macs += int(zero_macs)
 
     def ran(self, op: str) -> None:
         """The graph op ``op`` ran once more (its kernels record their work separately)."""
@@ -89,3 +107,6 @@ class OpCounter:
             _add(mine.reads, count.reads)
             _add(mine.writes, count.writes)
             _add(mine.saturated, count.saturated)
+            _add(mine.zeros, count.zeros)
+            _add(mine.rle_pairs, count.rle_pairs)
+            mine.zero_macs += count.zero_macs

@@ -26,6 +26,7 @@ from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.kernels import conv as conv_kernels
 from e2sim.kernels import layers as layer_kernels
+from e2sim.kernels import sparsity as sparsity_kernels
 from e2sim.numerics.quantize import (
     Quantized,
     derive_seed,
@@ -167,12 +168,37 @@ def _read(approx, seed: int, *operands: Quantized) -> list[np.ndarray]:
     return [approx.read_operand(q, role, rng) for q, role in zip(operands, ("activations", "weights"), strict=True)]
 
 
-def _record(counter, op, a: Quantized, b: Quantized, macs, reads, writes, saturated, elementwise=0):
+def _record(counter, op, a: Quantized, b: Quantized, macs, reads, writes, saturated, elementwise=0,
+            sparsity=None):  # fmt: skip
+    """``sparsity``: ((zeros, run-length pairs) per operand, MACs with a zero operand)."""
     if counter is not None:
+        (zeros, pairs), zero_macs = sparsity if sparsity is not None else (({}, {}), 0)
         counter.record(
             op, macs={f"{a.bits}x{b.bits}": macs}, elementwise_ops=elementwise, reads=reads, writes=writes,
-            saturated=saturated,
+            saturated=saturated, zeros=zeros, rle_pairs=pairs, zero_macs=zero_macs,
         )  # fmt: skip
+
+
+RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
+
+
+def _zeros(**operands: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
+    """Zero values of each operand as the op reads them, and for feature maps (``x``, ``dy``) the
+    run-length pairs that would store them."""
+    zeros, pairs = {}, {}
+    for name, values in operands.items():
+        flat = np.ascontiguousarray(values).reshape(-1)
+        if name in ("x", "dy"):
+            counted = sparsity_kernels.zero_runs(flat, RLE_MAX_RUN)
+            zeros[name], pairs[name] = int(counted[0]), int(counted[1])
+        else:
+            zeros[name] = int(flat.size - np.count_nonzero(flat))
+    return zeros, pairs
+
+
+def _pairs(a: np.ndarray, b: np.ndarray) -> int:
+    """Σ a·b of two non-zero counts (int64): MACs in which both operands are non-zero."""
+    return int(np.dot(a.astype(np.int64), b.astype(np.int64)))
 
 
 def _round_gradient(g: np.ndarray, fmt: PrecisionSpec | None, seed: int) -> tuple[np.ndarray, int]:
@@ -201,6 +227,11 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, approx=None, counter=
         _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer), _values(wq, integer))
     )
     cols = conv_kernels.im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    macs = n * k * c * p * q * r * s
+    sparsity = None
+    if counter is not None:  # MACs whose window tap or weight is zero (padding included)
+        nonzero = _pairs(np.count_nonzero(w_values.reshape(k, -1), axis=0), np.count_nonzero(cols, axis=1))
+        sparsity = (_zeros(x=x_values, w=w_values), macs - nonzero)
     bounds = (wq.bound(), xq.bound())
     if approx is None:
         acc = _matmul(w_values.reshape(k, -1), cols, integer, bounds)
@@ -216,8 +247,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, approx=None, counter=
         y += b[None, :, None, None]
         reads["b"] = k
     saturations = {"x": xq.saturated, "w": wq.saturated, "accumulator": saturated}
-    _record(counter, op, xq, wq, n * k * c * p * q * r * s, reads, {"y": y.size}, saturations,
-            y.size if b is not None else 0)  # fmt: skip
+    _record(counter, op, xq, wq, macs, reads, {"y": y.size}, saturations, y.size if b is not None else 0, sparsity)
     return y
 
 
@@ -251,6 +281,11 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, chan
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
+    w_values = _values(wq, integer)
+    sparsity = None
+    if counter is not None:
+        nonzero = _pairs(np.count_nonzero(dy_mat, axis=1), np.count_nonzero(w_values.reshape(k, -1), axis=1))
+        sparsity = (_zeros(dy=_values(dyq, integer), w=w_values), n * k * c * p * q * r * s - nonzero)
     bounds = (wq.bound(), dyq.bound())
     dcols = _matmul(_values(wq, integer).reshape(k, -1).T, dy_mat, integer, bounds, _workspace((c * r * s, n * p * q)))
     acc = conv_kernels.col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q)
@@ -258,7 +293,8 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, chan
     overlap = -(-r // stride) * -(-s // stride)  # window positions that land on one input element
     dx, saturated = _finish(acc, integer, fmt, scale, seed, k * overlap * bounds[0] * bounds[1])
     saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
-    _record(counter, op, dyq, wq, n * k * c * p * q * r * s, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations)
+    _record(counter, op, dyq, wq, n * k * c * p * q * r * s, {"dy": dy.size, "w": w.size}, {"dx": dx.size},
+            saturations, sparsity=sparsity)  # fmt: skip
     return dx
 
 
@@ -301,8 +337,13 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bi
     _shape("dy", dy, (n, k, p, q))
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
-    cols = conv_kernels.im2col(_values(xq, integer), r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    x_values = _values(xq, integer)
+    cols = conv_kernels.im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
+    sparsity = None
+    if counter is not None:
+        nonzero = _pairs(np.count_nonzero(dy_mat, axis=0), np.count_nonzero(cols, axis=0))
+        sparsity = (_zeros(x=x_values, dy=_values(dyq, integer)), n * k * c * p * q * r * s - nonzero)
     bounds = (dyq.bound(), xq.bound())
     acc = _matmul(dy_mat, cols.T, integer, bounds)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1
@@ -315,7 +356,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bi
         saturations["bias_gradient"] = bias_saturated
         writes["db"] = k
     _record(counter, op, xq, dyq, n * k * c * p * q * r * s, {"x": x.size, "dy": dy.size}, writes, saturations,
-            dy.size if bias else 0)  # fmt: skip
+            dy.size if bias else 0, sparsity)  # fmt: skip
     return (dw, db) if bias else dw
 
 
@@ -331,10 +372,15 @@ def linear(x, w, b=None, fmt=None, *, approx=None, counter=None, op="linear", se
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
     bounds = (xq.bound(), wq.bound())
+    x_values, w_values = _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer),
+                                                                                   _values(wq, integer))  # fmt: skip
+    sparsity = None
+    if counter is not None:
+        nonzero = _pairs(np.count_nonzero(x_values, axis=0), np.count_nonzero(w_values, axis=0))
+        sparsity = (_zeros(x=x_values, w=w_values), n * f_in * f_out - nonzero)
     if approx is None:
-        acc = _matmul(_values(xq, integer), _values(wq, integer).T, integer, bounds)
+        acc = _matmul(x_values, w_values.T, integer, bounds)
     else:
-        x_values, w_values = _read(approx, seed, xq, wq)
         acc, bounds = approx.matmul(x_values, np.ascontiguousarray(w_values.T), xq.bits, wq.bits), (np.inf, np.inf)
     scale = (xq.scale.reshape(-1, 1) * wq.scale.reshape(1, -1)) if integer else 1
     y, saturated = _finish(acc, integer, fmt, scale, seed, f_in * bounds[0] * bounds[1])
@@ -345,7 +391,8 @@ def linear(x, w, b=None, fmt=None, *, approx=None, counter=None, op="linear", se
         y = y + b
         reads["b"] = f_out
     saturations = {"x": xq.saturated, "w": wq.saturated, "accumulator": saturated}
-    _record(counter, op, xq, wq, n * f_in * f_out, reads, {"y": y.size}, saturations, y.size if b is not None else 0)
+    _record(counter, op, xq, wq, n * f_in * f_out, reads, {"y": y.size}, saturations, y.size if b is not None else 0,
+            sparsity)  # fmt: skip
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -358,11 +405,17 @@ def linear_grad_input(dy, w, fmt=None, *, counter=None, op="linear_grad_input", 
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
     bounds = (dyq.bound(), wq.bound())
-    acc = _matmul(_values(dyq, integer), _values(wq, integer), integer, bounds)
+    dy_values, w_values = _values(dyq, integer), _values(wq, integer)
+    sparsity = None
+    if counter is not None:
+        nonzero = _pairs(np.count_nonzero(dy_values, axis=0), np.count_nonzero(w_values, axis=1))
+        sparsity = (_zeros(dy=dy_values, w=w_values), n * f_in * f_out - nonzero)
+    acc = _matmul(dy_values, w_values, integer, bounds)
     scale = (dyq.scale.reshape(-1, 1) * wq.scale.reshape(1, -1)) if integer else 1
     dx, saturated = _finish(acc, integer, fmt, scale, seed, f_out * bounds[0] * bounds[1])
     saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
-    _record(counter, op, dyq, wq, n * f_in * f_out, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations)
+    _record(counter, op, dyq, wq, n * f_in * f_out, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations,
+            sparsity=sparsity)  # fmt: skip
     return dx
 
 
@@ -375,7 +428,12 @@ def linear_grad_weight(x, dy, fmt=None, *, bias=False, counter=None, op="linear_
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
     bounds = (dyq.bound(), xq.bound())
-    acc = _matmul(_values(dyq, integer).T, _values(xq, integer), integer, bounds)
+    x_values, dy_values = _values(xq, integer), _values(dyq, integer)
+    sparsity = None
+    if counter is not None:
+        nonzero = _pairs(np.count_nonzero(x_values, axis=1), np.count_nonzero(dy_values, axis=1))
+        sparsity = (_zeros(x=x_values, dy=dy_values), n * f_in * f_out - nonzero)
+    acc = _matmul(dy_values.T, x_values, integer, bounds)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1
     dw, saturated = _finish(acc, integer, fmt, scale, seed, n * bounds[0] * bounds[1])
     dw, grad_saturated = _round_gradient(dw, fmt, seed)
@@ -386,7 +444,7 @@ def linear_grad_weight(x, dy, fmt=None, *, bias=False, counter=None, op="linear_
         saturations["bias_gradient"] = bias_saturated
         writes["db"] = f_out
     _record(counter, op, xq, dyq, n * f_in * f_out, {"x": x.size, "dy": dy.size}, writes, saturations,
-            dy.size if bias else 0)  # fmt: skip
+            dy.size if bias else 0, sparsity)  # fmt: skip
     return (dw, db) if bias else dw
 
 

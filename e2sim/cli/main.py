@@ -13,6 +13,7 @@ from e2sim.config.errors import SpecError
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import format_summary, summarize
 from e2sim.report.run import format_run, prepare_output_dir, write_outputs
+from e2sim.schedule.target import OBJECTIVES
 from e2sim.train.data import DataError
 from e2sim.train.loop import CheckpointError
 
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--forward-only", action="store_true", help="price the forward ops only (inference)")
     estimate.add_argument("--approximate", action="store_true",
                           help="run forward conv/linear ops on the hardware's approximate mode")  # fmt: skip
+    estimate.add_argument("--operand-bits", type=_positive_int, metavar="BITS",
+                          help="operand width of a SCALE-Sim topology (default 8)")  # fmt: skip
+    estimate.add_argument("--accumulator-bits", type=_positive_int, metavar="BITS",
+                          help="partial-sum width of a SCALE-Sim topology (default 32)")  # fmt: skip
+    _model_options(estimate)
     estimate.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     estimate.set_defaults(handler=_estimate)
 
@@ -92,8 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     run.add_argument("--compare", choices=["baseline"], help="also run (or reuse) the baseline and report savings")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _model_options(run)
     run.set_defaults(handler=_run)
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-fusion", action="store_true",
+                        help="price layer by layer: every tensor to DRAM and back (no fusion or residency)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="energy",
+                        help="what the mapper minimises for each op (default: energy)")  # fmt: skip
 
 
 def _lower(args: argparse.Namespace) -> int:
@@ -104,7 +118,8 @@ def _lower(args: argparse.Namespace) -> int:
 
 def _estimate(args: argparse.Namespace) -> int:
     report = api.estimate(args.workload, args.hw, forward_only=args.forward_only, batch_size=args.batch,
-                          approximate=args.approximate).to_dict()  # fmt: skip
+                          approximate=args.approximate, fusion=not args.no_fusion, objective=args.objective,
+                          operand_bits=args.operand_bits, accumulator_bits=args.accumulator_bits).to_dict()  # fmt: skip
     print(json.dumps(report, indent=1) if args.json else format_estimate(report))
     return 0
 
@@ -120,6 +135,8 @@ def _run(args: argparse.Namespace) -> int:
         args.data,
         progress=False if args.no_progress else None,
         compare_baseline=args.compare == "baseline",
+        fusion=not args.no_fusion,
+        objective=args.objective,
     )
     if args.out:
         write_outputs(Path(args.out), report, report.get("baseline"))

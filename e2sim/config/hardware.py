@@ -20,6 +20,7 @@ from e2sim.config.reader import (
     string,
 )
 from e2sim.hw.accelerator import (
+    COMPRESSION_FORMATS,
     DATAFLOWS,
     DRAM_TYPES,
     OPERAND_BUFFERS,
@@ -28,12 +29,14 @@ from e2sim.hw.accelerator import (
     Buffer,
     Dram,
     PEArray,
+    Sparsity,
     VectorUnit,
 )
 from e2sim.hw.energy_entries import ENERGY_ENTRIES
 
 DEFAULT_MAC_BITS = (8, 16)
 SCRATCHPADS = ("filter", "ifmap", "psum")
+DENSITY_ROLES = ("activations", "errors", "weights")
 NETWORKS = ("ifmap", "filter", "psum")
 
 
@@ -53,6 +56,7 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
     dram = _read_dram(top.section("dram"))
     static_power_mw = top.read("static_power_mw", non_negative_number)
     supply_voltage_v = top.read("supply_voltage_v", positive_number, default=None)
+    sparsity = _read_sparsity(top.section("sparsity", default={}))
     vector = _read_vector(top.section("vector", default={}), pe_array)
     overrides = _read_overrides(top.section("energy_overrides", default={}))
     approximate = read_approximate(top.section("approximate", default=None), base_dir or Path.cwd())
@@ -79,6 +83,7 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
         approximate,
         supply_voltage_v,
         assumptions,
+        sparsity,
     )
 
 
@@ -94,6 +99,31 @@ def _check_smallest_tiles(s: Section, pe: PEArray, buffers) -> None:
         if buffers[name].size_bytes < nbytes:
             s.log.add(s.key_path(f"{name}.size_kb"), f"too small for the smallest double-buffered tile of a "
                       f"{pe.rows}x{pe.cols} array ({nbytes:g} bytes), got {buffers[name].size_kb:g} KB")  # fmt: skip
+
+
+def _read_sparsity(s: Section | None) -> Sparsity:
+    if s is None:
+        return Sparsity()
+    gating = s.read("zero_gating", boolean, default=False)
+    skipping = s.read("skip_zero_cycles", boolean, default=False)
+    compression = s.read("compression", one_of(*COMPRESSION_FORMATS), default="none")
+    densities = s.section("densities", default={})
+    stated = {}
+    if densities is not None:
+        stated = {role: densities.read(role, density, default=None) for role in DENSITY_ROLES}
+        densities.finish()
+    s.finish()
+    if skipping and not gating:
+        s.log.add(s.key_path("skip_zero_cycles"), "needs zero_gating: true (a skipped MAC is a gated one)")
+    return Sparsity(bool(gating), bool(skipping), compression or "none",
+                    tuple((k, v) for k, v in stated.items() if v is not None))  # fmt: skip
+
+
+def density(value: Any) -> float:
+    number = non_negative_number(value)
+    if number > 1:
+        raise Invalid(f"must be a fraction of non-zero values from 0 to 1, got {value!r}")
+    return number
 
 
 def _read_vector(s: Section | None, pe_array: PEArray | None) -> VectorUnit | None:

@@ -16,10 +16,12 @@ dynamic energy scales to the mode's voltage; DRAM and static energy are unchange
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from e2sim.counting import OpCounter
+from e2sim.energy.sparsity import TensorSparsity, storage_ratio, tensor_sparsity, zero_operand_macs
 from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator
@@ -52,6 +54,8 @@ class OpReport:
     macs: Mapping[str, float]  # executed MACs by operand widths
     cost: OpCost  # one nominal execution
     energy: Mapping[str, float]  # joules per component, all executions
+    zero_macs: float = 0.0  # executed MACs with a zero operand (counted, or from stated densities)
+    zero_fractions: Mapping[str, float] = field(default_factory=dict)  # measured per operand
 
     @property
     def compute_cycles(self) -> float:
@@ -94,8 +98,10 @@ def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dic
 
 
 def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float,
-              hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> dict[str, float]:  # fmt: skip
-    """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport)."""
+              hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic,
+              zero_macs: float = 0.0) -> dict[str, float]:  # fmt: skip
+    """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport).
+    With zero gating, the ``zero_macs`` spend no multiply and no operand register read."""
     floating = op.phase in arithmetic.float_phases
     mode = arithmetic.approximate if op.name in arithmetic.approximate_ops else None
     mac = 0.0
@@ -108,6 +114,14 @@ def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, d
                 arithmetic.accumulator_bits, False
             )
         mac += n * a_passes * b_passes * per_mac
+    rf = table.rf_pj(cost.rf_bits) * compute
+    if hw.sparsity.zero_gating and zero_macs and macs:
+        key = max(macs, key=macs.get)  # the op's main operand widths
+        (a_width, a_passes), (b_width, b_passes) = (hw.pe_array.executed_width(int(b)) for b in key.split("x"))
+        multiply = table.mult_pj(a_width, b_width, floating) if mode is None else table.approx_mult_pj(
+            a_width, b_width, mode.multiplier)  # fmt: skip
+        mac -= zero_macs * a_passes * b_passes * multiply
+        rf -= zero_macs * table.rf_pj(int(key.split("x")[0]) + int(key.split("x")[1]))
     sram = 0.0
     for name, bits in cost.sram_bits.items():
         buffer = hw.buffers[name]
@@ -120,7 +134,7 @@ def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, d
     noc = cost.noc_bits * table["noc_16b_pj"] / 16 + cost.hop_bits * table["pe_hop_16b_pj"] / 16
     return {
         "mac": mac * dynamic * PJ,
-        "rf": table.rf_pj(cost.rf_bits) * compute * dynamic * PJ,
+        "rf": rf * dynamic * PJ,
         "noc": noc * data * dynamic * PJ,
         "sram": sram * data * dynamic * PJ,
         "dram": cost.dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * data * PJ,
@@ -165,29 +179,45 @@ class Pricing:
     placements: Mapping[str, Placement]
     fusion: bool
     objective: str
+    sparsity: Mapping[str, TensorSparsity] = field(default_factory=dict)
+    storage: Mapping[str, float] = field(default_factory=dict)  # stored / raw DRAM bytes of compressed tensors
 
 
 def account(
     ops: Sequence[Op], tensors: Mapping[str, Tensor], hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic,
     counter: OpCounter | None = None, inputs: frozenset[str] = frozenset(), fusion: bool = True,
-    objective: str = "energy",
+    objective: str = "energy", densities: Mapping[str, float] | None = None,
 ) -> Pricing:  # fmt: skip
     """Map, schedule and price every op of one iteration. ``inputs``: the tensors that exist before
     the iteration (from DRAM); ``fusion``: plan fusion and residency across the iteration (else
     layer by layer). With ``counter`` (what a training run executed) each op is priced as many
-    times as it ran, with its counted MACs (skipped work is not priced)."""
+    times as it ran, with its counted MACs (skipped work is not priced) and the zeros it saw;
+    ``densities`` (activations, errors, weights) state sparsity where nothing was measured (over
+    the hardware spec's)."""
     target = target_of(hw, table, objective)
+    found = tensor_sparsity(ops, tensors, counter, {**dict(hw.sparsity.densities), **(densities or {})})
     plans = [plan_op(op, tensors, hw, target, arithmetic.accumulator_bits) for op in ops]
     moves, placements = plan_iteration(ops, tensors, plans, inputs, target, fusion)
+    fmt = hw.sparsity.compression
+    storage = {name: storage_ratio(t, fmt, found.get(name)) for name, t in tensors.items() if name in found}
+    storage = {name: r for name, r in storage.items() if r != 1.0}
     reports = []
     for op, plan, settled in zip(ops, plans, moves, strict=True):
         runs, compute, data, counted = _scales(op, counter)
-        cost = finish_op(plan, settled, hw, target)
+        if storage:  # compressed feature maps move fewer DRAM bytes
+            settled = tuple(dataclasses.replace(m, dram_bytes=m.dram_bytes * storage.get(
+                tensors[m.tensor].alias_of or m.tensor, 1.0)) for m in settled)  # fmt: skip
         if counted is None:
             counted = {f"{plan.nest.a_bits}x{plan.nest.b_bits}": op.macs * compute} if plan.nest is not None else {}
-        energy = op_energy(op, cost, counted, compute, data, hw, table, arithmetic)
-        reports.append(OpReport(op, runs, compute, data, counted, cost, energy))
-    return Pricing(tuple(reports), placements, fusion, objective)
+        zeros = zero_operand_macs(op, sum(counted.values()), counter, found)
+        if hw.sparsity.skip_zero_cycles and zeros:
+            plan = dataclasses.replace(plan, compute_cycles=plan.compute_cycles * (1 - zeros / sum(counted.values())))
+        cost = finish_op(plan, settled, hw, target)
+        energy = op_energy(op, cost, counted, compute, data, hw, table, arithmetic, zeros)
+        count = counter.ops.get(op.name) if counter is not None else None
+        fractions = count.zero_fractions() if count is not None else {}
+        reports.append(OpReport(op, runs, compute, data, counted, cost, energy, zeros, fractions))
+    return Pricing(tuple(reports), placements, fusion, objective, found, storage)
 
 
 def operand_tensors(op: Op, cost: OpCost) -> dict[str, str]:

@@ -11,6 +11,7 @@ DATAFLOWS = ("ws", "os", "is", "rs")  # weight/output/input stationary (SCALE-Si
 TECHNOLOGIES = ("45nm", "65nm", "fpga")
 DRAM_TYPES = ("lpddr", "lpddr4", "ddr3", "ddr4", "gddr5", "hbm2")
 OPERAND_BUFFERS = ("ifmap", "filter", "ofmap")
+COMPRESSION_FORMATS = ("none", "bitmask", "rle")  # of feature maps in DRAM (see schedule/compression.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,21 @@ class VectorUnit:
 
 
 @dataclass(frozen=True)
+class Sparsity:
+    """What the datapath does with zeros. ``zero_gating``: a MAC with a zero operand spends no
+    multiply and no operand register/scratchpad read; ``skip_zero_cycles``: nor a cycle (an
+    idealised sparse datapath; otherwise cycles are unchanged); ``compression``: feature maps
+    (activations and errors) in DRAM as ``none``, ``bitmask`` or ``rle``; ``densities``: the
+    non-zero fraction of activations, errors and weights to assume where no training run measured
+    them."""
+
+    zero_gating: bool = False
+    skip_zero_cycles: bool = False
+    compression: str = "none"
+    densities: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Accelerator:
     """A parameterized training accelerator.
 
@@ -101,6 +117,7 @@ class Accelerator:
     approximate: ApproximateMode | None = None  # the approximate operating mode, if it has one
     supply_voltage_v: float | None = None  # operating voltage (None: the energy table's nominal)
     assumptions: tuple[tuple[str, str], ...] = ()  # (key, value and why) for values the source did not state
+    sparsity: Sparsity = Sparsity()
 
     @property
     def has_global_buffer(self) -> bool:

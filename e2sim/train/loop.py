@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from e2sim.config.errors import SpecError
 from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
@@ -146,7 +147,9 @@ def train(
     batch = graph.batch_size
     per_epoch = len(dataset.train.labels) // batch
     if per_epoch == 0:
-        raise ValueError(f"the training split has {len(dataset.train.labels)} images, fewer than one batch of {batch}")
+        images = len(dataset.train.labels)
+        raise SpecError.single(workload.source, "training.batch_size",
+                               f"{batch} is more than the {images} images of the training split: not one full batch")
     datapath = ApproxDatapath(approximate) if approximate is not None else None
     executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay, workload.policy,
                              datapath)  # fmt: skip
