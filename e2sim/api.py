@@ -11,6 +11,7 @@ from pathlib import Path
 
 from e2sim import __version__
 from e2sim.config.errors import SpecError
+from e2sim.config.hardware import DENSITY_ROLES
 from e2sim.config.loading import read_hardware_spec, read_workload_spec, topology_path
 from e2sim.config.policy import POLICY_PRESETS, PRESETS, PolicySpec, read_policy
 from e2sim.config.reader import ProblemLog, Section
@@ -105,6 +106,7 @@ def estimate(
     objective: str = "energy",
     operand_bits: int | None = None,
     accumulator_bits: int | None = None,
+    densities: Mapping[str, float] | None = None,
 ) -> Estimate:
     """Energy and cycles of one training iteration of ``workload`` on ``hw`` (no training).
 
@@ -114,7 +116,8 @@ def estimate(
     ``forward_only`` prices the forward ops alone (inference). ``approximate``: the workload's
     forward conv/linear ops run on ``hw``'s approximate mode. ``fusion``: plan fusion and residency
     across the iteration (else every tensor goes to DRAM and back, layer by layer); ``objective``:
-    what the mapper minimises per op (energy, latency or edp)."""
+    what the mapper minimises per op (energy, latency or edp). ``densities``: non-zero fractions of
+    activations, errors and weights where no run measured them (over the spec's ``sparsity``)."""
     accelerator = load_hw(hw)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
     if objective not in OBJECTIVES:
@@ -162,12 +165,26 @@ def estimate(
             names = frozenset(op.name for op in graph.ops if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))
             arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
         name, batch = spec.name, graph.batch_size
+    stated = _densities(densities, accelerator.source)
     try:
-        priced = account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), fusion, objective)
+        priced = account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), fusion, objective,
+                         stated)  # fmt: skip
     except MappingError as exc:
         raise SpecError.single(accelerator.source, "buffers", str(exc)) from None
     return Estimate(name, accelerator, batch, forward_only, priced.rows, tensors, table, counts is not None,
-                    priced.placements, fusion, objective)  # fmt: skip
+                    priced.placements, fusion, objective, priced.sparsity, priced.storage)  # fmt: skip
+
+
+def _densities(given: Mapping[str, float] | None, source: str) -> dict[str, float]:
+    """Stated densities, checked: roles activations, errors, weights; fractions from 0 to 1."""
+    checked = {}
+    for role, value in (given or {}).items():
+        if role not in DENSITY_ROLES:
+            raise SpecError.single("density", role, f"unknown operand (known: {', '.join(DENSITY_ROLES)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise SpecError.single("density", role, f"must be a fraction of non-zero values from 0 to 1, got {value!r}")
+        checked[role] = float(value)
+    return checked
 
 
 def arithmetic_of(workload: Workload) -> Arithmetic:

@@ -1,5 +1,6 @@
 """Plain-numpy twins of the numba kernels (float64 unless integer), written for clarity, not speed."""
 
+import itertools
 import math
 
 import numpy as np
@@ -195,3 +196,32 @@ def avgpool_backward(dy, x_shape, r, s, stride, ph, pw):
         for b in range(s):
             dx[:, :, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride] += dy / (r * s)
     return dx[:, :, ph : ph + h, pw : pw + w]
+
+
+def zero_runs(values, max_run):
+    """(zeros, run-length pairs): pairs of (zero run ≤ max_run, value), a run of max_run + 1 zeros
+    coded as (max_run, 0), trailing zeros ending with a zero-valued pair."""
+    zeros, pairs, run = 0, 0, 0
+    for v in np.asarray(values).reshape(-1).tolist():
+        if v == 0:
+            zeros += 1
+            run += 1
+            if run == max_run + 1:
+                pairs, run = pairs + 1, 0
+        else:
+            pairs, run = pairs + 1, 0
+    return zeros, pairs + (1 if run else 0)
+
+
+def zero_operand_macs_conv(x, w, stride, pad):
+    """MACs of a convolution in which the input (padding included) or the weight is zero, one by one."""
+    n, c, h, width = x.shape
+    k, _, r, s = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    p, q = (h + 2 * pad - r) // stride + 1, (width + 2 * pad - s) // stride + 1
+    zero = 0
+    for i, j, kk, cc, a, b in itertools.product(range(n), range(p), range(k), range(c), range(r), range(s)):
+        for qq in range(q):
+            if xp[i, cc, j * stride + a, qq * stride + b] == 0 or w[kk, cc, a, b] == 0:
+                zero += 1
+    return zero

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="operand width of a SCALE-Sim topology (default 8)")  # fmt: skip
     estimate.add_argument("--accumulator-bits", type=_positive_int, metavar="BITS",
                           help="partial-sum width of a SCALE-Sim topology (default 32)")  # fmt: skip
+    estimate.add_argument("--density", action="append", metavar="OPERAND=FRACTION", default=[],
+                          help="non-zero fraction of activations, errors or weights (repeatable; over the "
+                          "spec's sparsity.densities)")  # fmt: skip
     _model_options(estimate)
     estimate.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     estimate.set_defaults(handler=_estimate)
@@ -110,6 +113,18 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         help="what the mapper minimises for each op (default: energy)")  # fmt: skip
 
 
+def _parse_densities(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        role, _, value = item.partition("=")
+        try:
+            out[role.strip()] = float(value)
+        except ValueError:
+            message = f"must be OPERAND=FRACTION, got {item!r}"
+            raise SpecError.single("--density", role.strip() or item, message) from None
+    return out
+
+
 def _lower(args: argparse.Namespace) -> int:
     summary = summarize(api.lower(args.workload, args.batch))
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
@@ -119,7 +134,8 @@ def _lower(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     report = api.estimate(args.workload, args.hw, forward_only=args.forward_only, batch_size=args.batch,
                           approximate=args.approximate, fusion=not args.no_fusion, objective=args.objective,
-                          operand_bits=args.operand_bits, accumulator_bits=args.accumulator_bits).to_dict()  # fmt: skip
+                          operand_bits=args.operand_bits, accumulator_bits=args.accumulator_bits,
+                          densities=_parse_densities(args.density)).to_dict()  # fmt: skip
     print(json.dumps(report, indent=1) if args.json else format_estimate(report))
     return 0
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2sim.energy.account import COMPONENTS, OpReport, operand_tensors
+from e2sim.energy.sparsity import TensorSparsity
 from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import PHASES, Tensor
 from e2sim.hw.accelerator import Accelerator
@@ -26,6 +27,8 @@ class Estimate:
     placements: Mapping[str, Placement] = field(default_factory=dict)
     fusion: bool = True
     objective: str = "energy"
+    sparsity: Mapping[str, TensorSparsity] = field(default_factory=dict)
+    storage: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def energy_j(self) -> float:
@@ -71,6 +74,7 @@ class Estimate:
                     "dram_reads_bytes": {k: v * r.data_scale for k, v in r.cost.dram_reads.items()},
                     "dram_writes_bytes": {k: v * r.data_scale for k, v in r.cost.dram_writes.items()},
                     "dram_bytes": r.cost.dram_bytes * r.data_scale,
+                    "zero_macs": r.zero_macs, "zero_fractions": dict(r.zero_fractions),
                     **({"mapping": r.cost.mapping.as_dict(r.cost.nest.kinds)} if r.cost.mapping else {}),
                 }
             )  # fmt: skip
@@ -81,7 +85,10 @@ class Estimate:
                          "pe_array": f"{hw.pe_array.rows}x{hw.pe_array.cols} {hw.pe_array.dataflow}",
                          "supply_voltage_v": hw.supply_voltage_v or self.table["nominal_supply_v"],
                          "dma_overlaps_compute": hw.dram.overlaps_compute,
-                         "assumptions": [{"key": k, "value": v} for k, v in hw.assumptions]},
+                         "assumptions": [{"key": k, "value": v} for k, v in hw.assumptions],
+                         "sparsity": {"zero_gating": hw.sparsity.zero_gating,
+                                      "skip_zero_cycles": hw.sparsity.skip_zero_cycles,
+                                      "compression": hw.sparsity.compression}},
             "batch_size": self.batch_size,
             "forward_only": self.forward_only,
             "counted": self.counted,
@@ -115,9 +122,13 @@ class Estimate:
         rows = []
         for name, p in self.placements.items():
             read, written, times = moved.get(name, (0.0, 0.0, 1.0))
+            found = self.sparsity.get(name)
             rows.append({"tensor": name, "bytes": p.bytes, "placement": p.placement, "dram_read_bytes": read,
                          "dram_write_bytes": written, "max_refetch": times, "producer": p.producer,
-                         "consumers": list(p.consumers), "reason": p.reason})  # fmt: skip
+                         "consumers": list(p.consumers), "reason": p.reason,
+                         "density": found.density if found else None,
+                         "density_measured": found.measured if found else None,
+                         "stored_fraction": self.storage.get(name, 1.0)})  # fmt: skip
         return rows
 
 

@@ -69,12 +69,24 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
             "nominal_per_iteration": result.graph.macs(),
         },
         "policy_stats": result.policy_stats,
+        "sparsity": _sparsity_rows(priced),
         "ops": priced["ops"],
+        "tensors": priced["tensors"],
         "energy_table": priced["energy_table"],
     }
     if inference is not None:
         report["approximate_mode"] = _approximate_section(result, inference)
     return report
+
+
+def _sparsity_rows(priced: dict[str, Any]) -> list[dict[str, Any]]:
+    """The zeros the run's GEMMs saw: per PE-array op, the zero fraction of each operand as the op
+    read it (x: activations, w: weights, dy: errors) and the fraction of MACs with a zero operand."""
+    return [
+        {"op": o["name"], "layer": o["layer"], "phase": o["phase"], "zero_fractions": o["zero_fractions"],
+         "zero_mac_fraction": o["zero_macs"] / o["macs"] if o["macs"] else 0.0}
+        for o in priced["ops"] if o["zero_fractions"]
+    ]  # fmt: skip
 
 
 def _approximate_section(result: TrainResult, inference: tuple[Estimate, Estimate]) -> dict[str, Any]:
@@ -120,6 +132,13 @@ def format_run(report: dict[str, Any]) -> str:
             f"{a['inference_energy_per_image_j']['approximate']:.4g} J/image against "
             f"{a['inference_energy_per_image_j']['exact']:.4g} J exact ({a['inference_energy_saving']:.1%} saved)"
         )
+    inputs = [(s["layer"], s["zero_fractions"]["x"]) for s in report["sparsity"] if s["phase"] == "fwd"
+              and "x" in s["zero_fractions"]]  # fmt: skip
+    if inputs:
+        zero_macs = sum(s["zero_mac_fraction"] * o["macs"] for s, o in zip(report["sparsity"], (
+            o for o in report["ops"] if o["zero_fractions"]), strict=True))  # fmt: skip
+        lines.append("zeros in conv/linear inputs (forward): " + ", ".join(f"{layer} {z:.2f}" for layer, z in inputs)
+                     + f"; MACs with a zero operand: {zero_macs / max(report['macs']['counted'], 1):.1%}")
     for technique, stats in report["policy_stats"].items():
         if technique == "approximate_mode":
             continue

@@ -128,7 +128,8 @@ def _pe_array(op: Op, tensors, hw: Accelerator, target: Target, accumulator_bits
         TensorMove(second.name, "filter", False, b_read, b_read * 8, m.buffer_reads[1], m.refetch[1], tile[1]),
         TensorMove(out.name, "ofmap", True, final, final * 8, 0.0, 1.0, tile[2]),
     ]
-    moves += [TensorMove(name, "ofmap", True, 0.0, 0.0, 0.0) for name in op.writes[1:]]  # a bias gradient
+    for extra in (tensors[name] for name in op.writes[1:]):  # a bias gradient, summed as the op runs
+        moves.append(TensorMove(extra.name, "ofmap", True, extra.bytes, extra.bytes * 8, extra.bytes * 8))
     psum_bits = m.buffer_reads[2] + m.buffer_writes[2] - final * 8  # accumulation and spills, on chip
     passes = hw.pe_array.mac_passes(nest.a_bits, nest.b_bits)
     bits = (nest.a_bits, nest.b_bits, nest.acc_bits)
