@@ -97,50 +97,77 @@ def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dic
     return runs, runs * fraction, runs * min(fraction, 1.0), macs
 
 
-def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float,
-              hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic,
+@dataclass(frozen=True)
+class Prices:
+    """Energy per action of one accelerator (pJ), at its supply voltage, looked up once per pricing."""
+
+    hw: Accelerator
+    table: EnergyTable
+    arithmetic: Arithmetic
+    dynamic: float  # on-chip dynamic energy at the spec's supply relative to the table's voltage
+    sram_per_bit: Mapping[str, float]
+    dram_per_bit: float
+    vector_op: float
+    noc_per_bit: float
+    hop_per_bit: float
+    clock_per_cycle: float
+    rf_per_bit: float
+    _macs: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> Prices:
+        v = hw.vector
+        return cls(
+            hw, table, arithmetic, supply_factor(hw, table),
+            {n: table.sram_pj(b.size_kb, b.word_bits) / b.word_bits for n, b in hw.buffers.items()},
+            table.dram_pj_per_bit(hw.dram.type),
+            table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2,
+            table["noc_16b_pj"] / 16, table["pe_hop_16b_pj"] / 16, table["clock_pj_per_pe_cycle"] * hw.pe_array.pes,
+            table.rf_pj(1),
+        )  # fmt: skip
+
+    def mac(self, key: str, floating: bool, mode: ApproximateMode | None) -> tuple[float, float]:
+        """(pJ of one MAC of operand widths ``key`` ("8x8") with its passes, of its multiplies alone)."""
+        found = self._macs.get((key, floating, mode))
+        if found is None:
+            (a_width, a_passes), (b_width, b_passes) = (self.hw.pe_array.executed_width(int(b)) for b in key.split("x"))
+            table, acc = self.table, self.arithmetic.accumulator_bits
+            if mode is None:
+                multiply, add = table.mult_pj(a_width, b_width, floating), table.add_pj(acc, floating)
+            else:
+                multiply, add = table.approx_mult_pj(a_width, b_width, mode.multiplier), table.add_pj(acc, False)
+            found = self._macs[key, floating, mode] = ((multiply + add) * a_passes * b_passes,
+                                                       multiply * a_passes * b_passes)  # fmt: skip
+        return found
+
+
+def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float, prices: Prices,
               zero_macs: float = 0.0) -> dict[str, float]:  # fmt: skip
-    """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport).
-    With zero gating, the ``zero_macs`` spend no multiply and no operand register read."""
+    """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport):
+    each MAC runs on the unit its operands fit, in as many passes as needed. With zero gating, the
+    ``zero_macs`` spend no multiply and no operand register read."""
+    hw, arithmetic = prices.hw, prices.arithmetic
     floating = op.phase in arithmetic.float_phases
     mode = arithmetic.approximate if op.name in arithmetic.approximate_ops else None
-    mac = 0.0
-    for key, n in macs.items():  # each MAC runs on the unit its operands fit, in as many passes as needed
-        (a_width, a_passes), (b_width, b_passes) = (hw.pe_array.executed_width(int(b)) for b in key.split("x"))
-        if mode is None:
-            per_mac = table.mac_pj(a_width, b_width, arithmetic.accumulator_bits, floating)
-        else:
-            per_mac = table.approx_mult_pj(a_width, b_width, mode.multiplier) + table.add_pj(
-                arithmetic.accumulator_bits, False
-            )
-        mac += n * a_passes * b_passes * per_mac
-    rf = table.rf_pj(cost.rf_bits) * compute
+    mac = sum(n * prices.mac(key, floating, mode)[0] for key, n in macs.items())
+    rf = cost.rf_bits * prices.rf_per_bit * compute
     if hw.sparsity.zero_gating and zero_macs and macs:
         key = max(macs, key=macs.get)  # the op's main operand widths
-        (a_width, a_passes), (b_width, b_passes) = (hw.pe_array.executed_width(int(b)) for b in key.split("x"))
-        multiply = table.mult_pj(a_width, b_width, floating) if mode is None else table.approx_mult_pj(
-            a_width, b_width, mode.multiplier)  # fmt: skip
-        mac -= zero_macs * a_passes * b_passes * multiply
-        rf -= zero_macs * table.rf_pj(int(key.split("x")[0]) + int(key.split("x")[1]))
-    sram = 0.0
-    for name, bits in cost.sram_bits.items():
-        buffer = hw.buffers[name]
-        sram += bits / buffer.word_bits * table.sram_pj(buffer.size_kb, buffer.word_bits)
-    v = hw.vector
-    vector_pj = table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2
+        mac -= zero_macs * prices.mac(key, floating, mode)[1]
+        rf -= zero_macs * prices.rf_per_bit * sum(int(b) for b in key.split("x"))
+    sram = sum(bits * prices.sram_per_bit[name] for name, bits in cost.sram_bits.items())
     cycles = cost.compute_cycles * compute + cost.stall_cycles * data
-    seconds = cycles / (hw.clock_mhz * 1e6)
-    dynamic = supply_factor(hw, table, mode.supply_voltage_v if mode is not None else None)
-    noc = cost.noc_bits * table["noc_16b_pj"] / 16 + cost.hop_bits * table["pe_hop_16b_pj"] / 16
+    dynamic = prices.dynamic if mode is None else supply_factor(hw, prices.table, mode.supply_voltage_v)
+    noc = cost.noc_bits * prices.noc_per_bit + cost.hop_bits * prices.hop_per_bit
     return {
         "mac": mac * dynamic * PJ,
         "rf": rf * dynamic * PJ,
         "noc": noc * data * dynamic * PJ,
         "sram": sram * data * dynamic * PJ,
-        "dram": cost.dram_bytes * 8 * table.dram_pj_per_bit(hw.dram.type) * data * PJ,
-        "vector": op.elementwise_ops * vector_pj * compute * dynamic * PJ,
-        "clock": table["clock_pj_per_pe_cycle"] * hw.pe_array.pes * cycles * dynamic * PJ,
-        "static": hw.static_power_mw * 1e-3 * seconds,
+        "dram": cost.dram_bytes * 8 * prices.dram_per_bit * data * PJ,
+        "vector": op.elementwise_ops * prices.vector_op * compute * dynamic * PJ,
+        "clock": prices.clock_per_cycle * cycles * dynamic * PJ,
+        "static": hw.static_power_mw * 1e-3 * cycles / (hw.clock_mhz * 1e6),
     }
 
 
@@ -195,6 +222,7 @@ def account(
     ``densities`` (activations, errors, weights) state sparsity where nothing was measured (over
     the hardware spec's)."""
     target = target_of(hw, table, objective)
+    prices = Prices.of(hw, table, arithmetic)
     found = tensor_sparsity(ops, tensors, counter, {**dict(hw.sparsity.densities), **(densities or {})})
     plans = [plan_op(op, tensors, hw, target, arithmetic.accumulator_bits) for op in ops]
     moves, placements = plan_iteration(ops, tensors, plans, inputs, target, fusion)
@@ -213,7 +241,7 @@ def account(
         if hw.sparsity.skip_zero_cycles and zeros:
             plan = dataclasses.replace(plan, compute_cycles=plan.compute_cycles * (1 - zeros / sum(counted.values())))
         cost = finish_op(plan, settled, hw, target)
-        energy = op_energy(op, cost, counted, compute, data, hw, table, arithmetic, zeros)
+        energy = op_energy(op, cost, counted, compute, data, prices, zeros)
         count = counter.ops.get(op.name) if counter is not None else None
         fractions = count.zero_fractions() if count is not None else {}
         reports.append(OpReport(op, runs, compute, data, counted, cost, energy, zeros, fractions))

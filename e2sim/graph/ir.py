@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 
@@ -35,11 +36,11 @@ class Tensor:
     bits: int
     alias_of: str | None = None
 
-    @property
+    @cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @cached_property
     def bytes(self) -> int:
         return -(-self.numel * self.bits // 8)
 

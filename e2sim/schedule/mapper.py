@@ -214,13 +214,18 @@ def _order_multipliers(t: Tiles, order: tuple[str, str, str]) -> dict[str, np.nd
 
 
 def _timeline(compute, dram_in, dram_out, tiles, target: Target):
-    """Cycles of an op whose tiles load, compute and store (overlapped when double-buffered)."""
+    """Cycles of an op whose tiles load, compute and store (overlapped when double-buffered); for
+    arrays over candidates or for one op's floats."""
     bw = target.dram_bytes_per_cycle
     if not target.double_buffered:
         return compute + (dram_in + dram_out) / bw
     load, store, c = dram_in / bw / tiles, dram_out / bw / tiles, compute / tiles
-    many = load + np.maximum(c, load) + (tiles - 2) * np.maximum(c, load + store) + np.maximum(c, store) + store
-    return np.where(tiles > 1, many, load + c + store)
+    if isinstance(c, np.ndarray):
+        many = load + np.maximum(c, load) + (tiles - 2) * np.maximum(c, load + store) + np.maximum(c, store) + store
+        return np.where(tiles > 1, many, load + c + store)
+    if tiles <= 1:
+        return load + c + store
+    return load + max(c, load) + (tiles - 2) * max(c, load + store) + max(c, store) + store
 
 
 def legal_tiles(

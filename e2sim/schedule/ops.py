@@ -14,10 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import numpy as np
-
 from e2sim.graph.ir import Op, Tensor
-from e2sim.hw.accelerator import Accelerator
+from e2sim.hw.accelerator import Accelerator, PEArray
 from e2sim.schedule.mapper import Mapping as NestMapping
 from e2sim.schedule.mapper import _timeline
 from e2sim.schedule.nest import LoopNest, nest_of
@@ -105,14 +103,25 @@ def map_nest(nest: LoopNest, target: Target) -> NestMapping:
 
 
 def plan_op(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator, target: Target, accumulator_bits: int) -> OpPlan:
+    """How ``op`` moves its tensors on its own (cached by the op, its tensors and the hardware it uses)."""
+    used = tuple(tensors[name] for name in (*op.reads, *op.writes))
+    if op.kind in ("conv", "gemm") and op.gemm is not None:
+        return _planned(op, used, target, accumulator_bits, hw.pe_array, 0)
+    return _planned(op, used, None, 0, None, hw.vector.lanes)
+
+
+@lru_cache(maxsize=65536)
+def _planned(op: Op, used: tuple[Tensor, ...], target: Target | None, accumulator_bits: int, pe: PEArray | None,
+             lanes: int) -> OpPlan:  # fmt: skip
+    tensors = {t.name: t for t in used}
     if op.kind == "load":
         return _load(op, tensors)
-    if op.kind in ("conv", "gemm") and op.gemm is not None:
-        return _pe_array(op, tensors, hw, target, accumulator_bits)
-    return _streaming(op, tensors, hw.vector.lanes)
+    if target is not None:
+        return _pe_array(op, tensors, pe, target, accumulator_bits)
+    return _streaming(op, tensors, lanes)
 
 
-def _pe_array(op: Op, tensors, hw: Accelerator, target: Target, accumulator_bits: int) -> OpPlan:
+def _pe_array(op: Op, tensors, pe: PEArray, target: Target, accumulator_bits: int) -> OpPlan:
     nest = nest_of(op, tensors, accumulator_bits)
     m = map_nest(nest, target)
     first, second = (tensors[name] for name in op.reads[:2])
@@ -131,7 +140,7 @@ def _pe_array(op: Op, tensors, hw: Accelerator, target: Target, accumulator_bits
     for extra in (tensors[name] for name in op.writes[1:]):  # a bias gradient, summed as the op runs
         moves.append(TensorMove(extra.name, "ofmap", True, extra.bytes, extra.bytes * 8, extra.bytes * 8))
     psum_bits = m.buffer_reads[2] + m.buffer_writes[2] - final * 8  # accumulation and spills, on chip
-    passes = hw.pe_array.mac_passes(nest.a_bits, nest.b_bits)
+    passes = pe.mac_passes(nest.a_bits, nest.b_bits)
     bits = (nest.a_bits, nest.b_bits, nest.acc_bits)
     return OpPlan(
         compute_cycles=m.compute_cycles * passes, moves=tuple(moves), footprint_bytes=sum(m.footprint_bytes),
@@ -183,26 +192,25 @@ def _load(op: Op, tensors: Mapping[str, Tensor]) -> OpPlan:
 def finish_op(plan: OpPlan, moves: tuple[TensorMove, ...], hw: Accelerator, target: Target) -> OpCost:
     """The op's cost once the iteration plan settled its moves: DRAM bytes per stream, every buffer
     access in bits, and stalls from the DMA timeline and the buffers' bandwidth."""
-    dram_in = {s: 0.0 for s in STREAMS}
-    dram_out = {s: 0.0 for s in STREAMS}
+    dram_in = {"ifmap": 0.0, "filter": 0.0, "ofmap": plan.psum_bytes[1]}
+    dram_out = plan.psum_bytes[0]
     buffer_bits: dict[str, float] = {}
+    names = dict(zip(STREAMS, target.streams, strict=True))
     for move in moves:
-        (dram_out if move.write else dram_in)[move.stream] += move.dram_bytes
-        key = target.streams[STREAMS.index(move.stream)]
+        if move.write:
+            dram_out += move.dram_bytes
+        else:
+            dram_in[move.stream] += move.dram_bytes
+        key = names[move.stream]
         buffer_bits[key] = buffer_bits.get(key, 0.0) + move.fill_bits + move.use_bits
-    psum_write, psum_read = plan.psum_bytes
-    dram_in["ofmap"] += psum_read
-    dram_out["ofmap"] += psum_write
     if plan.psum_bits:
-        key = target.streams[2]
-        buffer_bits[key] = buffer_bits.get(key, 0.0) + plan.psum_bits
+        buffer_bits[names["ofmap"]] = buffer_bits.get(names["ofmap"], 0.0) + plan.psum_bits
     compute = plan.compute_cycles
-    total = float(_timeline(np.float64(compute), sum(dram_in.values()), sum(dram_out.values()), plan.tiles, target))
+    total = _timeline(compute, dram_in["ifmap"] + dram_in["filter"] + dram_in["ofmap"], dram_out, plan.tiles, target)
     sram = max((bits / 8 / target.buffer(name).bytes_per_cycle for name, bits in buffer_bits.items()), default=0.0)
-    stall = max(total, sram) - compute
     return OpCost(
-        compute_cycles=compute, stall_cycles=max(stall, 0.0), sram_reads=dict(plan.sram_reads),
-        sram_writes=dict(plan.sram_writes), sram_bits=buffer_bits, dram_reads=dram_in,
-        dram_writes={"ofmap": sum(dram_out.values())}, rf_bits=plan.rf_bits, noc_bits=plan.noc_bits,
-        hop_bits=plan.hop_bits, moves=moves, mapping=plan.mapping, nest=plan.nest,
+        compute_cycles=compute, stall_cycles=max(max(total, sram) - compute, 0.0), sram_reads=plan.sram_reads,
+        sram_writes=plan.sram_writes, sram_bits=buffer_bits, dram_reads=dram_in, dram_writes={"ofmap": dram_out},
+        rf_bits=plan.rf_bits, noc_bits=plan.noc_bits, hop_bits=plan.hop_bits, moves=moves, mapping=plan.mapping,
+        nest=plan.nest,
     )  # fmt: skip

@@ -71,7 +71,10 @@ def plan_iteration(
 
     for i, plan in enumerate(plans):
         for j, move in enumerate(plan.moves):
-            life = lives.setdefault(root(move.tensor), _Life(root(move.tensor)))
+            name = root(move.tensor)
+            life = lives.get(name)
+            if life is None:
+                life = lives[name] = _Life(name)
             if move.write:  # a tensor read before it is written is state: the write goes back to DRAM
                 if life.producer is None and not life.uses:
                     life.producer, life.write = i, (i, j)
@@ -88,15 +91,13 @@ def plan_iteration(
 
     def clear(i: int, j: int, fill: bool = True, use: bool = False) -> None:
         m = moves[i][j]
-        moves[i][j] = dataclasses.replace(m, dram_bytes=0.0, fill_bits=0.0 if fill else m.fill_bits,
-                                          use_bits=0.0 if use else m.use_bits)  # fmt: skip
+        moves[i][j] = _settled(m, 0.0, 0.0 if fill else m.fill_bits, 0.0 if use else m.use_bits, m.times)
 
     if fusion:
         for i, op in enumerate(ops):  # 1. batch-norm statistics in the producer's epilogue
             if _times_read(op) == 2 and i > 0 and lives[root(op.reads[0])].producer == i - 1:
                 m = moves[i][0]
-                moves[i][0] = dataclasses.replace(m, dram_bytes=m.dram_bytes / 2, fill_bits=m.fill_bits / 2,
-                                                  use_bits=m.use_bits / 2, times=1.0)  # fmt: skip
+                moves[i][0] = _settled(m, m.dram_bytes / 2, m.fill_bits / 2, m.use_bits / 2, 1.0)
     for life in lives.values():
         is_input = life.root in inputs or life.producer is None
         if life.producer is not None and not life.uses:
@@ -117,6 +118,11 @@ def plan_iteration(
             place(life, "dram", "iteration input, read from DRAM by its only reader" if life.producer is None
                   else "produced and read by one op each")  # fmt: skip
     return [tuple(m) for m in moves], placements
+
+
+def _settled(m: TensorMove, dram_bytes: float, fill_bits: float, use_bits: float, times: float) -> TensorMove:
+    """``m`` with new traffic (built directly: this runs for thousands of moves per iteration)."""
+    return TensorMove(m.tensor, m.stream, m.write, dram_bytes, fill_bits, use_bits, times, m.tile_bytes)
 
 
 def _streams(life: _Life, ops: Sequence[Op], moves) -> bool:
@@ -152,7 +158,14 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
         size = float(tensors[life.root].bytes)
         candidates.append((pj / max(size * (end - start + 1), 1.0), life, start, end, size, saved))
     candidates.sort(key=lambda c: -c[0])
+    peak = float(free.max())  # no op has more room than this (it only shrinks as tensors are placed)
     for _, life, start, end, size, saved in candidates:
+        reclaim = max([moves[i][j].tile_bytes for i, j in life.uses] + (
+            [moves[life.write[0]][life.write[1]].tile_bytes] if life.write is not None else []))  # fmt: skip
+        if size - reclaim > peak:  # cannot fit anywhere: no need to look op by op
+            place(life, "dram", f"needs {size / 1024:.1f} KB on chip from {names[start]} to {names[end]}; "
+                  f"at most {max(peak, 0) / 1024:.1f} KB is free at any op")  # fmt: skip
+            continue
         need = np.full(end - start + 1, size)
         for i, j in life.uses:  # an op reading it in place needs no tile of it
             if start <= i <= end:
@@ -162,9 +175,10 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
         window = free[start : end + 1]
         if np.all(need <= window):
             window -= need
+            peak = float(free.max())
             for i, j in saved:
                 m = moves[i][j]
-                moves[i][j] = dataclasses.replace(m, dram_bytes=0.0, fill_bits=0.0 if shared else m.fill_bits)
+                moves[i][j] = _settled(m, 0.0, 0.0 if shared else m.fill_bits, m.use_bits, m.times)
             place(life, "on_chip", f"held on chip from {names[start]} to {names[end]} ({size / 1024:.1f} KB)")
         else:
             worst = int(np.argmin(window - need))

@@ -5,6 +5,7 @@ accelerator and its energy table, so mappings can be cached by (loop nest, targe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 OBJECTIVES = ("energy", "latency", "edp")
 
@@ -43,4 +44,8 @@ class Target:
     objective: str = "energy"
 
     def buffer(self, name: str) -> BufferLevel:
-        return next(b for b in self.buffers if b.name == name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, BufferLevel]:
+        return {b.name: b for b in self.buffers}
