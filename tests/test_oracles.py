@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "oracles"))
-import compare  # noqa: E402
+import compare
 
 
 @pytest.fixture(scope="module")
