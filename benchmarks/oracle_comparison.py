@@ -26,6 +26,12 @@ def main() -> None:
         theirs = r["oracle_result"]
         print(f"| {r['oracle']} | {r['arch']} | {r['case']} | {theirs['dram_bits'] / 8192:,.1f} | "
               f"{r['dram_ratio']:.3f} | {theirs['energy_pj'] / 1e6:,.2f} | {r['energy_ratio']:.3f} |")
+    for r in rows:
+        if "frugal" in r:
+            f = r["frugal"]
+            print(f"{r['oracle']} {r['arch']} {r['case']}: DRAM {r['dram_ratio']:.3f}x the oracle's at energy "
+                  f"{r['energy_ratio']:.3f}x; e2sim's fewest-DRAM mapping: DRAM {f['dram_ratio']:.3f}x, energy "
+                  f"{f['energy_ratio']:.3f}x the oracle's ({f['energy_over_chosen'] - 1:+.1%} over e2sim's choice)")
     for oracle in compare.ORACLES:
         mine = [r for r in rows if r["oracle"] == oracle]
         if mine:

@@ -3,7 +3,8 @@
 A PE runs a 1-D primitive: one filter row of S' taps slid along one input row, producing one
 output row of Q' partial sums; it keeps ``p`` filters × ``q`` channels of filter-row taps in its
 filter scratchpad (p·q·S' words), a sliding window of q·S' inputs in its ifmap scratchpad and p
-partial sums in its psum scratchpad. A *PE set* is R' filter rows × e output rows: filter rows run
+partial sums in its psum scratchpad. Every MAC reads a filter tap and reads and writes a partial
+sum; an input value is read once for the p filters the PE applies to it back to back. A *PE set* is R' filter rows × e output rows: filter rows run
 along the PE columns' height and partial sums flow up the R' PEs of a column to be summed (PE-to-PE).
 Sets are *strip-mined* when the output has more rows than the array has columns (e ≤ cols), *folded*
 when R' is taller than the array (R' > rows: the parts accumulate through the global buffer), and
@@ -115,9 +116,14 @@ def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
                                               (a_psum_w + a_psum_r) / passes * acc / target.noc_bits_per_cycle[2]))
     a_delivered, b_delivered = a_ifmap * np.minimum(r_h, e) * t_sets * in_bits, b_filter * e * f_bits
     a_hops = a_psum_w * (r_h - 1 + r_sets - 1) * acc
+    # scratchpad reads per image: a filter tap and a partial-sum read-modify-write every MAC; an
+    # input value read once for the p filters the PE runs on it back to back
+    a_macs = K * C * P * Q * R * S * g["density"]
+    a_spad = a_macs * (f_bits + 2 * acc + in_bits / p_pe)
     gb, noc, hop = target.buffer(target.streams[0]).pj_per_bit, target.noc_pj_per_bit, target.hop_pj_per_bit
     a_energy = ((a_ifmap * in_bits + (a_psum_w + a_psum_r) * acc) * gb + a_delivered * (noc + hop)
-                + (a_psum_w + a_psum_r) * acc * noc + a_hops * hop + a_cycles * target.cycle_pj)  # fmt: skip
+                + (a_psum_w + a_psum_r) * acc * noc + a_hops * hop + a_cycles * target.cycle_pj
+                + a_spad * target.rf_pj_per_bit)  # fmt: skip
     b_energy = b_filter * f_bits * gb + b_delivered * (noc + hop) + b_cycles * target.cycle_pj
     a_energy, b_energy = np.where(ok, a_energy, np.inf), np.where(ok, b_energy, np.inf)
     energy = images[:, None] * a_energy[inverse] + b_energy[inverse]
@@ -139,7 +145,7 @@ def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
     ifmap, filters = total(a_ifmap), pick(b_filter) * tiles
     psum_w, psum_r = total(a_psum_w), total(a_psum_r)
     delivered = total(a_delivered, b_delivered)
-    rf = nest.macs * (in_bits + f_bits + 2 * acc) + delivered  # scratchpad reads per MAC, and their fills
+    rf = nest.macs * (f_bits + 2 * acc + in_bits / pick(p_pe)) + delivered  # scratchpad accesses and fills
 
     def spatial(i: int) -> tuple:
         c = {k: int(v[i]) for k, v in chosen.items()}
