@@ -19,6 +19,8 @@ OUTPUT_FILES = (
     "phases.csv",
     "layers.csv",
     "ops.csv",
+    "sparsity.csv",
+    "tensors.csv",
     "accuracy.png",
     "energy.png",
     "energy_vs_accuracy.png",
@@ -206,6 +208,13 @@ def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | 
             for o in report["ops"]
         ],
     )
+    if report["sparsity"]:
+        _write_csv(out / "sparsity.csv", [
+            {"op": s["op"], "layer": s["layer"], "phase": s["phase"], "zero_mac_fraction": s["zero_mac_fraction"],
+             **{f"zero_fraction_{k}": s["zero_fractions"].get(k, "") for k in ("x", "w", "dy")}}
+            for s in report["sparsity"]
+        ])  # fmt: skip
+    _write_csv(out / "tensors.csv", [{k: v for k, v in t.items() if k != "consumers"} for t in report["tensors"]])
     _plot(out, report, baseline)
     return [out / name for name in OUTPUT_FILES]
 
