@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "oracles"))
-import compare  # noqa: E402
+import compare
 
 
 def main() -> None:
