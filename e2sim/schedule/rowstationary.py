@@ -4,8 +4,9 @@ A PE runs a 1-D primitive: one filter row of S' taps slid along one input row, p
 output row of Q' partial sums; it keeps ``p`` filters × ``q`` channels of filter-row taps in its
 filter scratchpad (p·q·S' words), a sliding window of q·S' inputs in its ifmap scratchpad and p
 partial sums in its psum scratchpad. Every MAC reads a filter tap and reads and writes a partial
-sum; an input value is read once for the p filters the PE applies to it back to back. A *PE set* is R' filter rows × e output rows: filter rows run
-along the PE columns' height and partial sums flow up the R' PEs of a column to be summed (PE-to-PE).
+sum; an input value is read once for the p filters the PE applies to it back to back. A *PE set*
+is R' filter rows × e output rows: filter rows run along the PE columns' height and partial sums
+flow up the R' PEs of a column to be summed (PE-to-PE).
 Sets are *strip-mined* when the output has more rows than the array has columns (e ≤ cols), *folded*
 when R' is taller than the array (R' > rows: the parts accumulate through the global buffer), and
 a row longer than the ifmap scratchpad holds is split into segments the same way. Sets are

@@ -32,7 +32,8 @@ def hardware(name: str, dram_price: float = 1.0) -> e2sim.hw.Accelerator:
         pe["scratchpads"] = arch["scratchpads"]
     tiny = 1e-9  # what the oracles do not price (networks, clock) must not steer e2sim's search either
     overrides = {
-        "dram_lpddr4_pj_per_bit": e["dram_pj_per_bit"] * dram_price, "sram_access_64b_8kb_pj": 64 * e["buffer_pj_per_bit"],
+        "dram_lpddr4_pj_per_bit": e["dram_pj_per_bit"] * dram_price,
+        "sram_access_64b_8kb_pj": 64 * e["buffer_pj_per_bit"],
         "sram_size_exponent": 0, "rf_access_16b_pj": 16 * e["register_pj_per_bit"], "int_mult_8b_pj": e["mac_pj"] / 2,
         "int_mult_width_exponent": 0, "int_add_32b_pj": e["mac_pj"] * 32 / bits / 2, "noc_16b_pj": tiny,
         "pe_hop_16b_pj": tiny, "clock_pj_per_pe_cycle": tiny,
