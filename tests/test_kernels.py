@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import twins
+from hypothesis import given
+from hypothesis import strategies as st
 
 from e2sim.kernels import conv, layers, quantize
 
@@ -113,3 +115,25 @@ def test_relu_softmax_and_sgd_kernels_match_twins():
     layers.sgd_update(w, g, v, 0.1, 0.9, 1e-3)
     np.testing.assert_allclose(w, tw, rtol=1e-6)
     np.testing.assert_allclose(v, tv, rtol=1e-6, atol=1e-7)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_hold_greedily_matches_twin(seed):
+    from e2sim.kernels.residency import hold_greedily
+
+    rng = np.random.default_rng(seed)
+    ops, n = 30, 12
+    free = rng.uniform(0, 100, ops)
+    start = rng.integers(0, ops, n)
+    end = np.minimum(start + rng.integers(0, 10, n), ops - 1)
+    size = rng.uniform(1, 60, n)
+    counts = rng.integers(0, 4, n)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    picks = [rng.integers(s, e + 1, k) for s, e, k in zip(start, end, counts, strict=True)]
+    where = np.concatenate(picks).astype(np.int64)
+    amount = rng.uniform(0, 40, offsets[-1])
+    mine_free = free.copy()
+    held, tightest, room = hold_greedily(mine_free, start, end, size, offsets, where, amount)
+    t_held, t_tightest, t_room, t_free = twins.hold_greedily(free, start, end, size, offsets, where, amount)
+    assert (held == t_held).all() and (tightest == t_tightest).all()
+    assert np.allclose(room, t_room) and np.allclose(mine_free, t_free)

@@ -225,3 +225,22 @@ def zero_operand_macs_conv(x, w, stride, pad):
             if xp[i, cc, j * stride + a, qq * stride + b] == 0 or w[kk, cc, a, b] == 0:
                 zero += 1
     return zero
+
+
+def hold_greedily(free, start, end, size, offsets, where, amount):
+    """Candidates in order: held when free + give-back ≥ size at every op of the interval."""
+    free = np.array(free, dtype=np.float64)
+    held, tightest, room = [], [], []
+    for c in range(len(start)):
+        back = {}
+        for t in range(offsets[c], offsets[c + 1]):
+            back[where[t]] = max(back.get(where[t], 0.0), amount[t])
+        rooms = [(free[i] + back.get(i, 0.0), i) for i in range(start[c], end[c] + 1)]
+        best, at = min(rooms, key=lambda r: (r[0], r[1]))
+        tightest.append(at)
+        room.append(best)
+        held.append(best >= size[c])
+        if held[-1]:
+            for i in range(start[c], end[c] + 1):
+                free[i] -= size[c] - back.get(i, 0.0)
+    return np.array(held), np.array(tightest), np.array(room), free

@@ -36,6 +36,13 @@ class Tensor:
     bits: int
     alias_of: str | None = None
 
+    def __hash__(self) -> int:  # tensors key the plan caches: hash the fields once
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash((self.name, self.layer, self.role, self.shape, self.bits, self.alias_of))
+            self.__dict__["_hash"] = found
+        return found
+
     @cached_property
     def numel(self) -> int:
         return math.prod(self.shape)

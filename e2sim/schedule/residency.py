@@ -34,20 +34,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from e2sim.graph.ir import Op, Tensor
+from e2sim.kernels.residency import hold_greedily
 from e2sim.schedule.ops import OpPlan, TensorMove, _times_read
 from e2sim.schedule.target import Target
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a tensor lived during the iteration and why."""
+    """Where a tensor lived during the iteration and why; its producer and readers by op index
+    into ``op_names`` (names are looked up when asked for)."""
 
     tensor: str
     bytes: int
     placement: str  # dram | on_chip | streamed
     reason: str
-    producer: str | None
-    consumers: tuple[str, ...]
+    producer_index: int | None
+    reads: tuple[tuple[int, int], ...]  # (op index, move index) of every read
+    op_names: Sequence[str] = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def producer(self) -> str | None:
+        return self.op_names[self.producer_index] if self.producer_index is not None else None
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """The ops that read it, in order, each once."""
+        return tuple(dict.fromkeys(self.op_names[i] for i, _ in self.reads))
 
 
 @dataclass
@@ -84,10 +96,8 @@ def plan_iteration(
     names = [op.name for op in ops]
 
     def place(life: _Life, where: str, reason: str) -> None:
-        t = tensors[life.root]
-        producer = names[life.producer] if life.producer is not None else None
-        placements[life.root] = Placement(life.root, t.bytes, where, reason, producer,
-                                          tuple(dict.fromkeys(names[i] for i, _ in life.uses)))  # fmt: skip
+        placements[life.root] = Placement(life.root, tensors[life.root].bytes, where, reason, life.producer,
+                                          tuple(life.uses), names)  # fmt: skip
 
     def clear(i: int, j: int, fill: bool = True, use: bool = False) -> None:
         m = moves[i][j]
@@ -138,49 +148,50 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
     free = np.array([pool - p.footprint_bytes for p in plans], dtype=np.float64)
     shared = len(target.buffers) == 1
     fill_pj = {s: target.buffer(target.streams[k]).pj_per_bit for k, s in enumerate(("ifmap", "filter", "ofmap"))}
+    dram_pj = 8 * target.dram_pj_per_bit
     candidates = []
     for life in lives.values():
-        if life.root in placements or not life.uses:
+        uses = life.uses
+        if not uses or life.root in placements:
             continue
-        is_input = life.root in inputs or life.producer is None
-        uses = life.uses[1:] if is_input else life.uses
-        if not uses or (is_input and len({i for i, _ in life.uses}) < 2):
-            continue
-        saved = [(i, j) for i, j in uses if moves[i][j].dram_bytes > 0] + (
-            [life.write] if life.write is not None and moves[life.write[0]][life.write[1]].dram_bytes > 0 else [])
+        if life.producer is None or life.root in inputs:  # an input: its first read stays
+            first = uses[0][0]
+            uses = [(i, j) for i, j in uses if i != first]
+            if not uses:
+                continue
+        touched = (*uses, life.write) if life.write is not None else uses
+        saved, pj = [], 0.0
+        for i, j in touched:
+            m = moves[i][j]
+            if m.dram_bytes > 0:
+                saved.append((i, j))
+                pj += m.dram_bytes * dram_pj + (m.fill_bits * fill_pj[m.stream] if shared else 0.0)
         if not saved:
             continue
-        pj = sum(moves[i][j].dram_bytes * 8 * target.dram_pj_per_bit
-                 + (moves[i][j].fill_bits * fill_pj[moves[i][j].stream] if shared else 0.0)
-                 for i, j in saved)  # fmt: skip
         start = life.producer if life.producer is not None else life.uses[0][0]
         end = life.uses[-1][0]
         size = float(tensors[life.root].bytes)
         candidates.append((pj / max(size * (end - start + 1), 1.0), life, start, end, size, saved))
     candidates.sort(key=lambda c: -c[0])
-    peak = float(free.max())  # no op has more room than this (it only shrinks as tensors are placed)
-    for _, life, start, end, size, saved in candidates:
-        reclaim = max([moves[i][j].tile_bytes for i, j in life.uses] + (
-            [moves[life.write[0]][life.write[1]].tile_bytes] if life.write is not None else []))  # fmt: skip
-        if size - reclaim > peak:  # cannot fit anywhere: no need to look op by op
-            place(life, "dram", f"needs {size / 1024:.1f} KB on chip from {names[start]} to {names[end]}; "
-                  f"at most {max(peak, 0) / 1024:.1f} KB is free at any op")  # fmt: skip
-            continue
-        need = np.full(end - start + 1, size)
-        for i, j in life.uses:  # an op reading it in place needs no tile of it
-            if start <= i <= end:
-                need[i - start] = max(0.0, need[i - start] - moves[i][j].tile_bytes)
-        if life.write is not None:
-            need[0] = max(0.0, need[0] - moves[life.write[0]][life.write[1]].tile_bytes)
-        window = free[start : end + 1]
-        if np.all(need <= window):
-            window -= need
-            peak = float(free.max())
+    offsets, where, amount = [0], [], []
+    for _, life, _start, _end, size, _ in candidates:
+        # an op reading it (or its producer) uses it in place: it needs no tile of it there
+        for i, j in (*life.uses, life.write) if life.write is not None else life.uses:
+            where.append(i)
+            amount.append(min(size, moves[i][j].tile_bytes))
+        offsets.append(len(where))
+    def column(k: int, kind) -> np.ndarray:
+        return np.array([c[k] for c in candidates], dtype=kind)
+
+    held, tightest, room = hold_greedily(free, column(2, np.int64), column(3, np.int64), column(4, np.float64),
+                                         np.array(offsets, np.int64), np.array(where, np.int64),
+                                         np.array(amount, np.float64))  # fmt: skip
+    for (_, life, start, end, size, saved), keep, worst, left in zip(candidates, held, tightest, room, strict=True):
+        if keep:
             for i, j in saved:
                 m = moves[i][j]
                 moves[i][j] = _settled(m, 0.0, 0.0 if shared else m.fill_bits, m.use_bits, m.times)
             place(life, "on_chip", f"held on chip from {names[start]} to {names[end]} ({size / 1024:.1f} KB)")
         else:
-            worst = int(np.argmin(window - need))
             place(life, "dram", f"needs {size / 1024:.1f} KB on chip from {names[start]} to {names[end]}; "
-                  f"{max(window[worst], 0) / 1024:.1f} KB free at {names[start + worst]}")  # fmt: skip
+                  f"{max(left, 0) / 1024:.1f} KB free at {names[worst]}")  # fmt: skip
