@@ -26,7 +26,6 @@ from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.kernels import conv as conv_kernels
 from e2sim.kernels import layers as layer_kernels
-from e2sim.kernels import sparsity as sparsity_kernels
 from e2sim.numerics.quantize import (
     Quantized,
     derive_seed,
@@ -34,6 +33,8 @@ from e2sim.numerics.quantize import (
     quantize,
     saturate_accumulator,
 )
+from e2sim.numerics.zeros import nonzero_pairs as _pairs
+from e2sim.numerics.zeros import operand_zeros as _zeros
 
 __all__ = [
     "OpCounter", "add", "avg_pool2d", "avg_pool2d_backward", "batchnorm", "batchnorm_backward",
@@ -177,28 +178,6 @@ def _record(counter, op, a: Quantized, b: Quantized, macs, reads, writes, satura
             op, macs={f"{a.bits}x{b.bits}": macs}, elementwise_ops=elementwise, reads=reads, writes=writes,
             saturated=saturated, zeros=zeros, rle_pairs=pairs, zero_macs=zero_macs,
         )  # fmt: skip
-
-
-RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
-
-
-def _zeros(**operands: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
-    """Zero values of each operand as the op reads them, and for feature maps (``x``, ``dy``) the
-    run-length pairs that would store them."""
-    zeros, pairs = {}, {}
-    for name, values in operands.items():
-        flat = np.ascontiguousarray(values).reshape(-1)
-        if name in ("x", "dy"):
-            counted = sparsity_kernels.zero_runs(flat, RLE_MAX_RUN)
-            zeros[name], pairs[name] = int(counted[0]), int(counted[1])
-        else:
-            zeros[name] = int(flat.size - np.count_nonzero(flat))
-    return zeros, pairs
-
-
-def _pairs(a: np.ndarray, b: np.ndarray) -> int:
-    """Σ a·b of two non-zero counts (int64): MACs in which both operands are non-zero."""
-    return int(np.dot(a.astype(np.int64), b.astype(np.int64)))
 
 
 def _round_gradient(g: np.ndarray, fmt: PrecisionSpec | None, seed: int) -> tuple[np.ndarray, int]:

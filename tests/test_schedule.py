@@ -11,7 +11,9 @@ from conftest import ROOT
 
 import e2sim
 from e2sim import SpecError
-from e2sim.schedule.memory import timeline
+from e2sim.energy.account import target_of
+from e2sim.energy.tables import load_table
+from e2sim.schedule.mapper import timeline
 from e2sim.schedule.systolic import systolic_cost
 
 GOLDEN = json.loads((ROOT / "tests" / "data" / "scalesim_golden.json").read_text())["cases"]
@@ -114,11 +116,17 @@ def test_agrees_with_scalesim_run_live(tmp_path):
 
 
 def test_timeline_overlaps_dma_with_compute():
-    assert timeline(100, 64, 64, 1, 1.0) == (228, 128)  # one tile: load, compute, store
-    total, stall = timeline(1000, 100, 100, 10, 1.0)  # compute-bound: only the first load and last store
-    assert (total, stall) == pytest.approx((1020, 20))
-    total, stall = timeline(100, 1000, 1000, 10, 1.0)  # bandwidth-bound: DMA time plus edges
-    assert total == pytest.approx(100 + 100 + 8 * 200 + 100 + 100) and stall == pytest.approx(total - 100)
+    hw = e2sim.load_hw("systolic-16x16")
+    target = dataclasses.replace(target_of(hw, load_table(hw.technology)), dram_bytes_per_cycle=1.0)
+    assert timeline(100.0, 64.0, 64.0, 1, target) == 228  # one tile: load, compute, store
+    assert timeline(1000.0, 100.0, 100.0, 10, target) == pytest.approx(1020)  # compute-bound: first load, last store
+    total = timeline(100.0, 1000.0, 1000.0, 10, target)  # bandwidth-bound: DMA time plus edges
+    assert total == pytest.approx(100 + 100 + 8 * 200 + 100 + 100)
+    serial = dataclasses.replace(target, double_buffered=False)  # DMA waits: everything adds up
+    assert timeline(1000.0, 100.0, 100.0, 10, serial) == 1200
+    vector = timeline(np.array([100.0, 1000.0]), np.array([64.0, 100.0]), np.array([64.0, 100.0]), np.array([1, 10]),
+                      target)  # fmt: skip
+    assert vector.tolist() == pytest.approx([228, 1020])
 
 
 @pytest.fixture(scope="module")

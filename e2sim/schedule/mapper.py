@@ -213,7 +213,7 @@ def _order_multipliers(t: Tiles, order: tuple[str, str, str]) -> dict[str, np.nd
     }
 
 
-def _timeline(compute, dram_in, dram_out, tiles, target: Target):
+def timeline(compute, dram_in, dram_out, tiles, target: Target):
     """Cycles of an op whose tiles load, compute and store (overlapped when double-buffered); for
     arrays over candidates or for one op's floats."""
     bw = target.dram_bytes_per_cycle
@@ -299,9 +299,9 @@ def search(nest: LoopNest, target: Target, t: Tiles, single: np.ndarray, array: 
         exposed = fills[stationary] / 8 if target.double_buffered else 0.0  # the stationary tile's loads wait
         dram_in, dram_out = (reads[0] + reads[1] + psum_moves) / 8, writes / 8
         if stationary == 2:
-            cycles = _timeline(compute, dram_in, dram_out - exposed, tiles, target)
+            cycles = timeline(compute, dram_in, dram_out - exposed, tiles, target)
         else:
-            cycles = _timeline(compute, dram_in - exposed, dram_out, tiles, target)
+            cycles = timeline(compute, dram_in - exposed, dram_out, tiles, target)
         cycles = cycles + exposed / target.dram_bytes_per_cycle
         sram = dict(datapath)
         for i, moved_bits in enumerate(fills):

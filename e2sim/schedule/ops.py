@@ -17,7 +17,7 @@ from functools import lru_cache
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator, PEArray
 from e2sim.schedule.mapper import Mapping as NestMapping
-from e2sim.schedule.mapper import _timeline
+from e2sim.schedule.mapper import timeline
 from e2sim.schedule.nest import LoopNest, nest_of
 from e2sim.schedule.target import Target
 
@@ -206,7 +206,7 @@ def finish_op(plan: OpPlan, moves: tuple[TensorMove, ...], hw: Accelerator, targ
     if plan.psum_bits:
         buffer_bits[names["ofmap"]] = buffer_bits.get(names["ofmap"], 0.0) + plan.psum_bits
     compute = plan.compute_cycles
-    total = _timeline(compute, dram_in["ifmap"] + dram_in["filter"] + dram_in["ofmap"], dram_out, plan.tiles, target)
+    total = timeline(compute, dram_in["ifmap"] + dram_in["filter"] + dram_in["ofmap"], dram_out, plan.tiles, target)
     sram = max((bits / 8 / target.buffer(name).bytes_per_cycle for name, bits in buffer_bits.items()), default=0.0)
     return OpCost(
         compute_cycles=compute, stall_cycles=max(max(total, sram) - compute, 0.0), sram_reads=plan.sram_reads,
