@@ -5,7 +5,7 @@
 weights forward, errors and weights for the input gradient, activations and errors for the weight
 gradient — integer products are summed exactly and saturated to the accumulator width, and
 weight gradients are rounded to the ``gradients`` format. Results come back dequantized (float32).
-Element-wise layers (batch norm, ReLU, pooling, loss) compute in fp32.
+Element-wise layers (batch norm, ReLU, pooling, loss; in ``functional_layers.py``) compute in fp32.
 
 A per-sample or per-channel scale along a dimension the GEMM sums over cannot be factored out of
 the sum; such an operand gets one scale per tensor in that op (e.g. activations in the weight
@@ -23,9 +23,28 @@ import numpy as np
 from e2sim.config.precision import PrecisionSpec, read_precision
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.counting import OpCounter
-from e2sim.graph import elementwise as ew_ops
+from e2sim.functional_layers import (
+    _array,
+    _pair,
+    _shape,
+    _stride,
+    _window,
+    add,
+    avg_pool2d,
+    avg_pool2d_backward,
+    batchnorm,
+    batchnorm_backward,
+    batchnorm_eval,
+    global_avg_pool,
+    global_avg_pool_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    relu,
+    relu_backward,
+    sgd_update,
+    softmax_cross_entropy,
+)
 from e2sim.kernels import conv as conv_kernels
-from e2sim.kernels import layers as layer_kernels
 from e2sim.numerics.quantize import (
     Quantized,
     derive_seed,
@@ -54,44 +73,6 @@ def precision(**roles: Any) -> PrecisionSpec:
     spec = read_precision(Section(roles, "", log))
     log.raise_if_any()
     return spec
-
-
-# -- argument checks ---------------------------------------------------------------------------------
-
-
-def _array(name: str, a: Any, ndim: int | tuple[int, ...]) -> np.ndarray:
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a float32 numpy array, got {got}")
-    dims = (ndim,) if isinstance(ndim, int) else ndim
-    if a.ndim not in dims:
-        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
-def _pair(name: str, value: Any, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v >= minimum for v in pair):
-        raise ValueError(f"{name} must be an integer >= {minimum} or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _stride(value: Any) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"stride must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _window(size: int, kernel: int, stride: int, pad: int) -> int:
-    out = (size + 2 * pad - kernel) // stride + 1
-    if out < 1:
-        raise ValueError(f"window {kernel} does not fit an input of {size} with padding {pad}")
-    return out
-
-
-def _shape(name: str, a: np.ndarray, expected: tuple[int, ...]) -> None:
-    if a.shape != tuple(expected):
-        raise ValueError(f"{name} has shape {a.shape}, expected {tuple(expected)}")
 
 
 # -- quantized GEMMs -----------------------------------------------------------------------------------
@@ -425,212 +406,3 @@ def linear_grad_weight(x, dy, fmt=None, *, bias=False, counter=None, op="linear_
     _record(counter, op, xq, dyq, n * f_in * f_out, {"x": x.size, "dy": dy.size}, writes, saturations,
             dy.size if bias else 0, sparsity)  # fmt: skip
     return (dw, db) if bias else dw
-
-
-# -- element-wise layers (fp32) ------------------------------------------------------------------------
-
-
-def _channels_view(x: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) or (N, F) as (N, C, H·W) without copying."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
-
-
-def _count(counter, op, elementwise, reads, writes) -> None:
-    if counter is not None:
-        counter.record(op, elementwise_ops=elementwise, reads=reads, writes=writes)
-
-
-def batchnorm(x, gamma, beta, eps=1e-5, *, counter=None, op="batchnorm"):
-    """Training-mode batch norm over (N, H, W) per channel. Returns (y, mean, inv_std)."""
-    x = _array("x", x, (2, 4))
-    gamma, beta = _array("gamma", gamma, 1), _array("beta", beta, 1)
-    _shape("gamma", gamma, (x.shape[1],))
-    _shape("beta", beta, (x.shape[1],))
-    y, mean, inv_std = layer_kernels.batchnorm_train(_channels_view(x), gamma, beta, float(eps))
-    c = x.shape[1]
-    _count(counter, op, ew_ops.batchnorm_forward(x.size, c), {"x": x.size, "gamma": c, "beta": c},
-           {"y": x.size, "mean": c, "inv_std": c})  # fmt: skip
-    return y.reshape(x.shape), mean, inv_std
-
-
-def batchnorm_eval(x, gamma, beta, running_mean, running_var, eps=1e-5) -> np.ndarray:
-    """Inference-mode batch norm with running statistics."""
-    x = _array("x", x, (2, 4))
-    names = ("gamma", "beta", "running_mean", "running_var")
-    arrays = [_array(name, a, 1) for name, a in zip(names, (gamma, beta, running_mean, running_var), strict=True)]
-    for name, a in zip(names, arrays, strict=True):
-        _shape(name, a, (x.shape[1],))
-    return layer_kernels.batchnorm_eval(_channels_view(x), *arrays, float(eps)).reshape(x.shape)
-
-
-def batchnorm_backward(dy, x, gamma, mean, inv_std, *, counter=None, op="batchnorm_backward", weight_op=None):
-    """Returns (dx, dgamma, dbeta) of training-mode batch norm; the input-gradient work is recorded
-    under ``op``, the parameter-gradient work under ``weight_op`` (default ``op + ".weight"``)."""
-    x = _array("x", x, (2, 4))
-    dy = _array("dy", dy, x.ndim)
-    _shape("dy", dy, x.shape)
-    arrays = [_array(name, a, 1) for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std))]
-    dx, dgamma, dbeta = layer_kernels.batchnorm_backward(_channels_view(dy), _channels_view(x), *arrays)
-    if counter is not None:
-        c = x.shape[1]
-        counter.record(
-            op,
-            elementwise_ops=ew_ops.batchnorm_backward_data(x.size),
-            reads={"dy": x.size, "x": x.size, "gamma": c, "mean": c, "inv_std": c},
-            writes={"dx": x.size},
-        )
-        counter.record(
-            weight_op or op + ".weight",
-            elementwise_ops=ew_ops.batchnorm_backward_weight(x.size),
-            reads={"dy": x.size, "x": x.size, "mean": c, "inv_std": c},
-            writes={"dgamma": c, "dbeta": c},
-        )
-    return dx.reshape(x.shape), dgamma, dbeta
-
-
-def relu(x, *, counter=None, op="relu") -> np.ndarray:
-    x = _array("x", x, (2, 3, 4))
-    _count(counter, op, x.size, {"x": x.size}, {"y": x.size})
-    return layer_kernels.relu(x)
-
-
-def relu_backward(dy, y, *, counter=None, op="relu_backward") -> np.ndarray:
-    y = _array("y", y, (2, 3, 4))
-    dy = _array("dy", dy, y.ndim)
-    _shape("dy", dy, y.shape)
-    _count(counter, op, y.size, {"dy": y.size, "y": y.size}, {"dx": y.size})
-    return layer_kernels.relu_backward(dy, y)
-
-
-def _pool_geometry(x_shape, kernel, stride, padding):
-    r, s = _pair("kernel", kernel, 1)
-    stride = r if stride is None else _stride(stride)
-    ph, pw = _pair("padding", padding, 0)
-    if 2 * ph > r or 2 * pw > s:
-        raise ValueError(f"padding {padding!r} must be at most half the window {kernel!r}")
-    return r, s, stride, ph, pw, _window(x_shape[2], r, stride, ph), _window(x_shape[3], s, stride, pw)
-
-
-def max_pool2d(x, kernel, stride=None, padding=0, *, counter=None, op="max_pool2d"):
-    """Returns (y, argmax); argmax holds r·S + s of each window's maximum (stride defaults to kernel)."""
-    x = _array("x", x, 4)
-    r, s, stride, ph, pw, p, q = _pool_geometry(x.shape, kernel, stride, padding)
-    y, arg = layer_kernels.maxpool(x, r, s, stride, ph, pw, p, q)
-    _count(counter, op, ew_ops.maxpool_forward(y.size, r * s), {"x": x.size}, {"y": y.size, "argmax": y.size})
-    return y, arg
-
-
-def max_pool2d_backward(dy, argmax, input_shape, kernel, stride=None, padding=0, *, counter=None,
-                        op="max_pool2d_backward") -> np.ndarray:  # fmt: skip
-    dy = _array("dy", dy, 4)
-    r, s, stride, ph, pw, p, q = _pool_geometry(input_shape, kernel, stride, padding)
-    _shape("dy", dy, (input_shape[0], input_shape[1], p, q))
-    _shape("argmax", argmax, dy.shape)
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= r * s):
-        raise ValueError(f"argmax values must lie in [0, {r * s})")
-    _count(
-        counter,
-        op,
-        ew_ops.maxpool_backward(dy.size),
-        {"dy": dy.size, "argmax": dy.size},
-        {"dx": int(np.prod(input_shape))},
-    )
-    return layer_kernels.maxpool_backward(dy, argmax, int(input_shape[2]), int(input_shape[3]), s, stride, ph, pw)
-
-
-def avg_pool2d(x, kernel, stride=None, padding=0, *, counter=None, op="avg_pool2d") -> np.ndarray:
-    """Window means; padded positions count as zeros (the divisor is always the window size)."""
-    x = _array("x", x, 4)
-    r, s, stride, ph, pw, p, q = _pool_geometry(x.shape, kernel, stride, padding)
-    y = layer_kernels.avgpool(x, r, s, stride, ph, pw, p, q)
-    _count(counter, op, ew_ops.avgpool(y.size, r * s), {"x": x.size}, {"y": y.size})
-    return y
-
-
-def avg_pool2d_backward(dy, input_shape, kernel, stride=None, padding=0, *, counter=None,
-                        op="avg_pool2d_backward") -> np.ndarray:  # fmt: skip
-    dy = _array("dy", dy, 4)
-    r, s, stride, ph, pw, p, q = _pool_geometry(input_shape, kernel, stride, padding)
-    _shape("dy", dy, (input_shape[0], input_shape[1], p, q))
-    _count(counter, op, ew_ops.avgpool(dy.size, r * s), {"dy": dy.size}, {"dx": int(np.prod(input_shape))})
-    return layer_kernels.avgpool_backward(dy, int(input_shape[2]), int(input_shape[3]), r, s, stride, ph, pw)
-
-
-def global_avg_pool(x, *, counter=None, op="global_avg_pool") -> np.ndarray:
-    """(N, C, H, W) -> (N, C) channel means."""
-    x = _array("x", x, 4)
-    n, c, h, w = x.shape
-    y = layer_kernels.avgpool(x, h, w, 1, 0, 0, 1, 1).reshape(n, c)
-    _count(counter, op, ew_ops.avgpool(n * c, h * w), {"x": x.size}, {"y": y.size})
-    return y
-
-
-def global_avg_pool_backward(dy, input_shape, *, counter=None, op="global_avg_pool_backward") -> np.ndarray:
-    dy = _array("dy", dy, 2)
-    n, c, h, w = (int(d) for d in input_shape)
-    _shape("dy", dy, (n, c))
-    _count(counter, op, ew_ops.avgpool(n * c, h * w), {"dy": dy.size}, {"dx": n * c * h * w})
-    return layer_kernels.avgpool_backward(dy.reshape(n, c, 1, 1), h, w, h, w, 1, 0, 0)
-
-
-def add(a, b, *, counter=None, op="add") -> np.ndarray:
-    a = _array("a", a, (2, 4))
-    b = _array("b", b, a.ndim)
-    _shape("b", b, a.shape)
-    _count(counter, op, a.size, {"a": a.size, "b": a.size}, {"y": a.size})
-    return a + b
-
-
-def softmax_cross_entropy(logits, labels, *, sample_weights=None, counter=None, op="softmax_cross_entropy",
-                          backward_op=None, probabilities=False):  # fmt: skip
-    """Mean cross-entropy of integer ``labels`` (weighted by ``sample_weights`` if given: Σ w·CE / Σ w);
-    returns (loss, dlogits) (+ probabilities if asked). The forward work is recorded under ``op``,
-    the gradient under ``backward_op`` (``op + ".backward"``)."""
-    logits = _array("logits", logits, 2)
-    labels = np.asarray(labels)
-    if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be {logits.shape[0]} integers, got {labels.dtype} of shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
-    if sample_weights is None:
-        weights = np.ones(logits.shape[0])
-    else:
-        weights = np.asarray(sample_weights, np.float64)
-        if weights.shape != (logits.shape[0],) or (weights < 0).any() or (logits.shape[0] and weights.sum() <= 0):
-            raise ValueError(f"sample_weights must be {logits.shape[0]} non-negative numbers, not all zero")
-    loss, probs, dlogits = layer_kernels.softmax_cross_entropy(logits, labels.astype(np.int64), weights)
-    if counter is not None:
-        n = logits.shape[0]
-        counter.record(
-            op,
-            elementwise_ops=ew_ops.softmax_cross_entropy_forward(logits.size, n),
-            reads={"logits": logits.size, "labels": n},
-            writes={"loss": 1, "probs": logits.size},
-        )
-        counter.record(
-            backward_op or op + ".backward",
-            elementwise_ops=ew_ops.softmax_cross_entropy_backward(logits.size),
-            reads={"probs": logits.size, "labels": n},
-            writes={"dlogits": logits.size},
-        )
-    return (float(loss), dlogits, probs) if probabilities else (float(loss), dlogits)
-
-
-def _in_place(name: str, a: Any, shape: tuple[int, ...] | None) -> None:
-    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
-        raise TypeError(f"{name} must be a C-contiguous float32 array (it is updated in place)")
-    if shape is not None:
-        _shape(name, a, shape)
-
-
-def sgd_update(w, grad, velocity, lr, momentum=0.0, weight_decay=0.0, *, counter=None, op="sgd_update") -> None:
-    """In place: d = g + weight_decay·w; v = momentum·v + d; w -= lr·v (PyTorch's SGD)."""
-    _in_place("w", w, None)
-    grad = _array("grad", grad, w.ndim)
-    _shape("grad", grad, w.shape)
-    if momentum > 0:
-        _in_place("velocity", velocity, w.shape)
-    else:
-        velocity = np.empty(0, np.float32)
-    layer_kernels.sgd_update(w, grad, velocity, float(lr), float(momentum), float(weight_decay))
-    _count(counter, op, ew_ops.sgd_step(w.size, momentum, weight_decay), {"w": w.size, "grad": w.size}, {"w": w.size})
