@@ -167,11 +167,15 @@ def operand_traffic(nest: LoopNest, t: Tiles, sliding: bool = False) -> dict[str
     return {"x": nest.n * nest.c * rows * cols, "w": ones * nest.elements("w"), "y": ones * nest.elements("y")}
 
 
-def _slides(nest: LoopNest, t: Tiles, order: tuple[str, str, str]) -> np.ndarray:
+def _group_loops(t: Tiles) -> dict[str, np.ndarray]:
+    """Per operand kind, the product of the DRAM loops over the dimensions it is not indexed by."""
+    return {kind: np.prod([t.count[d] for d in dims], axis=0) for kind, dims in IRRELEVANT.items()}
+
+
+def _slides(nest: LoopNest, t: Tiles, loops: dict[str, np.ndarray], order: tuple[str, str, str]) -> np.ndarray:
     """Whether consecutive tiles of the windowed input move along p only: q is whole and the first
     group of DRAM loops (innermost first) that changes that input is the one holding p."""
     halo_kind = "y" if nest.role == "bwd_data" else "x"
-    loops = {kind: np.prod([t.count[d] for d in dims], axis=0) for kind, dims in IRRELEVANT.items()}
     slides = np.zeros(t.n_candidates, dtype=bool)
     decided = np.zeros(t.n_candidates, dtype=bool)
     for kind in order:
@@ -201,11 +205,10 @@ class ArraySide:
     detail: Callable[[int], tuple] = lambda i: ()
 
 
-def _order_multipliers(t: Tiles, order: tuple[str, str, str]) -> dict[str, np.ndarray]:
+def _order_multipliers(loops: dict[str, np.ndarray], order: tuple[str, str, str]) -> dict[str, np.ndarray]:
     """Times each kind crosses DRAM for a group order (innermost group first)."""
-    loops = {kind: np.prod([t.count[d] for d in dims], axis=0) for kind, dims in IRRELEVANT.items()}
     inner, middle, outer = order
-    ones = np.ones(t.n_candidates)
+    ones = np.ones_like(loops[inner])
     return {
         inner: ones,
         middle: np.where(loops[inner] > 1, loops[middle], 1.0),
@@ -276,6 +279,7 @@ def search(nest: LoopNest, target: Target, t: Tiles, single: np.ndarray, array: 
     unique_out = nest.elements(kinds[2])
     compute = array.compute_cycles
     tiles = t.tiles()
+    loops = _group_loops(t)
     buf = [target.buffer(s) for s in target.streams]
     psum_bits = (array.psum_writes + array.psum_reads) * nest.acc_bits
     on_chip = (array.reads_a * (bits[0] * buf[0].pj_per_bit) + array.reads_b * (bits[1] * buf[1].pj_per_bit)
@@ -289,8 +293,8 @@ def search(nest: LoopNest, target: Target, t: Tiles, single: np.ndarray, array: 
         stationary = kinds.index(order[0])
         footprint = single * _copies(target, stationary)
         total_foot = footprint.sum(axis=0)
-        mult = _order_multipliers(t, order)
-        slides = _slides(nest, t, order)
+        mult = _order_multipliers(loops, order)
+        slides = _slides(nest, t, loops, order)
         moved = {k: np.where(slides, traffic[True][k], traffic[False][k]) * mult[k] for k in kinds}
         reads = [moved[kinds[i]] * bits[i] for i in range(2)]  # bits
         psum_moves = np.maximum(moved[kinds[2]] - unique_out, 0.0) * nest.acc_bits

@@ -19,6 +19,8 @@ from e2sim.hw.accelerator import Accelerator, PEArray
 from e2sim.schedule.mapper import Mapping as NestMapping
 from e2sim.schedule.mapper import timeline
 from e2sim.schedule.nest import LoopNest, nest_of
+from e2sim.schedule.rowstationary import map_row_stationary
+from e2sim.schedule.systolic import map_systolic
 from e2sim.schedule.target import Target
 
 STREAMS = ("ifmap", "filter", "ofmap")
@@ -94,11 +96,7 @@ class OpCost:
 def map_nest(nest: LoopNest, target: Target) -> NestMapping:
     """The best mapping of ``nest`` on ``target`` (cached by both)."""
     if target.dataflow == "rs":
-        from e2sim.schedule.rowstationary import map_row_stationary
-
         return map_row_stationary(nest, target)
-    from e2sim.schedule.systolic import map_systolic
-
     return map_systolic(nest, target)
 
 
