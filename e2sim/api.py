@@ -154,9 +154,10 @@ def estimate(
             tensors.update({k: v for k, v in filtering.tensors.items() if k not in tensors})
             inputs |= filtering.inputs
         if spec.policy.slu is not None:  # the gates are hardware work too
-            extra, extra_tensors = gate_ops(graph, spec.policy.slu)
+            extra, extra_tensors, state = gate_ops(graph, spec.policy.slu, spec.training.momentum)
             ops += [op for op in extra if not forward_only or op.phase == "fwd"]
             tensors.update(extra_tensors)
+            inputs |= state
         arithmetic = arithmetic_of(spec)
         if approximate:
             if accelerator.approximate is None:

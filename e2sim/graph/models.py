@@ -140,14 +140,14 @@ class _Builder:
             a["stride"] = a["kernel"][0]
         return self.append(_SPEC_LAYERS[spec.type], name, (x,), spec.path, **a)
 
-    def finish(self, x: str, name: str, num_classes: int, path: str) -> Model:
+    def finish(self, x: str, name: str, num_classes: int, path: str, loss: str = "loss") -> Model:
         if self.shapes[x] != (num_classes,):
             raise self.fail(
                 path,
                 f"the model's output is {format_shape(self.shapes[x])} but the dataset has "
                 f"{num_classes} classes (the last layer must give {num_classes} features)",
             )
-        self.append(SoftmaxCrossEntropy, "loss", (x,), path, num_classes=num_classes)
+        self.append(SoftmaxCrossEntropy, loss, (x,), path, num_classes=num_classes)
         return Model(name, self.shapes[INPUT], num_classes, tuple(self.layers))
 
 
@@ -293,7 +293,7 @@ def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
         x = b.append(MaxPool, "eif_pool2", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
         x = b.append(Flatten, "eif_flatten", (x,), source)
         x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
-        return b.finish(x, "EIF slim LeNet", 2, source)
+        return b.finish(x, "EIF slim LeNet", 2, source, loss="eif_loss")
     x = b.append(Conv2d, "eif_conv1", (INPUT,), source, **_conv3x3(16, 1))
     x = b.append(BatchNorm, "eif_bn1", (x,), source, eps=1e-5)
     x = b.append(ReLU, "eif_relu1", (x,), source)
@@ -301,4 +301,4 @@ def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
         x = b.basic_block(x, f"eif_layer{stage + 1}", 16 << stage, 2 if stage else 1, "zero_pad", source)
     x = b.append(GlobalAvgPool, "eif_pool", (x,), source)
     x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
-    return b.finish(x, "EIF ResNet-8", 2, source)
+    return b.finish(x, "EIF ResNet-8", 2, source, loss="eif_loss")

@@ -75,32 +75,46 @@ def gate_macs(block: GatedBlock, batch: int, width: int) -> int:
     return batch * (block.channels * width + 4 * width * 2 * width + width)
 
 
-def gate_ops(graph: TrainingGraph, spec: SluSpec) -> tuple[list[Op], dict[str, Tensor]]:
-    """The gates' ops and tensors for pricing: per gate a pooling op, a forward GEMM and a backward
-    GEMM (each priced as one GEMM of the same MACs, M = batch, N = 4·width); one update op."""
+def gate_ops(graph: TrainingGraph, spec: SluSpec, momentum: float) -> tuple[list[Op], dict[str, Tensor], set[str]]:
+    """The gates' ops, tensors and state tensors for pricing: per gate a pooling op, a forward GEMM
+    and a backward GEMM (each priced as one GEMM of the same MACs, M = batch, N = 4·width) that
+    writes the gate's parameter gradient; one SGD update (``momentum``: the workload's) of all of them."""
     n, w = graph.batch_size, spec.gate_channels
-    ops, tensors = [], {}
-    params = 0
+    ops, tensors, state = [], {}, set()
+    updates = []
     for block in gated_blocks(graph):
         name = f"slu.gate{block.index}"
         pooled = Tensor(f"{name}.pooled", name, "activation", (n, block.channels), GATE_BITS)
         weights = Tensor(f"{name}.params", name, "weight", (block.channels * w + 8 * w * w + w,), GATE_BITS)
+        grad = Tensor(f"{weights.name}.grad", name, "weight_grad", weights.shape, GATE_BITS)
         p = Tensor(f"{name}.p", name, "activation", (n,), GATE_BITS)
-        tensors.update({t.name: t for t in (pooled, weights, p)})
+        tensors.update({t.name: t for t in (pooled, weights, grad, p)})
+        state.add(weights.name)
         macs = gate_macs(block, n, w)
         k = max(1, round(macs / (n * 4 * w)))
         ops.append(Op(f"{name}.pool", name, "gate", "fwd", "vector", (block.input_tensor,), (pooled.name,), 0,
                       n * block.channels * block.spatial, pooled.numel))  # fmt: skip
         ops.append(Op(f"{name}.fwd", name, "gate", "fwd", "gemm", (pooled.name, weights.name), (p.name,), macs,
                       n * 4 * w * 3, n, gemm=GemmShape(n, 4 * w, k)))  # fmt: skip
-        ops.append(Op(f"{name}.bwd", name, "gate", "bwd_weight", "gemm", (pooled.name, p.name), (weights.name,),
+        ops.append(Op(f"{name}.bwd", name, "gate", "bwd_weight", "gemm", (pooled.name, p.name), (grad.name,),
                       2 * macs, n * 4 * w * 6, weights.numel, gemm=GemmShape(n, 4 * w, 2 * k)))  # fmt: skip
-        params += weights.numel
-    state = Tensor("slu.gates.params", "slu.gates", "weight", (params,), GATE_BITS)
-    tensors[state.name] = state
-    ops.append(Op("slu.gates.update", "slu.gates", "gate", "update", "vector", (state.name,), (state.name,), 0,
-                  ew_ops.sgd_step(params, 0.9, 0.0), params))  # fmt: skip
-    return ops, tensors
+        updates.append(weights)
+    reads, writes = [], []
+    for weights in updates:
+        reads += [weights.name, f"{weights.name}.grad"]
+        writes.append(f"{weights.name}.next")
+        tensors[writes[-1]] = Tensor(writes[-1], weights.layer, "weight", weights.shape, GATE_BITS)
+        if momentum > 0:
+            velocity = Tensor(f"{weights.name}.momentum", weights.layer, "momentum", weights.shape, GATE_BITS)
+            reads.append(velocity.name)
+            writes.append(f"{velocity.name}.next")
+            tensors[velocity.name] = velocity
+            tensors[writes[-1]] = Tensor(writes[-1], weights.layer, "momentum", weights.shape, GATE_BITS)
+            state.add(velocity.name)
+    params = sum(t.numel for t in updates)
+    ops.append(Op("slu.gates.update", "slu.gates", "gate", "update", "vector", tuple(reads), tuple(writes), 0,
+                  ew_ops.sgd_step(params, momentum, 0.0), params))  # fmt: skip
+    return ops, tensors, state
 
 
 @dataclass

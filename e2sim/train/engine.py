@@ -125,7 +125,8 @@ class GraphExecutor:
         if self.passive and approx is None:
             raise ValueError("AxTrain's passive method needs the accelerator's approximate mode")
         self.layers = {layer.name: layer for layer in graph.model.layers}
-        self.logits = next(op.reads[0] for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
+        loss = next(op for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
+        self.logits, (self.loss, self.probs) = loss.reads[0], loss.writes
         self.handlers: list[tuple[Op, Layer, Callable]] = []
         for op in graph.ops:
             key = "grad_sum" if op.name.endswith(".grad_sum") else (op.layer_kind, op.phase)
@@ -161,10 +162,10 @@ class GraphExecutor:
             gates.finish(tensors, lr, self.momentum)
         for name in state.arrays:
             state.arrays[name] = tensors[f"{name}.next"]
-        probs = tensors["loss.probs"]
+        probs = tensors[self.probs]
         picked = probs[np.arange(len(labels)), labels].astype(np.float64)
         self.last_losses = -np.log(np.maximum(picked, 1e-30))
-        return float(tensors["loss.y"]), int(np.sum(np.argmax(probs, axis=1) == labels))
+        return float(tensors[self.loss]), int(np.sum(np.argmax(probs, axis=1) == labels))
 
     def _pass(self, step: _Step, seed: int, gates, updates: bool) -> None:
         """The forward and backward ops (``updates=False``) or the update ops, in graph order (the

@@ -238,10 +238,10 @@ def train(
                 extra, policy_state["eif"] = eif.checkpoint()
             save_checkpoint(checkpoint, workload, epochs, state, history, counts, policy_state, approximate, extra)
     stats = {"smd": smd_stats.as_dict()} if smd is not None else {}
-    if workload.policy.psg is not None:
-        stats["psg"] = executor.psg_stats.as_dict()
     if executor.slu is not None:
         stats["slu"] = executor.slu.stats.as_dict()
+    if workload.policy.psg is not None:
+        stats["psg"] = executor.psg_stats.as_dict()
     if executor.emp is not None:
         stats["emp"] = executor.emp_stats.as_dict()
     if eif is not None:
