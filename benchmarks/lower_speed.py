@@ -16,7 +16,7 @@ from pathlib import Path
 
 import e2sim
 from e2sim.graph import build_model, verify
-from e2sim.graph.lower import lower as lower_unchecked
+from e2sim.graph.lowering import lower as lower_unchecked
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 1.0

@@ -2,12 +2,13 @@
 
 __version__ = "0.2.0"  # before the imports: api reads it
 
-from e2sim.api import estimate, load_hw, load_workload, lower, run, train
+from e2sim.api import RunResult, estimate, load_hw, load_workload, lower, run, train_workload
 from e2sim.config.errors import Problem, SpecError
 from e2sim.graph import TrainingGraph
 
 __all__ = [
     "Problem",
+    "RunResult",
     "SpecError",
     "TrainingGraph",
     "__version__",
@@ -16,5 +17,5 @@ __all__ = [
     "load_workload",
     "lower",
     "run",
-    "train",
+    "train_workload",
 ]

@@ -9,34 +9,49 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import e2sim.policies  # noqa: F401  (registers the built-in techniques and presets)
 from e2sim import __version__
 from e2sim.config.errors import SpecError
 from e2sim.config.hardware import DENSITY_ROLES
 from e2sim.config.loading import read_hardware_spec, read_workload_spec, topology_path
-from e2sim.config.policy import POLICY_PRESETS, PRESETS, PolicySpec, read_policy
+from e2sim.config.policy import PolicySpec, check_policy_spec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
 from e2sim.config.workload import Workload, with_policy
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
-from e2sim.energy.account import Arithmetic, account
+from e2sim.energy.account import Arithmetic, account, check_counts
 from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
-from e2sim.graph.ir import Op
+from e2sim.graph.models import Model
 from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
-from e2sim.policies.checks import check_approximate, check_policy
-from e2sim.policies.eif import filter_graph
-from e2sim.policies.emp import emp_ops
-from e2sim.policies.slu import gate_ops
-from e2sim.policies.smd import LOAD_OP
+from e2sim.numerics.approximate import table_shortfall
+from e2sim.policies.base import Policy, activate
 from e2sim.report.estimate import Estimate
-from e2sim.report.run import compare, run_report
+from e2sim.report.run import RunResult
 from e2sim.schedule.mapper import MappingError
 from e2sim.schedule.target import OBJECTIVES
-from e2sim.train.loop import TrainResult, fingerprint
-from e2sim.train.loop import train as train_workload
+from e2sim.train import loop
+from e2sim.train.data import DataError
+from e2sim.train.loop import CheckpointError, TrainResult, fingerprint
+
+__all__ = [
+    "OBJECTIVES",
+    "CheckpointError",
+    "DataError",
+    "RunResult",
+    "SpecError",
+    "estimate",
+    "load_hw",
+    "load_policy",
+    "load_workload",
+    "lower",
+    "preset_names",
+    "run",
+    "train_workload",
+]  # fmt: skip
 
 WorkloadLike = str | Path | Mapping | Workload
 HardwareLike = str | Path | Mapping | Accelerator
@@ -45,13 +60,33 @@ HardwareLike = str | Path | Mapping | Accelerator
 def load_workload(spec: WorkloadLike) -> Workload:
     """A checked workload from a YAML path, an embedded name (``lenet5-mnist``) or a mapping.
 
-    Raises SpecError listing every problem, including model shapes that do not fit the dataset.
+    Raises SpecError listing every problem, including model shapes that do not fit the dataset
+    and a policy the model cannot take.
     """
     if isinstance(spec, Workload):
         return spec
     workload = read_workload_spec(spec)
-    check_policy(workload, build_model(workload))  # shapes that do not fit, or a policy the model cannot take
+    _activate(workload, build_model(workload))
     return workload
+
+
+def _activate(workload: Workload, model: Model) -> tuple[Policy, ...]:
+    """The workload's policies, checked against each other and against ``model``."""
+    check_policy_spec(workload.policy, workload.source)
+    policies = activate(workload)
+    for policy in policies:
+        policy.check_model(model)
+    return policies
+
+
+def _prepare(workload: WorkloadLike, batch_size: int | None = None) -> tuple[Workload, tuple[Policy, ...],
+                                                                            TrainingGraph]:  # fmt: skip
+    """The workload, its active policies, and its iteration lowered with their ops (the model built once)."""
+    spec = workload if isinstance(workload, Workload) else read_workload_spec(workload)
+    model = build_model(spec)
+    policies = _activate(spec, model)
+    graph = lower_workload(spec, batch_size, extensions=[p.extend for p in policies], model=model)
+    return spec, policies, graph
 
 
 def load_hw(spec: HardwareLike) -> Accelerator:
@@ -65,11 +100,12 @@ def load_hw(spec: HardwareLike) -> Accelerator:
 
 
 def lower(workload: WorkloadLike, batch_size: int | None = None) -> TrainingGraph:
-    """One training iteration as a verified dataflow graph (batch: the workload's unless given)."""
-    return lower_workload(load_workload(workload), batch_size)
+    """One training iteration as a verified dataflow graph (batch: the workload's unless given),
+    with the ops its policy adds (``graph.contributed``)."""
+    return _prepare(workload, batch_size)[2]
 
 
-def train(
+def train_workload(
     workload: WorkloadLike,
     epochs: int | None = None,
     data_dir: str | Path | None = None,
@@ -81,18 +117,33 @@ def train(
     """Train a workload by executing its lowered graph with the reduced-precision kernels.
 
     Returns per-epoch accuracy, and the counts of everything executed by graph op. With ``hw``
-    that has an approximate mode, AxTrain's passive method trains on it and every epoch is also
-    evaluated on it."""
-    spec = load_workload(workload)
-    mode = None
-    if hw is not None:
-        accelerator = load_hw(hw)
-        check_approximate(spec, accelerator)
-        mode = accelerator.approximate
-    elif spec.policy.axtrain is not None and spec.policy.axtrain.passive:
-        raise SpecError.single(spec.source, "policy.axtrain.passive", "trains on an accelerator's approximate mode: "
-                               "pass the hardware spec that has it (hw=...)")  # fmt: skip
-    return train_workload(spec, epochs, data_dir, progress, checkpoint, resume, approximate=mode)
+    that has an approximate mode, a policy may train on it (AxTrain's passive method) and every
+    epoch is also evaluated on it."""
+    spec, policies, graph = _prepare(workload)
+    accelerator = load_hw(hw) if hw is not None else None
+    _check_hardware(spec, policies, accelerator)
+    mode = accelerator.approximate if accelerator is not None else None
+    return loop.train(spec, epochs, data_dir, progress, checkpoint, resume, approximate=mode, graph=graph,
+                      policies=policies)  # fmt: skip
+
+
+def _check_hardware(spec: Workload, policies: tuple[Policy, ...], hw: Accelerator | None) -> None:
+    """Each policy's demands on ``hw``; then, when ``hw`` has an approximate mode (every epoch is
+    evaluated on it), intN weights and activations that its multiplier covers."""
+    for policy in policies:
+        policy.check_hardware(hw)
+    mode = hw.approximate if hw is not None else None
+    if mode is None:
+        return
+    p = spec.precision
+    for role in ("weights", "activations"):
+        fmt = getattr(p, role)
+        if fmt.kind != "int":
+            raise SpecError.single(hw.source, "approximate", f"the approximate mode multiplies intN operands; "
+                                   f"workload {spec.name} has precision.{role} {fmt.name}")  # fmt: skip
+    shortfall = table_shortfall(mode.multiplier, max(p.weights.bits, p.activations.bits))
+    if shortfall is not None:
+        raise SpecError.single(hw.source, "approximate.multiplier.table_file", shortfall)
 
 
 def estimate(
@@ -111,69 +162,74 @@ def estimate(
     """Energy and cycles of one training iteration of ``workload`` on ``hw`` (no training).
 
     ``workload`` may also be a SCALE-Sim topology CSV (forward layers at ``batch_size``, default 1,
-    with ``operand_bits``-bit operands, default 8, and ``accumulator_bits``-bit sums, default 32). With ``counts`` (from
-    ``e2sim.train``) every op is priced as often as it ran, with the MACs it executed;
-    ``forward_only`` prices the forward ops alone (inference). ``approximate``: the workload's
-    forward conv/linear ops run on ``hw``'s approximate mode. ``fusion``: plan fusion and residency
-    across the iteration (else every tensor goes to DRAM and back, layer by layer); ``objective``:
-    what the mapper minimises per op (energy, latency or edp). ``densities``: non-zero fractions of
-    activations, errors and weights where no run measured them (over the spec's ``sparsity``)."""
+    with ``operand_bits``-bit operands, default 8, and ``accumulator_bits``-bit sums, default 32).
+    A workload's iteration includes the ops its policy adds (gates, a filter network, channel
+    selection), lowered at ``batch_size``. With ``counts`` (from a training run) every op is
+    priced as often as it ran, with the MACs it executed (a counted op the graph does not have is
+    an error); ``forward_only`` prices the forward ops alone (inference). ``approximate``: the
+    workload's forward conv/linear ops run on ``hw``'s approximate mode. ``fusion``: plan fusion and
+    residency across the iteration (else every tensor goes to DRAM and back, layer by layer);
+    ``objective``: what the mapper minimises per op (energy, latency or edp). ``densities``:
+    non-zero fractions of activations, errors and weights where no run measured them (over the
+    spec's ``sparsity``)."""
     accelerator = load_hw(hw)
-    table = load_table(accelerator.technology, accelerator.energy_overrides)
     if objective not in OBJECTIVES:
         raise SpecError.single("estimate", "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     topology = topology_path(workload) if isinstance(workload, str | Path) else None
-    if topology is not None:
-        bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
-        acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
-        for key, value in (("operand_bits", bits), ("accumulator_bits", acc)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 64:
-                raise SpecError.single(str(workload), key, f"must be a bit width from 2 to 64, got {value!r}")
-        batch = 1 if batch_size is None else batch_size
-        ops, tensors = ops_from_topology(read_scalesim_topology(topology), batch, bits)
-        arithmetic = Arithmetic(acc, frozenset())
-        name, forward_only, inputs = Path(workload).stem, True, frozenset(t for op in ops for t in op.reads)
-    else:
+    if topology is None:
         for key, value in (("operand_bits", operand_bits), ("accumulator_bits", accumulator_bits)):
             if value is not None:
                 raise SpecError.single(str(workload), key, "applies to SCALE-Sim topology inputs only: a "
                                        "workload's formats are in its precision block")  # fmt: skip
-        spec = load_workload(workload)
-        graph = lower_workload(spec, batch_size)
-        ops, tensors, inputs = list(graph.ops), dict(graph.tensors), set(graph.inputs)
-        if forward_only:
-            ops = [op for op in ops if op.phase == "fwd"]
-        if counts is not None and LOAD_OP in counts.ops:  # batches loaded by iterations a policy dropped
-            ops.insert(0, Op(LOAD_OP, "input", "input", "fwd", "load", ("input.x", "input.labels"), (), 0, 0,
-                             tensors["input.x"].numel))  # fmt: skip
-        if spec.policy.emp is not None and not forward_only:  # the channel selection is work too
-            ops += emp_ops(graph)
-        if spec.policy.eif is not None:  # the filter network runs on the accelerator too
-            filtering = filter_graph(spec)
-            ops = [op for op in filtering.ops if not forward_only or op.phase == "fwd"] + ops
-            tensors.update({k: v for k, v in filtering.tensors.items() if k not in tensors})
-            inputs |= filtering.inputs
-        if spec.policy.slu is not None:  # the gates are hardware work too
-            extra, extra_tensors, state = gate_ops(graph, spec.policy.slu, spec.training.momentum)
-            ops += [op for op in extra if not forward_only or op.phase == "fwd"]
-            tensors.update(extra_tensors)
-            inputs |= state
-        arithmetic = arithmetic_of(spec)
-        if approximate:
-            if accelerator.approximate is None:
-                raise SpecError.single(accelerator.source, "approximate", "no approximate mode to price ops on")
-            check_approximate(spec, accelerator)
-            names = frozenset(op.name for op in graph.ops if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))
-            arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
-        name, batch = spec.name, graph.batch_size
+        spec, _, graph = _prepare(workload, batch_size)
+        return _price(spec, graph, accelerator, counts, forward_only, approximate, (fusion, objective), densities)
+    bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
+    acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
+    for key, value in (("operand_bits", bits), ("accumulator_bits", acc)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 64:
+            raise SpecError.single(str(workload), key, f"must be a bit width from 2 to 64, got {value!r}")
+    batch = 1 if batch_size is None else batch_size
+    ops, tensors = ops_from_topology(read_scalesim_topology(topology), batch, bits)
+    inputs = frozenset(t for op in ops for t in op.reads)
+    table = load_table(accelerator.technology, accelerator.energy_overrides)
+    priced = _account(ops, tensors, accelerator, table, Arithmetic(acc, frozenset()), None, inputs, (fusion, objective),
+                      densities)  # fmt: skip
+    return Estimate(Path(workload).stem, accelerator, batch, True, priced.rows, tensors, table, False,
+                    priced.placements, fusion, objective, priced.sparsity, priced.storage)  # fmt: skip
+
+
+def _price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts: OpCounter | None,
+           forward_only: bool, approximate: bool, pricing: tuple[bool, str], densities: Mapping[str, float] | None,
+           expect_all: bool = False) -> Estimate:  # fmt: skip
+    """Price ``graph`` (the iteration that ran, with its policies' ops). An optional op (one that
+    runs on some iterations only) is priced when it was counted; ``expect_all``: every other op
+    must have been counted (a run that executed iterations)."""
+    if counts is not None:
+        check_counts(graph, counts, expect_all)
+    ops = [op for op in graph.ops if (not forward_only or op.phase == "fwd") and
+           (op.name not in graph.optional or (counts is not None and op.name in counts.ops))]  # fmt: skip
+    arithmetic = arithmetic_of(spec)
+    if approximate:
+        if accelerator.approximate is None:
+            raise SpecError.single(accelerator.source, "approximate", "no approximate mode to price ops on")
+        _check_hardware(spec, (), accelerator)
+        names = frozenset(op.name for op in graph.model_ops
+                          if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))  # fmt: skip
+        arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
+    table = load_table(accelerator.technology, accelerator.energy_overrides)
+    priced = _account(ops, graph.tensors, accelerator, table, arithmetic, counts, graph.inputs, pricing, densities)
+    return Estimate(spec.name, accelerator, graph.batch_size, forward_only, priced.rows, dict(graph.tensors), table,
+                    counts is not None, priced.placements, pricing[0], pricing[1], priced.sparsity,
+                    priced.storage)  # fmt: skip
+
+
+def _account(ops, tensors, accelerator, table, arithmetic, counts, inputs, pricing, densities):
     stated = _densities(densities, accelerator.source)
     try:
-        priced = account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), fusion, objective,
-                         stated)  # fmt: skip
+        return account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), pricing[0], pricing[1],
+                       stated)  # fmt: skip
     except MappingError as exc:
         raise SpecError.single(accelerator.source, "buffers", str(exc)) from None
-    return Estimate(name, accelerator, batch, forward_only, priced.rows, tensors, table, counts is not None,
-                    priced.placements, fusion, objective, priced.sparsity, priced.storage)  # fmt: skip
 
 
 def _densities(given: Mapping[str, float] | None, source: str) -> dict[str, float]:
@@ -201,14 +257,14 @@ DEFAULT_HARDWARE = "zedboard"
 
 
 def load_policy(policy: str | Path | PolicySpec) -> PolicySpec:
-    """A preset name (baseline, smd, slu, psg, e2train), or a YAML file holding a policy block."""
+    """A preset name ({presets}), or a YAML file holding a policy block."""
     if isinstance(policy, PolicySpec):
         return policy
     text = str(policy)
-    if text in POLICY_PRESETS:
-        return PRESETS[text]
+    if text in preset_names():
+        return preset(text)
     if not Path(text).exists():
-        raise SpecError.single(text, "", f"not a policy preset ({', '.join(POLICY_PRESETS)}) nor a file")
+        raise SpecError.single(text, "", f"not a policy preset ({', '.join(preset_names())}) nor a file")
     log = ProblemLog(text)
     spec = read_policy(Section({"policy": read_yaml_file(text)}, "", log), "policy")
     log.raise_if_any()
@@ -225,48 +281,51 @@ def run(
     compare_baseline: bool = False,
     fusion: bool = True,
     objective: str = "energy",
-) -> dict:
-    """Train ``workload`` under ``policy`` (default: the workload's) and price what ran on ``hw``
-    (``fusion`` and ``objective`` as in :func:`estimate`).
+) -> RunResult:
+    """Train ``workload`` under ``policy`` (a preset: {presets}; a YAML file; default: the
+    workload's) and price the graph that ran on ``hw`` (``fusion`` and ``objective`` as in
+    :func:`estimate`).
 
-    Returns the run report (see ``e2sim.report.run``); with ``compare_baseline`` the baseline policy
-    is run too (or read from the cache of earlier runs) and the report gains ``comparison``."""
-    original = load_workload(workload)
+    Returns a :class:`RunResult`; its ``to_dict()`` is the run report (see ``e2sim.report.run``).
+    With ``compare_baseline`` the baseline policy is run too (or read from the cache of earlier
+    runs) and the report gains ``comparison``."""
+    original = workload if isinstance(workload, Workload) else read_workload_spec(workload)
     spec = with_policy(original, load_policy(policy)) if policy is not None else original
-    check_policy(spec, build_model(spec))
     accelerator = load_hw(hw)
-    check_approximate(spec, accelerator)
     pricing = (fusion, objective)
-    report = _run_once(spec, accelerator, epochs, data_dir, progress, pricing)
+    result = _run_once(spec, accelerator, epochs, data_dir, progress, pricing)
     if compare_baseline:
-        baseline = _cached_baseline(original, accelerator, epochs, data_dir, progress, pricing)
-        report["comparison"] = compare(report, baseline)
-        report["baseline"] = {k: baseline[k] for k in ("accuracy", "epochs", "energy", "hardware_time", "macs")}
-    return report
+        return dataclasses.replace(result, baseline=_cached_baseline(original, accelerator, epochs, data_dir, progress,
+                                                                     pricing))  # fmt: skip
+    return result
 
 
-def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
+for _verb in (load_policy, run):
+    _verb.__doc__ = _verb.__doc__.replace("{presets}", ", ".join(preset_names()))
+
+
+def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> RunResult:
+    spec, policies, graph = _prepare(spec)
+    _check_hardware(spec, policies, accelerator)
     mode = accelerator.approximate
-    result = train_workload(spec, epochs, data_dir, progress, approximate=mode)
-    passive = spec.policy.axtrain is not None and spec.policy.axtrain.passive
-    fusion, objective = pricing
-    priced = estimate(spec, accelerator, counts=result.counts, approximate=passive, fusion=fusion, objective=objective)
+    result = loop.train(spec, epochs, data_dir, progress, approximate=mode, graph=graph, policies=policies)
+    on_mode = any(p.trains_on_approximate_mode for p in policies)
+    priced = _price(spec, graph, accelerator, result.counts, False, on_mode, pricing, None, result.iterations > 0)
     inference = None
     if mode is not None:  # one inference batch on the exact datapath and on the approximate mode
-        inference = tuple(estimate(spec, accelerator, forward_only=True, approximate=a, fusion=fusion,
-                                   objective=objective) for a in (False, True))  # fmt: skip
-    return run_report(result, priced, spec.policy, spec.training.seed, inference)
+        inference = tuple(_price(spec, graph, accelerator, None, True, a, pricing, None) for a in (False, True))
+    return RunResult(spec, accelerator, result, priced, inference)
 
 
 def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
-    """The baseline run of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
-    baseline = with_policy(spec, PRESETS["baseline"])
+    """The baseline run's report of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
+    baseline = with_policy(spec, preset("baseline"))
     key = hashlib.sha256(repr((fingerprint(baseline), accelerator, epochs, str(data_dir), pricing,
                                __version__)).encode())  # fmt: skip
     path = cache_dir() / "runs" / f"{baseline.name}-{key.hexdigest()[:20]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    report = _run_once(baseline, accelerator, epochs, data_dir, progress, pricing)
+    report = _run_once(baseline, accelerator, epochs, data_dir, progress, pricing).to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".partial")
     temporary.write_text(json.dumps(report))

@@ -63,6 +63,15 @@ class OpCounter:
     """Accumulates :class:`OpCount` per op name; pass one to functional calls to record them."""
 
     ops: dict[str, OpCount] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # MACs skipped before any op ran, by policy key
+
+    def skip(self, source: str, macs: float) -> None:
+        """``source`` (a policy) skipped ``macs`` of work that no op stands for (filtered instances)."""
+        self.skipped[source] = self.skipped.get(source, 0) + int(macs)
+
+    def skipped_macs(self) -> int:
+        """Every skipped MAC: those of ops that ran in part, and those :meth:`skip` recorded."""
+        return sum(c.skipped_macs for c in self.ops.values()) + sum(self.skipped.values())
 
     def record(
         self,
@@ -97,6 +106,7 @@ class OpCounter:
         return sum(c.total_macs for c in self.ops.values())
 
     def merge(self, other: OpCounter) -> None:
+        _add(self.skipped, other.skipped)
         for name, count in other.ops.items():
             mine = self.ops.setdefault(name, OpCount())
             mine.runs += count.runs

@@ -9,13 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from e2sim import __version__, api
-from e2sim.config.errors import SpecError
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import format_summary, summarize
 from e2sim.report.run import format_run, prepare_output_dir, write_outputs
-from e2sim.schedule.target import OBJECTIVES
-from e2sim.train.data import DataError
-from e2sim.train.loop import CheckpointError
 
 EXIT_BAD_INPUT = 2
 
@@ -94,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HW",
         help=f"hardware YAML, embedded name or SCALE-Sim .cfg (default: {api.DEFAULT_HARDWARE})",
     )
-    run.add_argument("--policy", metavar="P", help="policy preset (baseline, smd, slu, psg, e2train) or YAML file")
+    presets = ", ".join(api.preset_names())
+    run.add_argument("--policy", metavar="P", help=f"policy preset ({presets}) or YAML file with a policy block")
     run.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs (default: the workload's)")
     run.add_argument("--data", metavar="DIR", help="dataset directory (overrides dataset.path)")
     run.add_argument("--out", metavar="DIR", help="also write run.json, CSV tables and PNG plots to DIR")
@@ -109,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fusion", action="store_true",
                         help="price layer by layer: every tensor to DRAM and back (no fusion or residency)")
-    parser.add_argument("--objective", choices=OBJECTIVES, default="energy",
+    parser.add_argument("--objective", choices=api.OBJECTIVES, default="energy",
                         help="what the mapper minimises for each op (default: energy)")  # fmt: skip
 
 
@@ -121,7 +118,7 @@ def _parse_densities(items: list[str]) -> dict[str, float]:
             out[role.strip()] = float(value)
         except ValueError:
             message = f"must be OPERAND=FRACTION, got {item!r}"
-            raise SpecError.single("--density", role.strip() or item, message) from None
+            raise api.SpecError.single("--density", role.strip() or item, message) from None
     return out
 
 
@@ -143,7 +140,7 @@ def _estimate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.out:
         prepare_output_dir(Path(args.out))  # refuse a directory of someone else's files before training
-    report = api.run(
+    result = api.run(
         args.workload,
         args.hw,
         args.policy,
@@ -154,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         fusion=not args.no_fusion,
         objective=args.objective,
     )
+    report = result.to_dict()
     if args.out:
         write_outputs(Path(args.out), report, report.get("baseline"))
     print(json.dumps(report, indent=1) if args.json else format_run(report))
@@ -164,11 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except SpecError as exc:
+    except api.SpecError as exc:
         for problem in exc.problems:
             print(f"e2sim: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (DataError, CheckpointError, FileExistsError) as exc:
+    except (api.DataError, api.CheckpointError, FileExistsError) as exc:
         print(f"e2sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FloatingPointError as exc:  # a recipe that diverges (e.g. too high a learning rate)

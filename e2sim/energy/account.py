@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from e2sim.counting import OpCounter
 from e2sim.energy.sparsity import TensorSparsity, storage_ratio, tensor_sparsity, zero_operand_macs
 from e2sim.energy.tables import EnergyTable
-from e2sim.graph.ir import Op, Tensor
+from e2sim.graph.ir import Op, Tensor, TrainingGraph
 from e2sim.hw.accelerator import Accelerator
 from e2sim.hw.approximate import ApproximateMode
 from e2sim.schedule.ops import STREAMS, OpCost, finish_op, plan_op
@@ -72,6 +72,28 @@ class OpReport:
     @property
     def energy_j(self) -> float:
         return sum(self.energy.values())
+
+
+class CountError(RuntimeError):
+    """Counted work and the priced graph disagree: a counted op the graph does not have, or an op
+    that should have run and has no count (a kernel recording under the wrong name)."""
+
+
+def check_counts(graph: TrainingGraph, counter: OpCounter, expect_all: bool) -> None:
+    """Every counted op is an op of ``graph``; with ``expect_all`` (a run that executed
+    iterations) every op but the optional ones was counted."""
+    names = {op.name for op in graph.ops}
+    unknown = [name for name in counter.ops if name not in names]
+    if unknown:
+        more = " and more" if len(unknown) > 5 else ""
+        raise CountError(f"{graph.workload}: work was counted under {', '.join(unknown[:5])}{more}, which the "
+                         "priced graph does not have")  # fmt: skip
+    if expect_all:
+        missing = [op.name for op in graph.ops if op.name not in graph.optional and op.name not in counter.ops]
+        if missing:
+            more = " and more" if len(missing) > 5 else ""
+            raise CountError(f"{graph.workload}: ops {', '.join(missing[:5])}{more} of the priced graph never ran "
+                             "(no count)")  # fmt: skip
 
 
 def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dict[str, float] | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import networkx as nx
@@ -115,6 +115,9 @@ class TrainingGraph:
     writes it. Node attribute ``type`` is ``"op"`` or ``"tensor"``. Treat it as read-only.
     ``inputs`` are the tensors that exist before the iteration starts (data, labels, parameters,
     optimizer state, running statistics); every other tensor is written by exactly one op.
+    ``contributed``: the ops a policy added (op name -> the policy's key), priced with the model's;
+    the training engine executes only the model's ops (:attr:`model_ops`). ``optional``: ops that
+    run on some iterations only (a batch loaded for a dropped iteration), priced only when counted.
     """
 
     workload: str
@@ -124,6 +127,18 @@ class TrainingGraph:
     tensors: Mapping[str, Tensor]
     dag: nx.DiGraph
     inputs: frozenset[str]
+    contributed: Mapping[str, str] = field(default_factory=dict)
+    optional: frozenset[str] = frozenset()
+
+    @cached_property
+    def model_ops(self) -> tuple[Op, ...]:
+        """The ops of the model's own iteration, in execution order (no policy's ops)."""
+        return tuple(op for op in self.ops if op.name not in self.contributed)
+
+    @cached_property
+    def model_inputs(self) -> frozenset[str]:
+        """The inputs the model's ops read: data, labels, parameters and their optimizer state."""
+        return frozenset(t for op in self.model_ops for t in op.reads if t in self.inputs)
 
     def bytes_read(self, op: Op) -> int:
         return sum(self.tensors[t].bytes for t in op.reads)
@@ -133,7 +148,24 @@ class TrainingGraph:
         return sum(self.tensors[t].bytes for t in op.writes if self.tensors[t].alias_of is None)
 
     def macs(self, phase: str | None = None) -> int:
-        return sum(op.macs for op in self.ops if phase is None or op.phase == phase)
+        """Nominal MACs of the model's ops (a policy's own ops not included)."""
+        return sum(op.macs for op in self.model_ops if phase is None or op.phase == phase)
+
+
+@dataclass(frozen=True)
+class GraphExtension:
+    """Ops a policy adds to the iteration (``source``: its key), verified and priced with the
+    model's: ``before`` run ahead of the model's ops (a filter network), ``after`` behind them
+    (gates' training, channel selection). ``tensors``: the tensors they add (a name the graph
+    already has must have its shape, and keeps the graph's); ``state``: those that exist before the
+    iteration (parameters, optimizer state); ``optional``: ops that run on some iterations only."""
+
+    source: str
+    before: tuple[Op, ...] = ()
+    after: tuple[Op, ...] = ()
+    tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    state: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
 
 
 def build_dag(ops: tuple[Op, ...], tensors: Mapping[str, Tensor]) -> nx.DiGraph:

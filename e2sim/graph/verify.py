@@ -1,6 +1,9 @@
 """Invariants of a lowered training graph, checked independently of how lowering built it.
 
-A violation is a bug in e2sim, not a user error: :func:`verify` raises :class:`GraphError`.
+A violation is a bug in e2sim (or in a policy plug-in), not a user error: :func:`verify` raises
+:class:`GraphError`. Ops a policy contributes are checked for structure and dataflow (names,
+tensors, one writer, order, acyclicity, shapes of gradients and updates); the operand geometry
+and backward-mirror checks apply to the model's own ops.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def _check_shapes(graph: TrainingGraph) -> list[str]:
             base = name[: -len(".momentum")]
         if base is not None and (base not in shape or shape[base] != shape[name]):
             problems.append(f"tensor {name} has shape {shape[name]} but {base} has {shape.get(base)}")
-    for op in graph.ops:
+    for op in graph.model_ops:  # a policy's ops: structure and dataflow only (a gate's GEMM is a bundle)
         if op.kind == "conv":
             problems += _check_conv(op, shape)
         elif op.kind == "gemm":
@@ -143,7 +146,7 @@ def _check_mirror(graph: TrainingGraph) -> list[str]:
     """Backward mirrors forward: gradients exist exactly where needed, and each has its op."""
     problems = []
     by_layer: dict[str, dict[str, list[Op]]] = defaultdict(lambda: defaultdict(list))
-    for op in graph.ops:
+    for op in graph.model_ops:  # a policy's ops mirror nothing (gates read detached activations)
         by_layer[op.layer][op.phase].append(op)
     needs_grad = {name for name, t in graph.tensors.items() if t.role in ("weight", "bias") and name in graph.inputs}
     for layer, phases in by_layer.items():
@@ -174,8 +177,8 @@ def _check_mirror(graph: TrainingGraph) -> list[str]:
             for op in phases["bwd_data"] + phases["bwd_weight"]:
                 if op.kind == fwd_op.kind and op.macs != fwd_op.macs:  # not the layer's grad_sum
                     problems.append(f"{op.name}: {op.macs} MACs, forward has {fwd_op.macs}")
-    for name, t in graph.tensors.items():
-        primal = primal_of(name)
+    for name in dict.fromkeys(t for op in graph.model_ops for t in op.writes):
+        t, primal = graph.tensors[name], primal_of(name)
         if t.role == "error" and primal not in needs_grad:
             problems.append(f"gradient {name} of {primal}, which needs none")
     return problems

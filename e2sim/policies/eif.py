@@ -19,21 +19,58 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from e2sim.config.policy import EifSpec
+from e2sim.config.reader import (
+    Section,
+    at_least_one,
+    fraction_below_one,
+    fraction_below_one_positive,
+    fraction_positive,
+    non_negative_number,
+    one_of,
+    positive_int,
+    positive_number,
+)
 from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
-from e2sim.graph.lower import lower_model
+from e2sim.graph.ir import GraphExtension, TrainingGraph
+from e2sim.graph.lowering import lower_model
 from e2sim.graph.models import build_filter_model
-from e2sim.train.engine import GraphExecutor, init_state
+from e2sim.policies.base import Batch, Choice, Engine, Policy
 
 FILTER_SEED_SALT = 0xE1
-CHECKPOINT_PREFIX = "eif:"  # the filter's arrays in a training checkpoint
-EIF_SKIPPED = "eif.filtered"  # records the main-network MACs of filtered-out instances as skipped
 
 
-def filter_graph(workload: Workload):
-    model = build_filter_model(workload.dataset.info.input_shape)
-    return lower_model(workload, model, workload.training.batch_size)
+@dataclass(frozen=True)
+class EifSpec:
+    """Early instance filtering (Wu et al. 2020): a small filter network predicts which instances
+    the main network would find hard (loss >= T); only those (and uncertain ones, entropy >=
+    ``entropy_threshold`` nats) train the main network. T starts at ``initial_threshold`` and is
+    multiplied by ``threshold_up`` when the trained ratio of the last ``window`` batches is at
+    least ``target_ratio`` (R_set), else by ``threshold_down``. Uncertainty sampling also always
+    runs the ``explore_fraction`` most uncertain rejected instances of a batch, so that a filter
+    that has become confident everywhere still gets labels. The filter trains by SGD at its own
+    constant ``filter_lr`` and ``filter_momentum`` (the paper's LeNet recipe) and the main network's
+    weight decay. ``loss_normalization``: ``batch`` divides the main network's summed loss over the
+    trained instances by the full batch size (filtered instances count as zero-loss members, so the
+    gradient estimates the full batch's); ``trained`` takes the mean over the trained instances
+    (a smaller batch of hard instances: larger steps). The paper leaves α1, α2, n, the entropy
+    threshold and these two open; the defaults, and the exploration floor, are e2sim's."""
+
+    target_ratio: float = 0.3
+    threshold_up: float = 1.05
+    threshold_down: float = 0.95
+    window: int = 10
+    entropy_threshold: float = 0.65
+    initial_threshold: float = 1.0
+    explore_fraction: float = 0.1  # at least this share of each batch: the most uncertain rejected instances
+    filter_lr: float = 0.01
+    filter_momentum: float = 0.5
+    loss_normalization: str = "batch"  # batch | trained
+
+
+def filter_graph(workload: Workload, batch: int) -> TrainingGraph:
+    """The filter network's training iteration at ``batch`` (the main network's batch)."""
+    return lower_model(workload, build_filter_model(workload.dataset.info.input_shape), batch)
 
 
 @dataclass
@@ -67,25 +104,27 @@ class EifStats:
 
 
 class EifRuntime:
-    def __init__(self, workload: Workload, spec: EifSpec):
+    """The filter network, its training, and the adaptive threshold of one run."""
+
+    def __init__(self, workload: Workload, spec: EifSpec, graph: TrainingGraph, engine: Engine):
         self.spec = spec
-        self.graph = filter_graph(workload)
+        self.graph = graph
         training = workload.training
-        self.executor = GraphExecutor(self.graph, workload.precision, spec.filter_momentum, training.weight_decay)
-        self.state = init_state(self.graph, training.seed ^ FILTER_SEED_SALT)
+        self.executor = engine.executor(graph, workload.precision, spec.filter_momentum, training.weight_decay)
+        self.state = engine.init_state(graph, training.seed ^ FILTER_SEED_SALT)
         self.threshold = spec.initial_threshold
         self.recent: deque[float] = deque(maxlen=spec.window)
         self.stats = EifStats()
 
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The filter's weights (keys prefixed ``eif:``) and the controller's state, for a checkpoint."""
-        arrays = {f"{CHECKPOINT_PREFIX}{name}": a for name, a in self.state.arrays.items()}
-        return arrays, {"threshold": self.threshold, "recent": list(self.recent), "stats": asdict(self.stats)}
+        """The filter's weights and the controller's state, for a checkpoint."""
+        return dict(self.state.arrays), {"threshold": self.threshold, "recent": list(self.recent),
+                                         "stats": asdict(self.stats)}  # fmt: skip
 
     def restore(self, arrays: dict[str, np.ndarray], saved: dict) -> None:
         """Continue from ``checkpoint()``'s output (arrays already validated against the filter graph)."""
         for name in self.state.arrays:
-            self.state.arrays[name] = arrays[f"{CHECKPOINT_PREFIX}{name}"]
+            self.state.arrays[name] = arrays[name]
         self.threshold = saved["threshold"]
         self.recent.extend(saved["recent"])
         self.stats = EifStats(**saved["stats"])
@@ -128,3 +167,72 @@ class EifRuntime:
         weights = np.where(high == 1, 1 / r, 1 / (1 - r)) if r < 1 else np.ones(len(high))
         self.executor.step(self.state, images, high, self.spec.filter_lr, seed ^ FILTER_SEED_SALT, counter,
                            sample_weights=weights)  # fmt: skip
+
+
+class Eif(Policy):
+    """The filter network runs first on every batch (its ops are lowered before the model's) and
+    picks the instances the main network trains on; it learns from their losses."""
+
+    key = "eif"
+
+    def __init__(self, spec: EifSpec, workload: Workload):
+        super().__init__(spec, workload)
+        self.filters: dict[int, TrainingGraph] = {}
+        self.runtime: EifRuntime | None = None
+        self.macs = 0
+
+    @classmethod
+    def read_spec(cls, s: Section) -> EifSpec:
+        spec = EifSpec(
+            s.read("target_ratio", fraction_positive, default=0.3),
+            s.read("threshold_up", at_least_one, default=1.05),
+            s.read("threshold_down", fraction_below_one_positive, default=0.95),
+            s.read("window", positive_int, default=10),
+            s.read("entropy_threshold", non_negative_number, default=0.65),
+            s.read("initial_threshold", positive_number, default=1.0),
+            s.read("explore_fraction", fraction_below_one, default=0.1),
+            s.read("filter_lr", positive_number, default=0.01),
+            s.read("filter_momentum", fraction_below_one, default=0.5),
+            s.read("loss_normalization", one_of("batch", "trained"), default="batch"),
+        )
+        if spec.explore_fraction is not None and spec.target_ratio is not None and \
+                spec.explore_fraction >= spec.target_ratio:  # fmt: skip
+            s.log.add(s.key_path("explore_fraction"),
+                      "must be below target_ratio (the exploration floor alone would exceed R_set)")  # fmt: skip
+        s.finish(" for eif")
+        return spec
+
+    def filter_graph(self, batch: int) -> TrainingGraph:
+        if batch not in self.filters:
+            self.filters[batch] = filter_graph(self.workload, batch)
+        return self.filters[batch]
+
+    def extend(self, graph: TrainingGraph) -> GraphExtension:
+        """The filter's whole training iteration, at the main network's batch, ahead of the model's ops."""
+        filtering = self.filter_graph(graph.batch_size)
+        return GraphExtension(self.key, before=filtering.ops, tensors=filtering.tensors, state=filtering.inputs)
+
+    def bind(self, graph: TrainingGraph, engine: Engine) -> None:
+        self.macs = graph.macs()
+        self.runtime = EifRuntime(self.workload, self.spec, self.filter_graph(graph.batch_size), engine)
+
+    def choose(self, batch: Batch, counter: OpCounter | None) -> Choice:
+        chosen = self.runtime.select(batch.images, counter)
+        if counter is not None:
+            counter.skip(self.key, self.macs * (len(batch.labels) - len(chosen)) / len(batch.labels))
+        return Choice(instances=chosen, loss_scale=self.runtime.loss_scale(len(chosen), len(batch.labels)))
+
+    def after_step(self, images: np.ndarray, losses: np.ndarray, seed: int, counter: OpCounter | None) -> None:
+        self.runtime.learn(images, losses, seed, counter)
+
+    def end_epoch(self) -> None:
+        self.runtime.stats.end_epoch()
+
+    def stats(self) -> dict:
+        return self.runtime.stats.as_dict()
+
+    def save(self) -> tuple[dict, dict]:
+        return self.runtime.checkpoint()
+
+    def restore(self, arrays: dict, saved: dict) -> None:
+        self.runtime.restore(arrays, saved)

@@ -5,17 +5,35 @@ S_j = Σ_batch (γ1·‖W_j‖₁ + γ2·‖δ_j‖₁) = N·γ1·‖W_j‖₁ +
 for the whole batch (ties broken by channel index). Pruned channels skip both the input-error
 convolution and the weight-gradient computation; their weight gradients are zero. The selection
 (absolute sums, the ranking) is counted as element-wise work of a ``{layer}.emp_select`` op.
+
+The pruned kernels wrap whichever kernel computes a conv's backward (the engine's, or PSG's sign
+gradient): it runs on the kept channels' errors, and the pruned channels' outputs are zero.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from e2sim.config.policy import EmpSpec
-from e2sim.graph.ir import Op, TrainingGraph
+import e2sim.functional as F
+from e2sim.config.reader import Section, fraction_positive, non_negative_number
+from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
+from e2sim.graph.layers import Layer
+from e2sim.policies.base import Kernel, Policy, Step
+
+
+@dataclass(frozen=True)
+class EmpSpec:
+    """Error-map pruning (Wu et al. 2020): in each conv's backward pass keep the ``keep_ratio``
+    output-error channels with the largest S_j = Σ_batch(γ1·‖W_j‖₁ + γ2·‖δ_j‖₁); the others skip
+    both the input-gradient and the weight-gradient computation. γ1 = ``weight_coefficient``,
+    γ2 = ``error_coefficient`` (the paper leaves them open; both default to 1)."""
+
+    keep_ratio: float = 0.5
+    weight_coefficient: float = 1.0
+    error_coefficient: float = 1.0
 
 
 def keep_count(channels: int, spec: EmpSpec) -> int:
@@ -41,7 +59,7 @@ def selection_ops(w_size: int, dy_size: int, channels: int) -> int:
 
 
 def emp_ops(graph: TrainingGraph) -> list[Op]:
-    """The selection op of every conv (for pricing), reading its weights and output error."""
+    """The selection op of every conv, reading its weights and output error."""
     ops = []
     for op in graph.ops:
         if op.kind == "conv" and op.phase == "bwd_weight":
@@ -70,3 +88,80 @@ class EmpStats:
             "kept_channel_fraction": self.kept / self.total if self.total else float("nan"),
             "per_layer": {name: k / t for name, (k, t) in sorted(self.per_layer.items())},
         }
+
+
+class Emp(Policy):
+    key = "emp"
+
+    def __init__(self, spec: EmpSpec, workload):
+        super().__init__(spec, workload)
+        self.record = EmpStats()
+
+    @classmethod
+    def read_spec(cls, s: Section) -> EmpSpec:
+        spec = EmpSpec(
+            s.read("keep_ratio", fraction_positive, default=0.5),
+            s.read("weight_coefficient", non_negative_number, default=1.0),
+            s.read("error_coefficient", non_negative_number, default=1.0),
+        )
+        s.finish(" for emp")
+        return spec
+
+    def extend(self, graph: TrainingGraph) -> GraphExtension:
+        return GraphExtension(self.key, after=tuple(emp_ops(graph)))
+
+    def channels(self, s: Step, layer: Layer) -> np.ndarray:
+        """The output-error channels kept for ``layer`` in this pass (chosen once, counted once)."""
+        key = f"{layer.name}.{self.key}"
+        if key not in s.stash:
+            w, dy = s.tensors[f"{layer.name}.w"], s.tensors[f"{layer.name}.y.grad"]
+            kept = select_channels(w, dy, self.spec)
+            s.stash[key] = kept
+            self.record.add(layer.name, kept.size, w.shape[0])
+            if s.counter is not None:
+                name = f"{layer.name}.emp_select"
+                s.counter.record(name, elementwise_ops=selection_ops(w.size, dy.size, w.shape[0]),
+                                 reads={"w": w.size, "dy": dy.size})  # fmt: skip
+                s.counter.ran(name)
+        return s.stash[key]
+
+    def kernel(self, op: Op, layer: Layer, inner: Kernel) -> Kernel:
+        if op.layer_kind != "conv" or op.phase not in ("bwd_data", "bwd_weight"):
+            return inner
+
+        def pruned_input_gradient(s: Step, op: Op, layer: Layer, seed: int) -> None:
+            dy_name, w_name = op.reads
+            dy, w = s.tensors[dy_name], s.tensors[w_name]
+            kept = self.channels(s, layer)
+            s.tensors[dy_name], s.tensors[w_name] = np.ascontiguousarray(dy[:, kept]), np.ascontiguousarray(w[kept])
+            inner(s, op, layer, seed)
+            s.tensors[dy_name], s.tensors[w_name] = dy, w
+            if s.counter is not None:
+                per_channel = dy.shape[0] * dy.shape[2] * dy.shape[3] * int(np.prod(w.shape[1:]))
+                s.counter.record(op.name, skipped_macs=(w.shape[0] - kept.size) * per_channel)
+
+        def pruned_weight_gradient(s: Step, op: Op, layer: Layer, seed: int) -> None:
+            dy_name = op.reads[1]
+            dy = s.tensors[dy_name]
+
+            def compute(kept_dy: np.ndarray, kept_shape: tuple) -> np.ndarray | tuple:
+                s.tensors[dy_name] = kept_dy
+                inner(s, op, layer, seed)
+                s.tensors[dy_name] = dy
+                return tuple(s.tensors[name] for name in op.writes) if layer.bias else s.tensors[op.writes[0]]
+
+            shape = s.graph.tensors[op.writes[0]].shape
+            out = F.pruned_weight_gradient(compute, dy, shape, self.channels(s, layer), layer.bias, s.counter, op.name)
+            for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
+                s.tensors[name] = value
+
+        return pruned_input_gradient if op.phase == "bwd_data" else pruned_weight_gradient
+
+    def stats(self) -> dict:
+        return self.record.as_dict()
+
+    def save(self) -> tuple[dict, dict]:
+        return {}, asdict(self.record)
+
+    def restore(self, arrays: dict, saved: dict) -> None:
+        self.record = EmpStats(**saved)

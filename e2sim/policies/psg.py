@@ -19,18 +19,34 @@ Choices where the paper is silent (documented here and in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 import e2sim.functional as F
 from e2sim.config.formats import parse_format
-from e2sim.config.policy import PsgSpec
 from e2sim.config.precision import PrecisionSpec
+from e2sim.config.reader import Section, boolean, one_of, positive_number
 from e2sim.counting import OpCounter
+from e2sim.graph.ir import Op
+from e2sim.graph.layers import Layer
 from e2sim.numerics.quantize import Quantized, derive_seed, quantize
+from e2sim.policies.base import Kernel, Policy, Step
 
 _INT8 = parse_format("int8")
+
+
+@dataclass(frozen=True)
+class PsgSpec:
+    """Predictive sign gradient (E2-Train): a predictor of the weight gradient from the
+    ``predictor_bits`` most significant bits of inputs and weights and a ``error_bits`` error; where
+    |prediction| >= threshold its sign is used, elsewhere the accurate gradient's sign. With
+    ``adaptive`` the threshold is ``threshold`` × max|prediction| of the layer."""
+
+    threshold: float = 5e-5
+    adaptive: bool = False
+    predictor_bits: int = 4
+    error_bits: int = 16
 
 
 def msb_operand(q8: Quantized, bits: int) -> Quantized:
@@ -62,16 +78,9 @@ class PsgStats:
 
 def psg_weight_gradient(
     x, dy, weight_shape, stride, padding, fmt: PrecisionSpec | None, spec: PsgSpec, stats: PsgStats,
-    bias: bool, counter: OpCounter | None, op: str, seed: int, layer: str, channels=None,
+    bias: bool, counter: OpCounter | None, op: str, seed: int, layer: str,
 ):  # fmt: skip
-    """Returns the weight gradient to apply (scaled signs), and the bias gradient if ``bias``.
-    ``channels`` (error-map pruning): only these output channels get a gradient; others are zero."""
-    if channels is not None:
-        return F.pruned_weight_gradient(
-            lambda kept_dy, kept_shape: psg_weight_gradient(x, kept_dy, kept_shape, stride, padding, fmt, spec, stats,
-                                                            bias, counter, op, seed, layer),
-            dy, weight_shape, channels, bias, counter, op,
-        )  # fmt: skip
+    """Returns the weight gradient to apply (scaled signs), and the bias gradient if ``bias``."""
     xp, dyp = predictor_operands(x, dy, spec, seed)
     predicted = F.conv2d_grad_weight(xp.dequantize(), dyp.dequantize(), weight_shape, stride, padding)
     threshold = spec.threshold * float(np.max(np.abs(predicted))) if spec.adaptive else spec.threshold
@@ -98,3 +107,47 @@ def psg_weight_gradient(
             reads={"x": x.size, "dy": dy.size}, writes={"dw": confident.size, **({"db": k} if bias else {})},
         )  # fmt: skip
     return (scaled, db) if bias else scaled
+
+
+class Psg(Policy):
+    """Replaces the kernel of every conv's weight gradient by the predictor and the sign update."""
+
+    key = "psg"
+
+    def __init__(self, spec: PsgSpec, workload):
+        super().__init__(spec, workload)
+        self.record = PsgStats()
+
+    @classmethod
+    def read_spec(cls, s: Section) -> PsgSpec:
+        spec = PsgSpec(
+            s.read("threshold", positive_number, default=5e-5),
+            s.read("adaptive", boolean, default=False),
+            s.read("predictor_bits", one_of(2, 3, 4, 5, 6, 7, 8), default=4),
+            s.read("error_bits", one_of(8, 12, 16), default=16),
+        )
+        s.finish(" for psg")
+        return spec
+
+    def kernel(self, op: Op, layer: Layer, inner: Kernel) -> Kernel:
+        if op.layer_kind != "conv" or op.phase != "bwd_weight":
+            return inner
+
+        def sign_gradient(s: Step, op: Op, layer: Layer, seed: int) -> None:
+            x, dy = (s.tensors[name] for name in op.reads)
+            shape = (dy.shape[1], *s.graph.tensors[op.writes[0]].shape[1:])
+            out = psg_weight_gradient(x, dy, shape, layer.stride, layer.padding, s.fmt, self.spec, self.record,
+                                      layer.bias, s.counter, op.name, seed, layer.name)  # fmt: skip
+            for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
+                s.tensors[name] = value
+
+        return sign_gradient
+
+    def stats(self) -> dict:
+        return self.record.as_dict()
+
+    def save(self) -> tuple[dict, dict]:
+        return {}, asdict(self.record)
+
+    def restore(self, arrays: dict, saved: dict) -> None:
+        self.record = PsgStats(**saved)

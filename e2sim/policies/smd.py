@@ -4,24 +4,34 @@ Each iteration is dropped with probability p. The decision for iteration i is a 
 draw from (seed, i), so a resumed run drops the same iterations. A dropped batch is still loaded
 from DRAM (recorded as the ``input.load`` op); by default the optimizer still steps with zero
 gradients, as in the authors' code (momentum and weight decay keep moving the weights), or the
-weights stay frozen (``optimizer_on_skip: freeze``). The run is stretched to ``stretch`` × the
-epochs, and the lr schedule counts dropped iterations.
+weights stay frozen (``optimizer_on_skip: freeze``). The run is stretched to ``stretch`` × its
+iterations (a fractional last epoch included), and the lr schedule counts dropped iterations.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from e2sim.config.policy import SmdSpec
+from e2sim.config.reader import Section, at_least_one, fraction_below_one, one_of
+from e2sim.counting import OpCounter
+from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.numerics.quantize import derive_seed
+from e2sim.policies.base import KEEP, Batch, Choice, Policy
 
 SMD_STREAM = 0x5D  # salt of the drop decisions' random stream
 LOAD_OP = "input.load"
 
 
-def stretched_epochs(epochs: int, spec: SmdSpec | None) -> int:
-    return epochs if spec is None else max(1, round(epochs * spec.stretch))
+@dataclass(frozen=True)
+class SmdSpec:
+    """Stochastic mini-batch dropping (E2-Train): skip each iteration with ``drop_probability``.
+    ``optimizer_on_skip``: ``step`` (the authors' code: momentum and weight decay still move the
+    weights) or ``freeze``; ``stretch`` multiplies the number of iterations (the paper uses 4/3)."""
+
+    drop_probability: float = 0.5
+    stretch: float = 4 / 3
+    optimizer_on_skip: str = "step"
 
 
 def drops(spec: SmdSpec, seed: int, iteration: int) -> bool:
@@ -40,3 +50,54 @@ class SmdStats:
 
     def as_dict(self) -> dict:
         return {"iterations": self.iterations, "dropped_iterations": self.dropped, "drop_rate": self.drop_rate}
+
+
+class Smd(Policy):
+    key = "smd"
+
+    def __init__(self, spec: SmdSpec, workload):
+        super().__init__(spec, workload)
+        self.record = SmdStats()
+        self.macs = 0
+
+    @classmethod
+    def read_spec(cls, s: Section) -> SmdSpec:
+        spec = SmdSpec(
+            s.read("drop_probability", fraction_below_one, default=0.5),
+            s.read("stretch", at_least_one, default=4 / 3),
+            s.read("optimizer_on_skip", one_of("step", "freeze"), default="step"),
+        )
+        s.finish(" for smd")
+        return spec
+
+    def extend(self, graph: TrainingGraph) -> GraphExtension:
+        """The load of a dropped batch: it reads the images and labels and nothing else."""
+        load = Op(LOAD_OP, "input", "input", "fwd", "load", ("input.x", "input.labels"), (), 0, 0,
+                  graph.tensors["input.x"].numel)  # fmt: skip
+        return GraphExtension(self.key, before=(load,), optional=frozenset({LOAD_OP}))
+
+    def stretch(self) -> float:
+        return self.spec.stretch
+
+    def bind(self, graph: TrainingGraph, engine) -> None:
+        self.macs = graph.macs()
+
+    def choose(self, batch: Batch, counter: OpCounter | None) -> Choice:
+        self.record.iterations += 1
+        if not drops(self.spec, self.workload.training.seed, batch.iteration):
+            return KEEP
+        self.record.dropped += 1
+        if counter is not None:
+            counter.record(LOAD_OP, reads={"x": batch.images.size, "labels": len(batch.labels)},
+                           skipped_macs=self.macs)  # fmt: skip
+            counter.ran(LOAD_OP)
+        return Choice(drop=True, optimizer_step=self.spec.optimizer_on_skip == "step")
+
+    def stats(self) -> dict:
+        return self.record.as_dict()
+
+    def save(self) -> tuple[dict, dict]:
+        return {}, asdict(self.record)
+
+    def restore(self, arrays: dict, saved: dict) -> None:
+        self.record = SmdStats(**saved)

@@ -6,10 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from e2sim.config.policy import PolicySpec
+from e2sim.config.workload import Workload
+from e2sim.hw.accelerator import Accelerator
 from e2sim.report.estimate import Estimate
 from e2sim.train.loop import TrainResult
 
@@ -27,8 +31,33 @@ OUTPUT_FILES = (
 )
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """One ``e2sim run``: the workload as trained (its policy included), the hardware, the training
+    (accuracy, counts, policy statistics), the graph that ran priced on the hardware, and with an
+    approximate mode one inference batch priced exact and approximate. ``baseline``: the baseline
+    run's report when it was compared."""
+
+    workload: Workload
+    hardware: Accelerator
+    training: TrainResult
+    priced: Estimate
+    inference: tuple[Estimate, Estimate] | None = None
+    baseline: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run report (JSON-able; no host timings, so the same seed gives the same bytes)."""
+        report = run_report(self.training, self.priced, self.workload.policy, self.workload.training.seed,
+                            self.inference)  # fmt: skip
+        if self.baseline is not None:
+            report["comparison"] = compare(report, self.baseline)
+            kept = ("accuracy", "epochs", "energy", "hardware_time", "macs")
+            report["baseline"] = {k: self.baseline[k] for k in kept}
+        return report
+
+
 def policy_dict(policy: PolicySpec) -> dict[str, Any]:
-    return {"name": policy.name, **{t: vars(getattr(policy, t)) for t in policy.techniques}}
+    return {"name": policy.name, **{key: vars(spec) for key, spec in policy.specs}}
 
 
 def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed: int,
@@ -36,7 +65,7 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
     """``inference``: one forward batch priced on the exact datapath and on the approximate mode
     (hardware with an approximate mode); the report then gains ``approximate_mode``."""
     priced = estimate.to_dict()
-    skipped = sum(c.skipped_macs for c in result.counts.ops.values())
+    skipped = result.counts.skipped_macs()
     accuracies = [e.test_accuracy for e in result.epochs]
     report = {
         "workload": result.workload,

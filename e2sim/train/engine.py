@@ -1,16 +1,17 @@
 """Executes a lowered TrainingGraph op by op with the functional kernels: the graph that is priced
-is the graph that ran. Every op's work is recorded under its graph name in an OpCounter."""
+is the graph that ran. Every op's work is recorded under its graph name in an OpCounter. The
+active policies (``e2sim.policies.base``) wrap kernels and passes; the engine names none of them."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 import e2sim.functional as F
-from e2sim.config.policy import EmpSpec, PolicySpec, PsgSpec
 from e2sim.config.precision import PrecisionSpec
 from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
@@ -18,31 +19,31 @@ from e2sim.graph.ir import Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.numerics.approximate import ApproxDatapath
 from e2sim.numerics.quantize import derive_seed
-from e2sim.policies.emp import EmpStats, select_channels, selection_ops
-from e2sim.policies.psg import PsgStats, psg_weight_gradient
-from e2sim.policies.slu import SluRuntime
+from e2sim.policies.base import Engine, Kernel, PassHook, Policy, Step
 
 BN_RUNNING_MOMENTUM = 0.1  # running = (1 - m)·running + m·batch statistic (PyTorch's default)
+RERUN_SALT = 77  # seeds a policy's second forward and backward pass
 
 
 @dataclass
 class TrainState:
     """Everything that persists between iterations: parameters, momentum buffers, BN running
-    statistics, by their graph tensor names (``conv1.w``, ``conv1.w.momentum``, ``bn1.running_stats``)."""
+    statistics, by their graph tensor names (``conv1.w``, ``conv1.w.momentum``, ``bn1.running_stats``),
+    and the trainable arrays of the policies (with their momentum)."""
 
     arrays: dict[str, np.ndarray]
 
 
-def init_state(graph: TrainingGraph, seed: int, policy: PolicySpec | None = None) -> TrainState:
+def init_state(graph: TrainingGraph, seed: int, policies: Sequence[Policy] = ()) -> TrainState:
     """He-normal conv weights (fan-in), PyTorch-default linear layers, BN γ = 1 and β = 0, zero
-    momentum; with SLU also the gates' parameters and momentum."""
+    momentum; then the policies' own parameters with zero momentum."""
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
-    if policy is not None and policy.slu is not None:
-        for name, value in SluRuntime(graph, policy.slu).parameters(np.random.default_rng([seed, 1])).items():
+    for policy in policies:
+        for name, value in policy.initial_parameters(seed).items():
             arrays[name] = value
             arrays[f"{name}.momentum"] = np.zeros_like(value)
-    for name in sorted(graph.inputs):
+    for name in sorted(graph.model_inputs):
         t = graph.tensors[name]
         layer = graph.model.layer(t.layer) if t.layer != "input" else None
         if t.role in ("input", "label"):
@@ -63,74 +64,33 @@ def init_state(graph: TrainingGraph, seed: int, policy: PolicySpec | None = None
     return TrainState(arrays)
 
 
-@dataclass
-class _Step:
-    """The tensors of one iteration and what the ops need to run."""
-
-    graph: TrainingGraph
-    tensors: dict[str, np.ndarray]
-    fmt: PrecisionSpec | None
-    counter: OpCounter | None
-    seed: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    stash: dict[str, tuple]
-    psg: PsgSpec | None = None
-    psg_stats: PsgStats | None = None
-    emp: EmpSpec | None = None
-    emp_stats: EmpStats | None = None
-    approx: ApproxDatapath | None = None  # forward conv/linear on the accelerator's approximate mode
-    loss_scale: float = 1.0  # multiplies the loss gradient
-
-
-def _emp_channels(s: _Step, op: Op, layer) -> np.ndarray | None:
-    """The output-error channels EMP keeps for this layer in this iteration (chosen once)."""
-    if s.emp is None:
-        return None
-    key = f"{layer.name}.emp"
-    if key not in s.stash:
-        w, dy = s.tensors[f"{layer.name}.w"], s.tensors[f"{layer.name}.y.grad"]
-        kept = select_channels(w, dy, s.emp)
-        s.stash[key] = kept
-        s.emp_stats.add(layer.name, kept.size, w.shape[0])
-        if s.counter is not None:
-            name = f"{layer.name}.emp_select"
-            s.counter.record(name, elementwise_ops=selection_ops(w.size, dy.size, w.shape[0]),
-                             reads={"w": w.size, "dy": dy.size})  # fmt: skip
-            s.counter.ran(name)
-    return s.stash[key]
-
-
 class GraphExecutor:
-    """Runs the ops of ``graph`` on a state; the batch may be smaller than the graph's (last batch)."""
+    """Runs the model's ops of ``graph`` on a state (a policy's ops are run by the policy); the
+    batch may be smaller than the graph's."""
 
     def __init__(self, graph: TrainingGraph, fmt: PrecisionSpec | None, momentum: float, weight_decay: float,
-                 policy: PolicySpec | None = None, approx: ApproxDatapath | None = None):  # fmt: skip
-        """``approx``: the accelerator's approximate mode; training runs its forward pass on it with
-        AxTrain's passive method, and :meth:`predict` on request."""
+                 policies: Sequence[Policy] = (), approx: ApproxDatapath | None = None):  # fmt: skip
+        """``approx``: the accelerator's approximate mode; training runs its forward pass on it when
+        a policy trains on the mode, and :meth:`predict` on request."""
         self.graph = graph
         self.fmt = fmt
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.psg = policy.psg if policy is not None else None
-        self.psg_stats = PsgStats()
-        self.emp = policy.emp if policy is not None else None
-        self.emp_stats = EmpStats()
-        self.slu = SluRuntime(graph, policy.slu) if policy is not None and policy.slu is not None else None
+        self.policies = tuple(policies)
         self.approx = approx
-        axtrain = policy.axtrain if policy is not None else None
-        self.passive = axtrain is not None and axtrain.passive
-        self.radius = axtrain.sensitivity_radius if axtrain is not None else 0.0
-        if self.passive and approx is None:
-            raise ValueError("AxTrain's passive method needs the accelerator's approximate mode")
+        self.on_mode = any(p.trains_on_approximate_mode for p in self.policies)
+        if self.on_mode and approx is None:
+            raise ValueError("a policy trains on the accelerator's approximate mode: give the executor that mode")
         self.layers = {layer.name: layer for layer in graph.model.layers}
-        loss = next(op for op in graph.ops if op.layer_kind == "loss" and op.phase == "fwd")
+        loss = next(op for op in graph.model_ops if op.layer_kind == "loss" and op.phase == "fwd")
         self.logits, (self.loss, self.probs) = loss.reads[0], loss.writes
-        self.handlers: list[tuple[Op, Layer, Callable]] = []
-        for op in graph.ops:
-            key = "grad_sum" if op.name.endswith(".grad_sum") else (op.layer_kind, op.phase)
-            self.handlers.append((op, self.layers[op.layer], _HANDLERS[key]))
+        self.handlers: list[tuple[Op, Layer, Kernel]] = []
+        for op in graph.model_ops:
+            layer = self.layers[op.layer]
+            kernel = _HANDLERS["grad_sum" if op.name.endswith(".grad_sum") else (op.layer_kind, op.phase)]
+            for policy in self.policies:
+                kernel = policy.kernel(op, layer, kernel)
+            self.handlers.append((op, layer, kernel))
 
     def step(
         self,
@@ -150,16 +110,16 @@ class GraphExecutor:
         tensors["input.x"], tensors["input.labels"] = images, labels
         if sample_weights is not None:
             tensors["input.weights"] = sample_weights
-        approx = self.approx if self.passive else None
-        step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {},
-                     self.psg, self.psg_stats, self.emp, self.emp_stats, approx, loss_scale)  # fmt: skip
-        gates = self.slu.start(tensors, counter, seed, training=True) if self.slu else None
-        self._pass(step, seed, gates, updates=False)
-        if self.radius > 0:
-            self._sharpness_gradients(step, seed)
-        self._pass(step, seed, gates, updates=True)
-        if gates is not None:
-            gates.finish(tensors, lr, self.momentum)
+        approx = self.approx if self.on_mode else None
+        step = Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {}, approx,
+                    loss_scale)  # fmt: skip
+        hooks = self._open(tensors, counter, seed, training=True)
+        self._pass(step, seed, hooks, updates=False)
+        for policy in self.policies:
+            policy.refine_gradients(step, partial(self._rerun, step, seed))
+        self._pass(step, seed, hooks, updates=True)
+        for hook in hooks:
+            hook.finish(tensors, lr, self.momentum)
         for name in state.arrays:
             state.arrays[name] = tensors[f"{name}.next"]
         probs = tensors[self.probs]
@@ -167,43 +127,34 @@ class GraphExecutor:
         self.last_losses = -np.log(np.maximum(picked, 1e-30))
         return float(tensors[self.loss]), int(np.sum(np.argmax(probs, axis=1) == labels))
 
-    def _pass(self, step: _Step, seed: int, gates, updates: bool) -> None:
+    def _open(self, tensors: dict, counter: OpCounter | None, seed: int, training: bool) -> list[PassHook]:
+        hooks = (policy.open_pass(tensors, counter, seed, training) for policy in self.policies)
+        return [hook for hook in hooks if hook is not None]
+
+    def _pass(self, step: Step, seed: int, hooks: list[PassHook], updates: bool) -> None:
         """The forward and backward ops (``updates=False``) or the update ops, in graph order (the
         updates write ``.next`` tensors, so running them after every backward op is equivalent)."""
-        for index, (op, layer, handler) in enumerate(self.handlers):
+        for index, (op, layer, kernel) in enumerate(self.handlers):
             if (op.phase == "update") == updates:
-                self._run(step, op, layer, handler, derive_seed(seed, index), gates)
+                self._run(step, op, layer, kernel, derive_seed(seed, index), hooks)
                 if step.counter is not None:
                     step.counter.ran(op.name)
 
-    def _sharpness_gradients(self, step: _Step, seed: int) -> None:
-        """AxTrain's active method (see AxTrainSpec): replace every gradient by the gradient at the
-        conv/linear weights moved by ε = ρ·w²⊙g / ‖w⊙g‖₂ (one more forward and backward pass)."""
-        t = step.tensors
-        weights = [f"{layer.name}.w" for layer in self.graph.model.layers if layer.kind in ("conv", "linear")]
-        norm = np.sqrt(sum(float(np.sum((t[w].astype(np.float64) * t[f"{w}.grad"]) ** 2)) for w in weights))
-        if norm == 0 or not np.isfinite(norm):
-            return
-        moved = dict(t)
-        for w in weights:
-            moved[w] = (t[w] + self.radius * t[w] * t[w] * t[f"{w}.grad"] / norm).astype(np.float32)
-        probe = dataclasses.replace(step, tensors=moved, stash={})
-        self._pass(probe, derive_seed(seed, 77), None, updates=False)
-        for op, layer, _ in self.handlers:
-            if op.phase == "update":
-                for short, _ in layer.params():
-                    t[f"{layer.name}.{short}.grad"] = moved[f"{layer.name}.{short}.grad"]
+    def _rerun(self, step: Step, seed: int, tensors: dict) -> None:
+        """The forward and backward ops once more on ``tensors``, with a fresh stash and no pass hooks."""
+        self._pass(dataclasses.replace(step, tensors=tensors, stash={}), derive_seed(seed, RERUN_SALT), [],
+                   updates=False)  # fmt: skip
 
     def optimizer_step(self, state: TrainState, lr: float, seed: int, counter: OpCounter | None) -> None:
         """The update ops alone, with zero gradients (a dropped iteration whose optimizer still steps)."""
         tensors = dict(state.arrays)
-        step = _Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {})
-        for index, (op, layer, handler) in enumerate(self.handlers):
+        step = Step(self.graph, tensors, self.fmt, counter, seed, lr, self.momentum, self.weight_decay, {})
+        for index, (op, layer, kernel) in enumerate(self.handlers):
             if op.phase != "update":
                 continue
             for short, shape in layer.params():
                 tensors[f"{layer.name}.{short}.grad"] = np.zeros(shape, np.float32)
-            handler(step, op, layer, derive_seed(seed, index))
+            kernel(step, op, layer, derive_seed(seed, index))
             if counter is not None:
                 counter.ran(op.name)
         for name in state.arrays:
@@ -219,55 +170,51 @@ class GraphExecutor:
         approx = self.approx if approximate else None
         if approximate and approx is None:
             raise ValueError("this executor has no approximate mode")
-        step = _Step(self.graph, tensors, self.fmt, counter, seed, 0.0, 0.0, 0.0, {"eval": ()}, approx=approx)
-        gates = self.slu.start(tensors, None, 0, training=False) if self.slu else None
-        for index, (op, layer, handler) in enumerate(self.handlers):
+        step = Step(self.graph, tensors, self.fmt, counter, seed, 0.0, 0.0, 0.0, {}, approx, training=False)
+        hooks = self._open(tensors, counter, seed, training=False)
+        for index, (op, layer, kernel) in enumerate(self.handlers):
             if op.phase != "fwd" or layer.kind == "loss":
                 continue
-            self._run(step, op, layer, handler, derive_seed(seed, index), gates)
+            self._run(step, op, layer, kernel, derive_seed(seed, index), hooks)
             if counter is not None:
                 counter.ran(op.name)
         return tensors[self.logits]
 
     @staticmethod
-    def _run(step: _Step, op: Op, layer: Layer, handler: Callable, seed: int, gates) -> None:
-        if gates is None:
-            handler(step, op, layer, seed)
-        else:  # selective layer update: the op runs on the samples its block executes
-            gates.run_op(op, lambda: handler(step, op, layer, seed), step.tensors)
+    def _run(step: Step, op: Op, layer: Layer, kernel: Kernel, seed: int, hooks: list[PassHook]) -> None:
+        run = partial(kernel, step, op, layer, seed)
+        for hook in reversed(hooks):  # the first policy's hook is the outermost
+            run = partial(hook.run_op, op, run, step.tensors)
+        run()
+
+
+ENGINE = Engine(GraphExecutor, init_state)
 
 
 # -- handlers: one per (layer kind, phase) ---------------------------------------------------------------
 
 
-def _conv_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _conv_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     bias = t[op.reads[2]] if layer.bias else None
     t[op.writes[0]] = F.conv2d(t[op.reads[0]], t[op.reads[1]], bias, layer.stride, layer.padding, s.fmt,
                                approx=s.approx, counter=s.counter, op=op.name, seed=seed)  # fmt: skip
 
 
-def _conv_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
+def _conv_bwd_data(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     dy = t[op.reads[0]]
     shape = (dy.shape[0], *layer.in_shapes[0])
     t[op.writes[0]] = F.conv2d_grad_input(dy, t[op.reads[1]], shape, layer.stride, layer.padding, s.fmt,
-                                          channels=_emp_channels(s, op, layer), counter=s.counter, op=op.name,
-                                          seed=seed)  # fmt: skip
+                                          counter=s.counter, op=op.name, seed=seed)  # fmt: skip
 
 
-def _conv_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
+def _conv_bwd_weight(s: Step, op: Op, layer, seed: int) -> None:
+    """The weight gradient of the output channels ``dy`` has (all of them, unless a policy pruned some)."""
     t = s.tensors
-    w_shape = s.graph.tensors[op.writes[0]].shape
-    channels = _emp_channels(s, op, layer)
-    if s.psg is not None:
-        out = psg_weight_gradient(t[op.reads[0]], t[op.reads[1]], w_shape, layer.stride, layer.padding, s.fmt, s.psg,
-                                  s.psg_stats, layer.bias, s.counter, op.name, seed, layer.name, channels)  # fmt: skip
-        for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
-            t[name] = value
-        return
     x, dy = t[op.reads[0]], t[op.reads[1]]
-    out = F.conv2d_grad_weight(x, dy, w_shape, layer.stride, layer.padding, s.fmt, bias=layer.bias, channels=channels,
+    w_shape = (dy.shape[1], *s.graph.tensors[op.writes[0]].shape[1:])
+    out = F.conv2d_grad_weight(x, dy, w_shape, layer.stride, layer.padding, s.fmt, bias=layer.bias,
                                counter=s.counter, op=op.name, seed=seed)  # fmt: skip
     for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
         t[name] = value
@@ -277,20 +224,20 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def _linear_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _linear_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     bias = t[op.reads[2]] if layer.bias else None
     t[op.writes[0]] = F.linear(_flat(t[op.reads[0]]), t[op.reads[1]], bias, s.fmt, approx=s.approx,
                                counter=s.counter, op=op.name, seed=seed)  # fmt: skip
 
 
-def _linear_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
+def _linear_bwd_data(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     dx = F.linear_grad_input(t[op.reads[0]], t[op.reads[1]], s.fmt, counter=s.counter, op=op.name, seed=seed)
     t[op.writes[0]] = dx.reshape(dx.shape[0], *s.graph.tensors[op.writes[0]].shape[1:])
 
 
-def _linear_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
+def _linear_bwd_weight(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     out = F.linear_grad_weight(_flat(t[op.reads[0]]), t[op.reads[1]], s.fmt, bias=layer.bias, counter=s.counter,
                                op=op.name, seed=seed)  # fmt: skip
@@ -298,7 +245,7 @@ def _linear_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
         t[name] = value
 
 
-def _update(s: _Step, op: Op, layer, seed: int) -> None:
+def _update(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     for short, _ in layer.params():
         name = f"{layer.name}.{short}"
@@ -310,10 +257,10 @@ def _update(s: _Step, op: Op, layer, seed: int) -> None:
             t[f"{name}.momentum.next"] = velocity
 
 
-def _batchnorm_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _batchnorm_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     x, gamma, beta, running = (t[n] for n in op.reads)
-    if "eval" in s.stash:
+    if not s.training:
         t[op.writes[0]] = F.batchnorm_eval(x, gamma, beta, running[0], running[1], layer.eps)
         if s.counter is not None:  # inference batch norm: a multiply and an add per element
             s.counter.record(op.name, elementwise_ops=2 * x.size, reads={"x": x.size}, writes={"y": x.size})
@@ -326,7 +273,7 @@ def _batchnorm_fwd(s: _Step, op: Op, layer, seed: int) -> None:
         t[name] = value
 
 
-def _batchnorm_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
+def _batchnorm_bwd_data(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     dy, x, gamma, mean, inv_std = (t[n] for n in op.reads)
     weight_op = f"{layer.name}.bwd_weight"
@@ -336,7 +283,7 @@ def _batchnorm_bwd_data(s: _Step, op: Op, layer, seed: int) -> None:
     s.stash[weight_op] = (dgamma, dbeta)  # one fused kernel computes both gradients
 
 
-def _batchnorm_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
+def _batchnorm_bwd_weight(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     if op.name not in s.stash:  # no input gradient needed: compute the parameter gradients alone
         x, dy, mean, inv_std = (t[n] for n in op.reads)
@@ -348,16 +295,16 @@ def _batchnorm_bwd_weight(s: _Step, op: Op, layer, seed: int) -> None:
     t[op.writes[0]], t[op.writes[1]] = s.stash.pop(op.name)
 
 
-def _relu_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _relu_fwd(s: Step, op: Op, layer, seed: int) -> None:
     s.tensors[op.writes[0]] = F.relu(s.tensors[op.reads[0]], counter=s.counter, op=op.name)
 
 
-def _relu_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _relu_bwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     t[op.writes[0]] = F.relu_backward(t[op.reads[0]], t[op.reads[1]], counter=s.counter, op=op.name)
 
 
-def _maxpool_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _maxpool_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     y, arg = F.max_pool2d(t[op.reads[0]], layer.kernel, layer.stride, layer.padding, counter=s.counter, op=op.name)
     t[op.writes[0]] = y
@@ -365,7 +312,7 @@ def _maxpool_fwd(s: _Step, op: Op, layer, seed: int) -> None:
         t[op.writes[1]] = arg
 
 
-def _maxpool_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _maxpool_bwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     dy = t[op.reads[0]]
     shape = (dy.shape[0], *layer.in_shapes[0])
@@ -373,13 +320,13 @@ def _maxpool_bwd(s: _Step, op: Op, layer, seed: int) -> None:
                                             counter=s.counter, op=op.name)  # fmt: skip
 
 
-def _avgpool_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _avgpool_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     t[op.writes[0]] = F.avg_pool2d(t[op.reads[0]], layer.kernel, layer.stride, layer.padding, counter=s.counter,
                                    op=op.name)  # fmt: skip
 
 
-def _avgpool_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _avgpool_bwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     dy = t[op.reads[0]]
     shape = (dy.shape[0], *layer.in_shapes[0])
@@ -387,22 +334,22 @@ def _avgpool_bwd(s: _Step, op: Op, layer, seed: int) -> None:
                                             op=op.name)  # fmt: skip
 
 
-def _gap_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _gap_fwd(s: Step, op: Op, layer, seed: int) -> None:
     s.tensors[op.writes[0]] = F.global_avg_pool(s.tensors[op.reads[0]], counter=s.counter, op=op.name)
 
 
-def _gap_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _gap_bwd(s: Step, op: Op, layer, seed: int) -> None:
     dy = s.tensors[op.reads[0]]
     shape = (dy.shape[0], *layer.in_shapes[0])
     s.tensors[op.writes[0]] = F.global_avg_pool_backward(dy, shape, counter=s.counter, op=op.name)
 
 
-def _add_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _add_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     t[op.writes[0]] = F.add(t[op.reads[0]], t[op.reads[1]], counter=s.counter, op=op.name)
 
 
-def _pass_gradient(s: _Step, op: Op, layer, seed: int) -> None:
+def _pass_gradient(s: Step, op: Op, layer, seed: int) -> None:
     """Residual add backward: both inputs receive the output gradient itself (no copy, no op)."""
     for name in op.writes:
         s.tensors[name] = s.tensors[op.reads[0]]
@@ -410,7 +357,7 @@ def _pass_gradient(s: _Step, op: Op, layer, seed: int) -> None:
         s.counter.record(op.name, reads={"dy": s.tensors[op.reads[0]].size})
 
 
-def _zero_pad_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _zero_pad_fwd(s: Step, op: Op, layer, seed: int) -> None:
     x = s.tensors[op.reads[0]]
     n, c = x.shape[:2]
     sub = x[:, :, :: layer.stride, :: layer.stride]
@@ -421,7 +368,7 @@ def _zero_pad_fwd(s: _Step, op: Op, layer, seed: int) -> None:
         s.counter.record(op.name, reads={"x": sub.size}, writes={"y": y.size})
 
 
-def _zero_pad_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _zero_pad_bwd(s: Step, op: Op, layer, seed: int) -> None:
     dy = s.tensors[op.reads[0]]
     c, h, w = layer.in_shapes[0]
     dx = np.zeros((dy.shape[0], c, h, w), np.float32)
@@ -431,7 +378,7 @@ def _zero_pad_bwd(s: _Step, op: Op, layer, seed: int) -> None:
         s.counter.record(op.name, reads={"dy": dy[:, :c].size}, writes={"dx": dx.size})
 
 
-def _grad_sum(s: _Step, op: Op, layer, seed: int) -> None:
+def _grad_sum(s: Step, op: Op, layer, seed: int) -> None:
     parts = [s.tensors[name] for name in op.reads]
     total = parts[0].copy()
     for part in parts[1:]:
@@ -442,7 +389,7 @@ def _grad_sum(s: _Step, op: Op, layer, seed: int) -> None:
                          reads={"parts": len(parts) * total.size}, writes={"sum": total.size})  # fmt: skip
 
 
-def _loss_fwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _loss_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     loss, dlogits, probs = F.softmax_cross_entropy(
         t[op.reads[0]],
@@ -459,7 +406,7 @@ def _loss_fwd(s: _Step, op: Op, layer, seed: int) -> None:
     s.stash[f"{layer.name}.bwd_data"] = (dlogits,)  # the fused kernel already computed the gradient
 
 
-def _loss_bwd(s: _Step, op: Op, layer, seed: int) -> None:
+def _loss_bwd(s: Step, op: Op, layer, seed: int) -> None:
     (s.tensors[op.writes[0]],) = s.stash.pop(op.name)
 
 

@@ -9,15 +9,16 @@ A tensor read by more than one layer on the backward path gets one partial gradi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
 from e2sim.config.workload import Workload
 from e2sim.graph import elementwise as ew_ops
-from e2sim.graph.ir import ConvShape, GemmShape, Op, Tensor, TrainingGraph, build_dag
+from e2sim.graph.ir import ConvShape, GemmShape, GraphExtension, Op, Tensor, TrainingGraph, build_dag
 from e2sim.graph.layers import INPUT, Layer
 from e2sim.graph.models import Model, build_model
-from e2sim.graph.verify import verify
+from e2sim.graph.verify import GraphError, verify
 
 # Tensor role -> precision field that gives its number format (label and index widths are derived).
 ROLE_FORMATS = MappingProxyType(
@@ -35,20 +36,50 @@ ROLE_FORMATS = MappingProxyType(
 )
 
 
-def lower(workload: Workload, batch_size: int | None = None, check: bool = True) -> TrainingGraph:
-    """Lower one training iteration of ``workload`` at ``batch_size`` (default: the workload's)."""
+Extension = Callable[[TrainingGraph], GraphExtension | None]
+
+
+def lower(workload: Workload, batch_size: int | None = None, check: bool = True,
+          extensions: Sequence[Extension] = (), model: Model | None = None) -> TrainingGraph:  # fmt: skip
+    """Lower one training iteration of ``workload`` at ``batch_size`` (default: the workload's),
+    with the ops each of ``extensions`` (a policy's hook) adds; ``model``: already built."""
     batch = workload.training.batch_size if batch_size is None else batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch!r}")
-    return lower_model(workload, build_model(workload), batch, check)
+    return lower_model(workload, build_model(workload) if model is None else model, batch, check, extensions)
 
 
-def lower_model(workload: Workload, model: Model, batch: int, check: bool = True) -> TrainingGraph:
-    """Lower ``model`` with the workload's precision and optimizer (e.g. a policy's own network)."""
+def lower_model(workload: Workload, model: Model, batch: int, check: bool = True,
+                extensions: Sequence[Extension] = ()) -> TrainingGraph:  # fmt: skip
+    """Lower ``model`` with the workload's precision and optimizer (e.g. a policy's own network);
+    each extension sees the model's graph and adds its ops; the whole is verified once."""
     graph = _Lowering(workload, model, batch).run()
+    added = [e for e in (extend(graph) for extend in extensions) if e is not None]
+    if added:
+        graph = extend_graph(graph, added)
     if check:
         verify(graph)
     return graph
+
+
+def extend_graph(graph: TrainingGraph, extensions: Sequence[GraphExtension]) -> TrainingGraph:
+    """``graph`` with the extensions' ops: every ``before`` in extension order ahead of the model's
+    ops, every ``after`` behind them."""
+    tensors, inputs = dict(graph.tensors), set(graph.inputs)
+    contributed, optional = dict(graph.contributed), set(graph.optional)
+    for e in extensions:
+        for name, t in e.tensors.items():
+            if name in tensors and tensors[name].shape != t.shape:
+                raise GraphError(f"{graph.workload}: policy {e.source} adds tensor {name} of shape {t.shape}, "
+                                 f"the graph has it as {tensors[name].shape}")  # fmt: skip
+            tensors.setdefault(name, t)
+        inputs |= e.state
+        contributed.update({op.name: e.source for op in e.before + e.after})
+        optional |= e.optional
+    ops = (*(op for e in extensions for op in e.before), *graph.ops, *(op for e in extensions for op in e.after))
+    frozen = MappingProxyType(tensors)
+    return TrainingGraph(graph.workload, graph.batch_size, graph.model, ops, frozen, build_dag(ops, frozen),
+                         frozenset(inputs), MappingProxyType(contributed), frozenset(optional))  # fmt: skip
 
 
 class _Lowering:
