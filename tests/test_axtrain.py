@@ -11,14 +11,14 @@ import e2sim
 import e2sim.functional as F
 from e2sim.cli.main import main
 from e2sim.config.errors import SpecError
-from e2sim.config.policy import PRESETS, AxTrainSpec, PolicySpec
+from e2sim.config.policy import PolicySpec, preset
 from e2sim.config.workload import with_policy
 from e2sim.energy.tables import load_table
 from e2sim.hw.approximate import ApproximateMode, MultiplierSpec, interpolate_rate
 from e2sim.kernels import approx
 from e2sim.numerics.approximate import ApproxDatapath, flip_bits
 from e2sim.numerics.quantize import quantize
-from e2sim.policies.axtrain import measure_sensitivity
+from e2sim.policies.axtrain import AxTrainSpec, measure_sensitivity
 from e2sim.train.data import load_dataset
 from e2sim.train.engine import GraphExecutor
 from e2sim.train.loop import train
@@ -207,11 +207,11 @@ def test_runs_on_the_approximate_mode_need_integer_operands_and_the_mode(tmp_pat
     fp32 = dataclasses.replace(e2sim.load_workload("lenet5-mnist"), precision=F.precision())
     with pytest.raises(SpecError, match=r"approximate: the approximate mode multiplies intN operands"):
         e2sim.run(fp32, HW, epochs=1)
-    passive = with_policy(e2sim.load_workload("lenet5-mnist"), PRESETS["axtrain-passive"])
+    passive = with_policy(e2sim.load_workload("lenet5-mnist"), preset("axtrain-passive"))
     with pytest.raises(SpecError, match=r"systolic-16x16.yaml \(embedded\): approximate: policy axtrain-passive"):
         e2sim.run(passive, "systolic-16x16", epochs=1)
     with pytest.raises(SpecError, match=r"policy\.axtrain\.passive"):
-        e2sim.train(passive, epochs=1)
+        e2sim.train_workload(passive, epochs=1)
 
 
 # -- pricing --------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def lenet(policy: PolicySpec):
 
 def test_passive_training_runs_the_forward_pass_on_the_mode_and_is_priced_there():
     strong = dataclasses.replace(HW, approximate=dataclasses.replace(HW.approximate, supply_voltage_v=0.5))
-    result = e2sim.train(lenet(PRESETS["axtrain-passive"]), epochs=1, progress=False, hw=strong)
+    result = e2sim.train_workload(lenet(preset("axtrain-passive")), epochs=1, progress=False, hw=strong)
     stats = result.policy_stats["approximate_mode"]
     assert stats["bit_error_rate"] == pytest.approx(1e-2)
     assert stats["bits_read"] > 0 and abs(stats["observed_rate"] - 1e-2) < 1e-3
@@ -257,16 +257,16 @@ def test_passive_training_runs_the_forward_pass_on_the_mode_and_is_priced_there(
     assert stats["bits_read"] == 8 * weights_per_pass * (result.iterations + test_batches)
     assert result.epochs[-1].approximate_test_accuracy is not None
     assert result.counts.total_macs() == result.iterations * result.graph.macs()
-    priced = e2sim.estimate(lenet(PRESETS["axtrain-passive"]), strong, counts=result.counts, approximate=True)
-    exact = e2sim.estimate(lenet(PRESETS["axtrain-passive"]), strong, counts=result.counts)
+    priced = e2sim.estimate(lenet(preset("axtrain-passive")), strong, counts=result.counts, approximate=True)
+    exact = e2sim.estimate(lenet(preset("axtrain-passive")), strong, counts=result.counts)
     fwd = [sum(r.energy["mac"] for r in e.rows if r.op.phase == "fwd") for e in (priced, exact)]
     bwd = [sum(r.energy["mac"] for r in e.rows if r.op.phase != "fwd") for e in (priced, exact)]
     assert fwd[0] < 0.5 * fwd[1] and bwd[0] == bwd[1]
 
 
 def test_active_training_runs_a_second_pass_and_lowers_measured_sensitivity():
-    active = lenet(PolicySpec("a", axtrain=AxTrainSpec(passive=False, sensitivity_radius=0.5)))
-    normal = lenet(PRESETS["baseline"])
+    active = lenet(PolicySpec.of("a", axtrain=AxTrainSpec(passive=False, sensitivity_radius=0.5)))
+    normal = lenet(preset("baseline"))
     runs = {name: train(w, epochs=3, progress=False) for name, w in (("normal", normal), ("active", active))}
     graph = runs["normal"].graph
     fwd = next(op for op in graph.ops if op.phase == "fwd" and op.layer_kind == "conv")
@@ -285,7 +285,7 @@ def test_active_training_runs_a_second_pass_and_lowers_measured_sensitivity():
 
 def test_active_does_not_compose_with_slu():
     w = e2sim.load_workload("resnet14-mnist")
-    policy = PolicySpec("x", slu=PRESETS["slu"].slu, axtrain=AxTrainSpec(False, 0.5))
+    policy = PolicySpec.of("x", slu=preset("slu").get("slu"), axtrain=AxTrainSpec(False, 0.5))
     with pytest.raises(SpecError, match=r"policy\.axtrain\.sensitivity_radius"):
         e2sim.run(with_policy(w, policy), "zedboard", epochs=1)
 
@@ -294,17 +294,18 @@ def test_active_does_not_compose_with_slu():
 
 
 def test_presets_and_yaml_blocks(tmp_path):
-    assert PRESETS["axtrain"].axtrain == AxTrainSpec(True, 0.5)
-    assert PRESETS["axtrain-active"].axtrain == AxTrainSpec(False, 0.5)
-    assert PRESETS["axtrain-passive"].axtrain == AxTrainSpec(True, 0.0)
+    assert preset("axtrain").get("axtrain") == AxTrainSpec(True, 0.5)
+    assert preset("axtrain-active").get("axtrain") == AxTrainSpec(False, 0.5)
+    assert preset("axtrain-passive").get("axtrain") == AxTrainSpec(True, 0.0)
     fp32 = dataclasses.replace(e2sim.load_workload("lenet5-mnist"), precision=F.precision())
-    q8 = with_policy(fp32, PRESETS["eif+emp+q8"])
+    q8 = with_policy(fp32, preset("eif+emp+q8"))
     assert q8.precision.weights.name == "int8" and q8.precision.gradients.name == "int16"
-    assert q8.policy.eif is not None and q8.policy.emp is not None
+    assert q8.policy.get("eif") is not None and q8.policy.get("emp") is not None
     path = tmp_path / "p.yaml"
     path.write_text("smd: {drop_probability: 0.3}\naxtrain: {sensitivity_radius: 0.2}\n")
     policy = e2sim.api.load_policy(str(path))
-    assert policy.name == "smd+axtrain" and policy.axtrain == AxTrainSpec(True, 0.2) and policy.smd is not None
+    assert policy.name == "smd+axtrain" and policy.get("axtrain") == AxTrainSpec(True, 0.2)
+    assert policy.get("smd") is not None
     path.write_text("axtrain: {passive: false}\n")
     with pytest.raises(SpecError, match=r"policy\.axtrain: turn on passive training"):
         e2sim.api.load_policy(str(path))

@@ -6,10 +6,9 @@ import twins
 
 import e2sim.functional as F
 from e2sim.config.formats import parse_format
-from e2sim.config.policy import PsgSpec
 from e2sim.counting import OpCounter
 from e2sim.numerics.quantize import quantize
-from e2sim.policies.psg import PsgStats, msb_operand, predictor_operands, psg_weight_gradient
+from e2sim.policies.psg import PsgSpec, PsgStats, msb_operand, predictor_operands, psg_weight_gradient
 
 rng = np.random.default_rng(5)
 
@@ -64,12 +63,16 @@ def test_psg_counts_predictor_and_accurate_macs_where_needed():
 # -- SLU ---------------------------------------------------------------------------------------------
 
 import e2sim  # noqa: E402
-from e2sim.config.policy import PolicySpec, SluSpec  # noqa: E402
+from e2sim.config.policy import PolicySpec  # noqa: E402
+from e2sim.policies.slu import SluSpec  # noqa: E402
 from e2sim.policies import slu as slu_module  # noqa: E402
 from e2sim.policies.slu_gates import GateRun, gate_backward, gate_forward, gate_parameters  # noqa: E402
-from e2sim.train.engine import GraphExecutor, init_state  # noqa: E402
+from e2sim.config.workload import with_policy  # noqa: E402
+from e2sim.graph import lower  # noqa: E402
+from e2sim.policies.base import activate  # noqa: E402
+from e2sim.train.engine import ENGINE, GraphExecutor, init_state  # noqa: E402
 
-SLU = PolicySpec("slu", slu=SluSpec(0.5, 0.03, 10))
+SLU = PolicySpec.of("slu", slu=SluSpec(0.5, 0.03, 10))
 
 
 def small_resnet(batch=16):
@@ -112,9 +115,14 @@ def forced(monkeypatch, pattern):
 
 
 def one_step(workload, policy, counter=None):
-    graph = e2sim.lower(workload)
-    executor = GraphExecutor(graph, None, 0.0, 0.0, policy)
-    state = init_state(graph, 0, policy)
+    """One training step of ``workload`` under ``policy`` (None: baseline), the policies bound as a run binds them."""
+    w = with_policy(workload, policy or PolicySpec())
+    policies = activate(w)
+    graph = lower(w, extensions=[p.extend for p in policies])
+    for p in policies:
+        p.bind(graph, ENGINE)
+    executor = GraphExecutor(graph, None, 0.0, 0.0, policies)
+    state = init_state(graph, 0, policies)
     images = np.random.default_rng(9).standard_normal((16, 1, 28, 28)).astype(np.float32)
     loss, _ = executor.step(state, images, np.arange(16) % 10, 0.05, 0, counter)
     return graph, executor, state, loss
@@ -134,7 +142,8 @@ def test_slu_skips_exactly_the_gated_samples(monkeypatch):
     forced(monkeypatch, lambda n: np.arange(0, n, 4))  # a quarter of the samples run each gated block
     counter = e2sim.functional.OpCounter()
     graph, executor, _, _ = one_step(small_resnet(), SLU, counter)
-    blocks = executor.slu.blocks
+    (slu,) = executor.policies
+    blocks = slu.runtime.blocks
     assert len(blocks) == 2  # ResNet-8: three blocks, the first is never gated
     gated = set().union(*(b.body for b in blocks))
     for op in graph.ops:
@@ -143,7 +152,7 @@ def test_slu_skips_exactly_the_gated_samples(monkeypatch):
             assert count.total_macs == op.macs // 4 and count.skipped_macs == 3 * op.macs // 4, op.name
         elif op.macs:
             assert count.total_macs == op.macs and count.skipped_macs == 0, op.name
-    stats = executor.slu.stats.as_dict()
+    stats = slu.stats()
     assert stats["executed_block_fraction"] == 0.25
     body_fwd = [op for op in graph.ops if op.layer in gated and op.phase == "fwd" and op.macs]
     counted = sum(counter.ops[op.name].total_macs for op in body_fwd) / sum(op.macs for op in body_fwd)
@@ -153,7 +162,7 @@ def test_slu_skips_exactly_the_gated_samples(monkeypatch):
 
 def test_slu_gate_work_is_priced(monkeypatch):
     w = dataclasses_replace_policy(small_resnet(), SLU)
-    result = e2sim.train(w, epochs=1, progress=False)
+    result = e2sim.train_workload(w, epochs=1, progress=False)
     priced = e2sim.estimate(w, "systolic-16x16", counts=result.counts).to_dict()
     gate_rows = [o for o in priced["ops"] if o["layer"].startswith("slu.")]
     assert gate_rows and all(o["energy_j"] > 0 for o in gate_rows)
@@ -168,10 +177,9 @@ def dataclasses_replace_policy(workload, policy):
 
 # -- EMP ---------------------------------------------------------------------------------------------
 
-from e2sim.config.policy import EmpSpec  # noqa: E402
-from e2sim.policies.emp import select_channels  # noqa: E402
+from e2sim.policies.emp import EmpSpec, select_channels  # noqa: E402
 
-EMP = PolicySpec("emp", emp=EmpSpec(keep_ratio=0.25))
+EMP = PolicySpec.of("emp", emp=EmpSpec(keep_ratio=0.25))
 
 
 def test_emp_keeps_exactly_the_top_channels():
@@ -215,14 +223,15 @@ def test_emp_backward_macs_drop_by_the_pruned_fraction():
         elif op.macs:
             assert counter.ops[op.name].total_macs == op.macs, op.name
     assert counter.ops["conv1.emp_select"].elementwise_ops > 0
-    assert executor.emp_stats.as_dict()["kept_channel_fraction"] == 0.25
+    assert executor.policies[0].stats()["kept_channel_fraction"] == 0.25
 
 
 def test_emp_composes_with_psg_and_is_priced():
-    both = PolicySpec("emp+psg", psg=PsgSpec(), emp=EmpSpec(keep_ratio=0.5))
+    both = PolicySpec.of("emp+psg", psg=PsgSpec(), emp=EmpSpec(keep_ratio=0.5))
     counter = OpCounter()
     graph, executor, _, loss = one_step(small_resnet(), both, counter)
-    assert np.isfinite(loss) and executor.psg_stats.total > 0
+    assert [p.key for p in executor.policies] == ["psg", "emp"]  # registration order, whatever the spec's
+    assert np.isfinite(loss) and executor.policies[0].stats()["weight_gradients"] > 0
     w = e2sim.load_workload({"name": "r", "dataset": {"name": "mnist5k"}, "policy": "emp",
                              "model": {"arch": "resnet", "depth": 8, "base_channels": 4},
                              "training": {"batch_size": 16, "epochs": 1, "lr": 0.05}})  # fmt: skip
@@ -232,8 +241,7 @@ def test_emp_composes_with_psg_and_is_priced():
 
 # -- EIF ---------------------------------------------------------------------------------------------
 
-from e2sim.config.policy import EifSpec  # noqa: E402
-from e2sim.policies.eif import EIF_SKIPPED, EifRuntime  # noqa: E402
+from e2sim.policies.eif import EifRuntime, EifSpec, filter_graph  # noqa: E402
 
 
 def eif_lenet(ratio=0.3, epochs=2, batch=64, **eif):
@@ -244,7 +252,7 @@ def eif_lenet(ratio=0.3, epochs=2, batch=64, **eif):
 
 @pytest.fixture(scope="module")
 def eif_run():
-    return e2sim.train(eif_lenet(), progress=False)
+    return e2sim.train_workload(eif_lenet(), progress=False)
 
 
 def test_eif_trains_the_main_network_on_the_filtered_instances_only(eif_run):
@@ -254,14 +262,14 @@ def test_eif_trains_the_main_network_on_the_filtered_instances_only(eif_run):
     trained = stats["trained_instance_ratio"] * seen
     # the main network's counted MACs are those of the trained instances exactly (conv1: 117,600 per image)
     assert eif_run.counts.ops["conv1.fwd"].total_macs == pytest.approx(trained * 117_600, rel=1e-9)
-    skipped = eif_run.counts.ops[EIF_SKIPPED].skipped_macs
+    skipped = eif_run.counts.skipped["eif"]
     assert skipped == pytest.approx((seen - trained) * graph.macs() / 64)
     assert eif_run.final_test_accuracy > 0.6  # the main network learns from the filtered stream
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.6])
 def test_eif_trained_instance_ratio_tracks_the_target(ratio):
-    stats = e2sim.train(eif_lenet(ratio, epochs=10), progress=False).policy_stats["eif"]
+    stats = e2sim.train_workload(eif_lenet(ratio, epochs=10), progress=False).policy_stats["eif"]
     per_epoch = stats["trained_instance_ratio_per_epoch"]
     assert len(per_epoch) == 10 and abs(stats["trained_instance_ratio"] - np.mean(per_epoch)) < 1e-9
     # after the start-up transient (an untrained filter, T from its initial value) the ratio holds R_set
@@ -284,8 +292,11 @@ def test_eif_loss_normalization_scales_the_main_network_gradient():
         steps.append({name: state.arrays[name] - before[name] for name in before})
     for name, full in steps[0].items():
         np.testing.assert_allclose(steps[1][name], 0.375 * full, rtol=1e-4, atol=1e-7)
-    runtime = EifRuntime(eif_lenet(loss_normalization="trained"), EifSpec(loss_normalization="trained"))
-    assert runtime.loss_scale(3, 8) == 1.0 and EifRuntime(eif_lenet(), EifSpec()).loss_scale(3, 8) == 0.375
+    filtering = filter_graph(eif_lenet(), 8)
+    trained = EifRuntime(eif_lenet(loss_normalization="trained"), EifSpec(loss_normalization="trained"), filtering,
+                         ENGINE)  # fmt: skip
+    per_batch = EifRuntime(eif_lenet(), EifSpec(), filtering, ENGINE)
+    assert trained.loss_scale(3, 8) == 1.0 and per_batch.loss_scale(3, 8) == 0.375
 
 
 def test_eif_run_resumes_bit_identically(tmp_path):
@@ -317,14 +328,13 @@ def test_eif_filter_work_is_counted_and_priced(eif_run):
 
 
 def test_eif_uses_a_resnet8_filter_on_cifar_sized_inputs():
-    from e2sim.policies.eif import filter_graph
     from e2sim.train.data import Dataset, Split
     from e2sim.train.loop import train
 
     w = e2sim.load_workload({"name": "c", "dataset": {"name": "cifar10"}, "policy": {"eif": {"target_ratio": 0.5}},
                              "model": {"arch": "resnet", "depth": 8, "base_channels": 4},
                              "training": {"batch_size": 16, "epochs": 1, "lr": 0.05, "momentum": 0.9}})  # fmt: skip
-    graph = filter_graph(w)
+    graph = filter_graph(w, 16)
     assert graph.model.name == "EIF ResNet-8"
     # conv1 (3→16) + three stages of two 3×3 convs (16, 32, 64 channels; option A shortcuts) + fc 64→2
     per_image = 32 * 32 * 16 * 27 + 2 * 32 * 32 * 16 * 144 + 16 * 16 * 32 * (144 + 288) + 8 * 8 * 64 * (288 + 576) + 128

@@ -8,8 +8,8 @@ import pytest
 
 import e2sim
 from e2sim.cli.main import main
-from e2sim.config.policy import PRESETS, SmdSpec
-from e2sim.policies.smd import LOAD_OP, drops
+from e2sim.config.policy import PolicySpec, preset
+from e2sim.policies.smd import LOAD_OP, SmdSpec, drops
 from e2sim.report.run import OUTPUT_FILES
 from e2sim.train.loop import train
 
@@ -19,7 +19,7 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("E2SIM_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def lenet(batch=64, policy=PRESETS["baseline"]):
+def lenet(batch=64, policy=preset("baseline")):
     base = e2sim.load_workload("lenet5-mnist")
     training = dataclasses.replace(base.training, batch_size=batch)
     return dataclasses.replace(base, training=training, policy=policy)
@@ -36,7 +36,7 @@ def test_smd_drop_rate_matches_p(p):
 
 @pytest.mark.parametrize("on_skip", ["step", "freeze"])
 def test_smd_skips_exactly_the_dropped_iterations(on_skip):
-    smd = dataclasses.replace(PRESETS["smd"], smd=SmdSpec(0.5, 1.0, on_skip))
+    smd = PolicySpec.of("smd", smd=SmdSpec(0.5, 1.0, on_skip))
     w = lenet(batch=128, policy=smd)
     result = train(w, epochs=1, progress=False)
     graph = result.graph
@@ -59,25 +59,38 @@ def test_smd_skips_exactly_the_dropped_iterations(on_skip):
 
 
 def test_run_report_and_determinism():
-    a = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False)
-    b = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False)
+    a = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False).to_dict()
+    b = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False).to_dict()
     assert json.dumps(a) == json.dumps(b)  # same seed, byte-identical report
     assert set(a) >= {"accuracy", "epochs", "energy", "hardware_time", "macs", "policy_stats", "ops", "policy"}
     assert a["policy"]["name"] == "smd" and a["policy"]["smd"]["drop_probability"] == 0.5
     assert a["macs"]["skipped"] > 0 and a["macs"]["counted"] > 0
     assert a["energy"]["total_j"] == pytest.approx(sum(a["energy"]["breakdown_j"].values()))
-    assert len(a["epochs"]) == 1  # 1 epoch stretched by 4/3 rounds to 1
+    # 1 epoch of 31 iterations stretched by 4/3: 41 iterations, the second epoch a fractional one of 10
+    assert a["policy_stats"]["smd"]["iterations"] == 41 and len(a["epochs"]) == 2
+    assert a["iterations"] + a["policy_stats"]["smd"]["dropped_iterations"] == 41
+
+
+def test_smd_stretch_runs_a_fractional_last_epoch():
+    result = train(lenet(batch=128, policy=PolicySpec.of("smd", smd=SmdSpec(0.2, 1.5))), epochs=1, progress=False)
+    stats = result.policy_stats["smd"]
+    assert stats["iterations"] == round(31 * 1.5) == 46  # 46 = 31 + 15: half an epoch more
+    assert [e.epoch for e in result.epochs] == [1, 2]
+    assert sum(e.iterations for e in result.epochs) + stats["dropped_iterations"] == 46
+    assert result.epochs[1].iterations <= 15 < result.epochs[0].iterations
+    lrs = [e.lr for e in result.epochs]
+    assert lrs[-1] == pytest.approx(0.5 * 0.05 * (1 + np.cos(np.pi * 45 / 46)))  # cosine over all 46 iterations
 
 
 def test_run_compares_with_a_cached_baseline(tmp_path):
-    first = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True)
+    first = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True).to_dict()
     cached = list((tmp_path / "cache" / "runs").glob("*.json"))
     assert len(cached) == 1
     c = first["comparison"]
     assert c["baseline_energy_j"] == pytest.approx(first["baseline"]["energy"]["total_j"])
     assert c["energy_saving"] == pytest.approx(1 - first["energy"]["total_j"] / c["baseline_energy_j"])
     assert 0.1 < c["energy_saving"] < 0.6
-    again = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True)
+    again = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True).to_dict()
     assert again["comparison"] == c and len(list((tmp_path / "cache" / "runs").glob("*.json"))) == 1
 
 
@@ -119,7 +132,7 @@ def test_policy_files(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text("smd: {drop_probability: 0.25, optimizer_on_skip: freeze}\npsg:\n")
     spec = e2sim.api.load_policy(path)
-    assert spec.name == "smd+psg" and spec.smd.drop_probability == 0.25 and spec.psg.predictor_bits == 4
+    assert spec.name == "smd+psg" and spec.get("smd").drop_probability == 0.25 and spec.get("psg").predictor_bits == 4
     path.write_text("smd: {drop_probability: 2}\n")
     with pytest.raises(e2sim.SpecError, match=r"policy\.smd\.drop_probability: must be a number in \[0, 1\)"):
         e2sim.api.load_policy(path)

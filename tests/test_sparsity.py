@@ -151,8 +151,8 @@ def test_stated_densities_price_an_estimate():
 
 
 def test_measured_zero_fractions_in_run_reports():
-    result = e2sim.train("lenet5-mnist", epochs=1)
-    report = e2sim.run("lenet5-mnist", epochs=1)
+    run = e2sim.run("lenet5-mnist", epochs=1)
+    result, report = run.training, run.to_dict()  # the report derives from the typed result
     rows = {r["op"]: r for r in report["sparsity"]}
     assert {"conv2.fwd", "conv2.bwd_weight", "fc1.bwd_data"} <= set(rows)
     for name, row in rows.items():

@@ -167,10 +167,10 @@ def test_policies(write_yaml):
         e2sim.load_workload(write_yaml(LENET + "policy: e2train\n"))
     resnet = LENET.replace("{arch: lenet5}", "{arch: resnet, depth: 8}")
     e2train = e2sim.load_workload(write_yaml(resnet + "policy: e2train\n")).policy
-    assert e2train.techniques == ("smd", "slu", "psg") and e2train.smd.drop_probability == 0.5
+    assert e2train.techniques == ("smd", "slu", "psg") and e2train.get("smd").drop_probability == 0.5
     custom = e2sim.load_workload(write_yaml(LENET + "policy:\n  smd:\n  psg: {threshold: 1.0e-4, adaptive: true}\n"))
-    assert custom.policy.name == "smd+psg" and custom.policy.smd.stretch == pytest.approx(4 / 3)
-    assert custom.policy.psg.threshold == 1e-4 and custom.policy.psg.adaptive
+    assert custom.policy.name == "smd+psg" and custom.policy.get("smd").stretch == pytest.approx(4 / 3)
+    assert custom.policy.get("psg").threshold == 1e-4 and custom.policy.get("psg").adaptive
 
 
 def test_formats_parse_to_widths(write_yaml):

@@ -42,6 +42,11 @@ class PolicySpec:
     def techniques(self) -> tuple[str, ...]:
         return tuple(key for key, _ in self.specs)
 
+    @classmethod
+    def of(cls, name: str, **specs: Any) -> PolicySpec:
+        """A policy built in Python: ``PolicySpec.of("smd+psg", smd=SmdSpec(), psg=PsgSpec())``."""
+        return cls(name, tuple(specs.items()))
+
     def get(self, key: str) -> Any:
         """The spec of technique ``key``, or None when the policy does not use it."""
         return next((spec for k, spec in self.specs if k == key), None)
