@@ -64,12 +64,12 @@ def test_psg_counts_predictor_and_accurate_macs_where_needed():
 
 import e2sim  # noqa: E402
 from e2sim.config.policy import PolicySpec  # noqa: E402
-from e2sim.policies.slu import SluSpec  # noqa: E402
-from e2sim.policies import slu as slu_module  # noqa: E402
-from e2sim.policies.slu_gates import GateRun, gate_backward, gate_forward, gate_parameters  # noqa: E402
 from e2sim.config.workload import with_policy  # noqa: E402
 from e2sim.graph import lower  # noqa: E402
+from e2sim.policies import slu as slu_module  # noqa: E402
 from e2sim.policies.base import activate  # noqa: E402
+from e2sim.policies.slu import SluSpec  # noqa: E402
+from e2sim.policies.slu_gates import GateRun, gate_backward, gate_forward, gate_parameters  # noqa: E402
 from e2sim.train.engine import ENGINE, GraphExecutor, init_state  # noqa: E402
 
 SLU = PolicySpec.of("slu", slu=SluSpec(0.5, 0.03, 10))

@@ -19,10 +19,10 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("E2SIM_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def lenet(batch=64, policy=preset("baseline")):
+def lenet(batch=64, policy=None):
     base = e2sim.load_workload("lenet5-mnist")
     training = dataclasses.replace(base.training, batch_size=batch)
-    return dataclasses.replace(base, training=training, policy=policy)
+    return dataclasses.replace(base, training=training, policy=policy or preset("baseline"))
 
 
 @pytest.mark.parametrize("p", [0.5, 0.3, 0.8])
