@@ -117,7 +117,7 @@ def train_workload(
     """Train a workload by executing its lowered graph with the reduced-precision kernels.
 
     Returns per-epoch accuracy, and the counts of everything executed by graph op. With ``hw``
-    that has an approximate mode, a policy may train on it (AxTrain's passive method) and every
+    that has an approximate mode, a policy may train on it and every
     epoch is also evaluated on it."""
     spec, policies, graph = _prepare(workload)
     accelerator = load_hw(hw) if hw is not None else None

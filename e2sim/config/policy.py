@@ -77,6 +77,13 @@ def register_technique(plugin: TechniqueReader) -> None:
     _TECHNIQUES[key] = plugin
 
 
+def unregister_technique(key: str) -> None:
+    """Remove a technique (a plug-in registered for a while, e.g. by a test); presets keep theirs."""
+    if any(key in (dict(block or {})) for block, _ in _PRESETS.values()):
+        raise ValueError(f"technique {key!r} is used by a preset and stays registered")
+    del _TECHNIQUES[key]
+
+
 def technique(key: str) -> TechniqueReader:
     return _TECHNIQUES[key]
 

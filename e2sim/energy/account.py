@@ -101,7 +101,7 @@ def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dic
 
     The executed fraction of a run is its counted work (MACs, else element-wise ops) over the
     nominal work: below 1 when a policy skipped part of it (samples, channels), above 1 when it
-    added work (a PSG predictor). Data movement follows the fraction only downwards."""
+    added work (a predictor of the gradient). Data movement follows the fraction only downwards."""
     if counter is None:
         return 1.0, 1.0, 1.0, None
     count = counter.ops.get(op.name)

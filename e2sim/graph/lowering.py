@@ -15,10 +15,10 @@ from types import MappingProxyType
 
 from e2sim.config.workload import Workload
 from e2sim.graph import elementwise as ew_ops
+from e2sim.graph.invariants import GraphError, verify
 from e2sim.graph.ir import ConvShape, GemmShape, GraphExtension, Op, Tensor, TrainingGraph, build_dag
 from e2sim.graph.layers import INPUT, Layer
 from e2sim.graph.models import Model, build_model
-from e2sim.graph.verify import GraphError, verify
 
 # Tensor role -> precision field that gives its number format (label and index widths are derived).
 ROLE_FORMATS = MappingProxyType(

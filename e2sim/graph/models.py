@@ -59,7 +59,7 @@ class Model:
         return self._by_name[name]
 
 
-class _Builder:
+class ModelBuilder:
     """Appends layers with shape inference; a shape problem is a SpecError at the spec path given."""
 
     def __init__(self, input_shape: Shape, source: str):
@@ -96,10 +96,10 @@ class _Builder:
     def basic_block(self, x: str, name: str, out_channels: int, stride: int, shortcut: str, path: str) -> str:
         """ResNet basic block: 3×3 conv-BN-ReLU, 3×3 conv-BN, + shortcut, ReLU."""
         in_channels = self.shapes[x][0] if len(self.shapes[x]) == 3 else None
-        y = self.append(Conv2d, f"{name}.conv1", (x,), path, **_conv3x3(out_channels, stride))
+        y = self.append(Conv2d, f"{name}.conv1", (x,), path, **conv3x3(out_channels, stride))
         y = self.append(BatchNorm, f"{name}.bn1", (y,), path, eps=1e-5)
         y = self.append(ReLU, f"{name}.relu1", (y,), path)
-        y = self.append(Conv2d, f"{name}.conv2", (y,), path, **_conv3x3(out_channels, 1))
+        y = self.append(Conv2d, f"{name}.conv2", (y,), path, **conv3x3(out_channels, 1))
         y = self.append(BatchNorm, f"{name}.bn2", (y,), path, eps=1e-5)
         if stride == 1 and in_channels == out_channels:
             short = x
@@ -164,7 +164,7 @@ _SPEC_LAYERS: dict[str, type[Layer]] = {
 _AUTO_NAMES = {"batchnorm": "bn", "global_avgpool": "gap", "basic_block": "block", "linear": "fc"}
 
 
-def _conv3x3(out_channels: int, stride: int) -> dict:
+def conv3x3(out_channels: int, stride: int) -> dict:
     return dict(out_channels=out_channels, kernel=(3, 3), stride=stride, padding=(1, 1), bias=False)
 
 
@@ -209,7 +209,7 @@ def build_model(workload: Workload) -> Model:
     """The layer IR of the workload's model for its dataset's input shape and classes."""
     info = workload.dataset.info
     spec: ModelSpec = workload.model
-    b = _Builder(info.input_shape, workload.source)
+    b = ModelBuilder(info.input_shape, workload.source)
     if spec.arch == "lenet5":
         return _lenet5(b, info.num_classes)
     if spec.arch == "resnet":
@@ -221,7 +221,7 @@ def build_model(workload: Workload) -> Model:
     return b.finish(x, "layer list", info.num_classes, last)
 
 
-def _lenet5(b: _Builder, num_classes: int) -> Model:
+def _lenet5(b: ModelBuilder, num_classes: int) -> Model:
     """LeNet-5 with ReLU and max pooling: conv5×5(6, pad 2), pool, conv5×5(16), pool, fc120, fc84, fc."""
     path = "model"
     x = b.append(Conv2d, "conv1", (INPUT,), path, out_channels=6, kernel=(5, 5), stride=1, padding=(2, 2), bias=True)
@@ -238,12 +238,12 @@ def _lenet5(b: _Builder, num_classes: int) -> Model:
     return b.finish(x, "LeNet-5", num_classes, path)
 
 
-def _resnet(b: _Builder, spec: ModelSpec, num_classes: int) -> Model:
+def _resnet(b: ModelBuilder, spec: ModelSpec, num_classes: int) -> Model:
     """CIFAR ResNet-(6n+2) (He et al. 2016, §4.2): three stages of n basic blocks, widths w, 2w, 4w."""
     path = "model"
     n = (spec.depth - 2) // 6
     width = spec.base_channels
-    x = b.append(Conv2d, "conv1", (INPUT,), path, **_conv3x3(width, 1))
+    x = b.append(Conv2d, "conv1", (INPUT,), path, **conv3x3(width, 1))
     x = b.append(BatchNorm, "bn1", (x,), path, eps=1e-5)
     x = b.append(ReLU, "relu1", (x,), path)
     for stage in range(3):
@@ -256,7 +256,7 @@ def _resnet(b: _Builder, spec: ModelSpec, num_classes: int) -> Model:
     return b.finish(x, f"ResNet-{spec.depth}{suffix}", num_classes, path)
 
 
-def _vgg(b: _Builder, spec: ModelSpec, num_classes: int) -> Model:
+def _vgg(b: ModelBuilder, spec: ModelSpec, num_classes: int) -> Model:
     """CIFAR VGG: 3×3 convs (+BN) and ReLU, 2×2 max pools, then one linear classifier."""
     path = "model"
     x = INPUT
@@ -275,30 +275,3 @@ def _vgg(b: _Builder, spec: ModelSpec, num_classes: int) -> Model:
     x = b.append(Flatten, "flatten", (x,), path)
     x = b.append(Linear, "fc", (x,), path, out_features=num_classes, bias=True)
     return b.finish(x, f"VGG-{spec.depth}", num_classes, path)
-
-
-def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
-    """The early instance filter (Wu et al. 2020), a two-class network named ``eif_*``: for
-    MNIST-sized inputs a slim LeNet (unpadded 3×3 convs with 6 and 16 channels, 2×2 max pools:
-    141 k MACs per 28×28 image, a third of LeNet-5), otherwise a ResNet-8."""
-    b = _Builder(input_shape, source)
-    if input_shape[1] <= 28:
-        x = b.append(Conv2d, "eif_conv1", (INPUT,), source, out_channels=6, kernel=(3, 3), stride=1, padding=(0, 0),
-                     bias=True)  # fmt: skip
-        x = b.append(ReLU, "eif_relu1", (x,), source)
-        x = b.append(MaxPool, "eif_pool1", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
-        x = b.append(Conv2d, "eif_conv2", (x,), source, out_channels=16, kernel=(3, 3), stride=1, padding=(0, 0),
-                     bias=True)  # fmt: skip
-        x = b.append(ReLU, "eif_relu2", (x,), source)
-        x = b.append(MaxPool, "eif_pool2", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
-        x = b.append(Flatten, "eif_flatten", (x,), source)
-        x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
-        return b.finish(x, "EIF slim LeNet", 2, source, loss="eif_loss")
-    x = b.append(Conv2d, "eif_conv1", (INPUT,), source, **_conv3x3(16, 1))
-    x = b.append(BatchNorm, "eif_bn1", (x,), source, eps=1e-5)
-    x = b.append(ReLU, "eif_relu1", (x,), source)
-    for stage in range(3):
-        x = b.basic_block(x, f"eif_layer{stage + 1}", 16 << stage, 2 if stage else 1, "zero_pad", source)
-    x = b.append(GlobalAvgPool, "eif_pool", (x,), source)
-    x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
-    return b.finish(x, "EIF ResNet-8", 2, source, loss="eif_loss")

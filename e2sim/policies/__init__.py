@@ -7,7 +7,7 @@ the rules on which techniques do not compose. A user's policy registers the same
 
 from __future__ import annotations
 
-from e2sim.config.policy import Conflict, register_conflict, register_preset, register_technique
+from e2sim.config.policy import Conflict, register_conflict, register_preset, register_technique, unregister_technique
 from e2sim.policies.axtrain import ACTIVE_RADIUS, AxTrain
 from e2sim.policies.base import Policy
 from e2sim.policies.eif import Eif
@@ -24,6 +24,11 @@ def register(plugin: type[Policy]) -> type[Policy]:
         raise TypeError(f"a policy plug-in must be a subclass of e2sim.policies.base.Policy, got {plugin!r}")
     register_technique(plugin)
     return plugin
+
+
+def unregister(key: str) -> None:
+    """Remove the plug-in registered under ``key`` (the presets' techniques stay)."""
+    unregister_technique(key)
 
 
 for _plugin in (Smd, Slu, Psg, Emp, Eif, AxTrain):
@@ -53,4 +58,4 @@ for _name, _block, _precision in (
 ):
     register_preset(_name, _block, _precision)
 
-__all__ = ["Policy", "register"]
+__all__ = ["Policy", "register", "unregister"]

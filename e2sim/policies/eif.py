@@ -33,8 +33,9 @@ from e2sim.config.reader import (
 from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import GraphExtension, TrainingGraph
+from e2sim.graph.layers import INPUT, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool, ReLU, Shape
 from e2sim.graph.lowering import lower_model
-from e2sim.graph.models import build_filter_model
+from e2sim.graph.models import Model, ModelBuilder, conv3x3
 from e2sim.policies.base import Batch, Choice, Engine, Policy
 
 FILTER_SEED_SALT = 0xE1
@@ -66,6 +67,33 @@ class EifSpec:
     filter_lr: float = 0.01
     filter_momentum: float = 0.5
     loss_normalization: str = "batch"  # batch | trained
+
+
+def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
+    """The early instance filter (Wu et al. 2020), a two-class network named ``eif_*``: for
+    MNIST-sized inputs a slim LeNet (unpadded 3×3 convs with 6 and 16 channels, 2×2 max pools:
+    141 k MACs per 28×28 image, a third of LeNet-5), otherwise a ResNet-8."""
+    b = ModelBuilder(input_shape, source)
+    if input_shape[1] <= 28:
+        x = b.append(Conv2d, "eif_conv1", (INPUT,), source, out_channels=6, kernel=(3, 3), stride=1, padding=(0, 0),
+                     bias=True)  # fmt: skip
+        x = b.append(ReLU, "eif_relu1", (x,), source)
+        x = b.append(MaxPool, "eif_pool1", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
+        x = b.append(Conv2d, "eif_conv2", (x,), source, out_channels=16, kernel=(3, 3), stride=1, padding=(0, 0),
+                     bias=True)  # fmt: skip
+        x = b.append(ReLU, "eif_relu2", (x,), source)
+        x = b.append(MaxPool, "eif_pool2", (x,), source, kernel=(2, 2), stride=2, padding=(0, 0))
+        x = b.append(Flatten, "eif_flatten", (x,), source)
+        x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
+        return b.finish(x, "EIF slim LeNet", 2, source, loss="eif_loss")
+    x = b.append(Conv2d, "eif_conv1", (INPUT,), source, **conv3x3(16, 1))
+    x = b.append(BatchNorm, "eif_bn1", (x,), source, eps=1e-5)
+    x = b.append(ReLU, "eif_relu1", (x,), source)
+    for stage in range(3):
+        x = b.basic_block(x, f"eif_layer{stage + 1}", 16 << stage, 2 if stage else 1, "zero_pad", source)
+    x = b.append(GlobalAvgPool, "eif_pool", (x,), source)
+    x = b.append(Linear, "eif_fc", (x,), source, out_features=2, bias=True)
+    return b.finish(x, "EIF ResNet-8", 2, source, loss="eif_loss")
 
 
 def filter_graph(workload: Workload, batch: int) -> TrainingGraph:
