@@ -7,6 +7,7 @@ after :meth:`ProblemLog.raise_if_any`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Mapping
@@ -54,6 +55,15 @@ def join_path(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else str(key)
+
+
+def read_fields(s: Section, cls: type, checks: Mapping[str, Callable[[Any], Any]], context: str = "") -> Any:
+    """The frozen dataclass ``cls`` from the mapping ``s``: every field read with its check in
+    ``checks``, its default the dataclass's own; then unknown keys are reported (``context`` as in
+    :meth:`Section.finish`)."""
+    values = {f.name: s.read(f.name, checks[f.name], default=f.default) for f in dataclasses.fields(cls)}
+    s.finish(context)
+    return cls(**values)
 
 
 class Section:

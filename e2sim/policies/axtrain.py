@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -42,6 +43,8 @@ class AxTrainSpec:
 
 class AxTrain(Policy):
     key = "axtrain"
+    Spec = AxTrainSpec
+    checks = MappingProxyType({"passive": boolean, "sensitivity_radius": non_negative_number})
 
     def __init__(self, spec: AxTrainSpec, workload):
         super().__init__(spec, workload)
@@ -49,9 +52,7 @@ class AxTrain(Policy):
 
     @classmethod
     def read_spec(cls, s: Section) -> AxTrainSpec:
-        spec = AxTrainSpec(s.read("passive", boolean, default=True),
-                           s.read("sensitivity_radius", non_negative_number, default=0.0))  # fmt: skip
-        s.finish(" for axtrain")
+        spec = super().read_spec(s)
         if spec.passive is False and spec.sensitivity_radius == 0:
             s.log.add(s.path, "turn on passive training, the active method (sensitivity_radius > 0), or both")
         return spec

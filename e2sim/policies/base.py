@@ -28,7 +28,8 @@ approximate mode, and its conv/linear forward ops are priced on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from e2sim.config.policy import technique, technique_keys
 from e2sim.config.precision import PrecisionSpec
-from e2sim.config.reader import Section
+from e2sim.config.reader import Section, read_fields
 from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
@@ -131,6 +132,8 @@ class Policy:
     """Base class of policy plug-ins; see the module docstring for the hooks and their order."""
 
     key: ClassVar[str]
+    Spec: ClassVar[type]  # the frozen dataclass of the policy's block; its defaults are the block's
+    checks: ClassVar[Mapping[str, Callable[[Any], Any]]]  # the check of each field (see e2sim.config.reader)
     trains_on_approximate_mode: bool = False  # see the module docstring
 
     def __init__(self, spec: Any, workload: Workload):
@@ -139,8 +142,9 @@ class Policy:
 
     @classmethod
     def read_spec(cls, s: Section) -> Any:
-        """The frozen spec from the policy's block; every problem goes to ``s.log`` (call ``s.finish``)."""
-        raise NotImplementedError(f"policy {cls.__name__} does not read its spec")
+        """The frozen spec from the policy's block, each field read with its check in ``checks``;
+        every problem goes to ``s.log``. Override to check fields against each other."""
+        return read_fields(s, cls.Spec, cls.checks, f" for {cls.key}")
 
     def check_model(self, model: Model) -> None:
         """Raise SpecError (key ``policy.<key>``) when the policy cannot apply to ``model``."""
@@ -199,8 +203,23 @@ class Policy:
         """Continue from ``save()``'s output (arrays already checked against a fresh ``save()``)."""
 
 
+class RecordedPolicy(Policy):
+    """A policy whose statistics are one dataclass, ``record``: reported by its ``as_dict()``,
+    checkpointed as its fields."""
+
+    record: Any
+
+    def stats(self) -> dict:
+        return self.record.as_dict()
+
+    def save(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {}, dataclasses.asdict(self.record)
+
+    def restore(self, arrays: dict[str, np.ndarray], saved: dict) -> None:
+        self.record = type(self.record)(**saved)
+
+
 def activate(workload: Workload) -> tuple[Policy, ...]:
     """Instances of the workload's techniques, in registration (hook) order."""
     wanted = dict(workload.policy.specs)
     return tuple(technique(key)(wanted[key], workload) for key in technique_keys() if key in wanted)
-

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -202,6 +203,12 @@ class Eif(Policy):
     picks the instances the main network trains on; it learns from their losses."""
 
     key = "eif"
+    Spec = EifSpec
+    checks = MappingProxyType({"target_ratio": fraction_positive, "threshold_up": at_least_one,
+              "threshold_down": fraction_below_one_positive, "window": positive_int,
+              "entropy_threshold": non_negative_number, "initial_threshold": positive_number,
+              "explore_fraction": fraction_below_one, "filter_lr": positive_number,
+              "filter_momentum": fraction_below_one, "loss_normalization": one_of("batch", "trained")})  # fmt: skip
 
     def __init__(self, spec: EifSpec, workload: Workload):
         super().__init__(spec, workload)
@@ -211,23 +218,11 @@ class Eif(Policy):
 
     @classmethod
     def read_spec(cls, s: Section) -> EifSpec:
-        spec = EifSpec(
-            s.read("target_ratio", fraction_positive, default=0.3),
-            s.read("threshold_up", at_least_one, default=1.05),
-            s.read("threshold_down", fraction_below_one_positive, default=0.95),
-            s.read("window", positive_int, default=10),
-            s.read("entropy_threshold", non_negative_number, default=0.65),
-            s.read("initial_threshold", positive_number, default=1.0),
-            s.read("explore_fraction", fraction_below_one, default=0.1),
-            s.read("filter_lr", positive_number, default=0.01),
-            s.read("filter_momentum", fraction_below_one, default=0.5),
-            s.read("loss_normalization", one_of("batch", "trained"), default="batch"),
-        )
+        spec = super().read_spec(s)
         if spec.explore_fraction is not None and spec.target_ratio is not None and \
                 spec.explore_fraction >= spec.target_ratio:  # fmt: skip
             s.log.add(s.key_path("explore_fraction"),
                       "must be below target_ratio (the exploration floor alone would exceed R_set)")  # fmt: skip
-        s.finish(" for eif")
         return spec
 
     def filter_graph(self, batch: int) -> TrainingGraph:

@@ -13,15 +13,16 @@ gradient): it runs on the kept channels' errors, and the pruned channels' output
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
 import e2sim.functional as F
-from e2sim.config.reader import Section, fraction_positive, non_negative_number
+from e2sim.config.reader import fraction_positive, non_negative_number
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.graph.layers import Layer
-from e2sim.policies.base import Kernel, Policy, Step
+from e2sim.policies.base import Kernel, RecordedPolicy, Step
 
 
 @dataclass(frozen=True)
@@ -90,22 +91,15 @@ class EmpStats:
         }
 
 
-class Emp(Policy):
+class Emp(RecordedPolicy):
     key = "emp"
+    Spec = EmpSpec
+    checks = MappingProxyType({"keep_ratio": fraction_positive, "weight_coefficient": non_negative_number,
+              "error_coefficient": non_negative_number})  # fmt: skip
 
     def __init__(self, spec: EmpSpec, workload):
         super().__init__(spec, workload)
         self.record = EmpStats()
-
-    @classmethod
-    def read_spec(cls, s: Section) -> EmpSpec:
-        spec = EmpSpec(
-            s.read("keep_ratio", fraction_positive, default=0.5),
-            s.read("weight_coefficient", non_negative_number, default=1.0),
-            s.read("error_coefficient", non_negative_number, default=1.0),
-        )
-        s.finish(" for emp")
-        return spec
 
     def extend(self, graph: TrainingGraph) -> GraphExtension:
         return GraphExtension(self.key, after=tuple(emp_ops(graph)))
@@ -156,12 +150,3 @@ class Emp(Policy):
                 s.tensors[name] = value
 
         return pruned_input_gradient if op.phase == "bwd_data" else pruned_weight_gradient
-
-    def stats(self) -> dict:
-        return self.record.as_dict()
-
-    def save(self) -> tuple[dict, dict]:
-        return {}, asdict(self.record)
-
-    def restore(self, arrays: dict, saved: dict) -> None:
-        self.record = EmpStats(**saved)

@@ -19,19 +19,20 @@ Choices where the paper is silent (documented here and in the README):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
 import e2sim.functional as F
 from e2sim.config.formats import parse_format
 from e2sim.config.precision import PrecisionSpec
-from e2sim.config.reader import Section, boolean, one_of, positive_number
+from e2sim.config.reader import boolean, one_of, positive_number
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import Op
 from e2sim.graph.layers import Layer
 from e2sim.numerics.quantize import Quantized, derive_seed, quantize
-from e2sim.policies.base import Kernel, Policy, Step
+from e2sim.policies.base import Kernel, RecordedPolicy, Step
 
 _INT8 = parse_format("int8")
 
@@ -109,25 +110,17 @@ def psg_weight_gradient(
     return (scaled, db) if bias else scaled
 
 
-class Psg(Policy):
+class Psg(RecordedPolicy):
     """Replaces the kernel of every conv's weight gradient by the predictor and the sign update."""
 
     key = "psg"
+    Spec = PsgSpec
+    checks = MappingProxyType({"threshold": positive_number, "adaptive": boolean,
+                               "predictor_bits": one_of(*range(2, 9)), "error_bits": one_of(8, 12, 16)})  # fmt: skip
 
     def __init__(self, spec: PsgSpec, workload):
         super().__init__(spec, workload)
         self.record = PsgStats()
-
-    @classmethod
-    def read_spec(cls, s: Section) -> PsgSpec:
-        spec = PsgSpec(
-            s.read("threshold", positive_number, default=5e-5),
-            s.read("adaptive", boolean, default=False),
-            s.read("predictor_bits", one_of(2, 3, 4, 5, 6, 7, 8), default=4),
-            s.read("error_bits", one_of(8, 12, 16), default=16),
-        )
-        s.finish(" for psg")
-        return spec
 
     def kernel(self, op: Op, layer: Layer, inner: Kernel) -> Kernel:
         if op.layer_kind != "conv" or op.phase != "bwd_weight":
@@ -142,12 +135,3 @@ class Psg(Policy):
                 s.tensors[name] = value
 
         return sign_gradient
-
-    def stats(self) -> dict:
-        return self.record.as_dict()
-
-    def save(self) -> tuple[dict, dict]:
-        return {}, asdict(self.record)
-
-    def restore(self, arrays: dict, saved: dict) -> None:
-        self.record = PsgStats(**saved)

@@ -22,11 +22,12 @@ Training (choices where the papers are silent, documented):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
 from e2sim.config.errors import SpecError
-from e2sim.config.reader import Section, fraction_positive, non_negative_number, positive_int
+from e2sim.config.reader import fraction_positive, non_negative_number, positive_int
 from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import GemmShape, GraphExtension, Op, Tensor, TrainingGraph
@@ -316,20 +317,14 @@ class Slu(Policy):
     """Gates every residual block but the first per sample; the gates' own work is lowered after the model's ops."""
 
     key = "slu"
+    Spec = SluSpec
+    checks = MappingProxyType(
+        {"target_fraction": fraction_positive, "cost_weight": non_negative_number, "gate_channels": positive_int}
+    )
 
     def __init__(self, spec: SluSpec, workload):
         super().__init__(spec, workload)
         self.runtime: SluRuntime | None = None
-
-    @classmethod
-    def read_spec(cls, s: Section) -> SluSpec:
-        spec = SluSpec(
-            s.read("target_fraction", fraction_positive, default=0.5),
-            s.read("cost_weight", non_negative_number, default=0.03),
-            s.read("gate_channels", positive_int, default=10),
-        )
-        s.finish(" for slu")
-        return spec
 
     def check_model(self, model: Model) -> None:
         if not any(layer.kind == "add" for layer in model.layers):

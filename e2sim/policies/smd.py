@@ -11,13 +11,14 @@ iterations (a fractional last epoch included), and the lr schedule counts droppe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from types import MappingProxyType
 
-from e2sim.config.reader import Section, at_least_one, fraction_below_one, one_of
+from e2sim.config.reader import at_least_one, fraction_below_one, one_of
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.numerics.quantize import derive_seed
-from e2sim.policies.base import KEEP, Batch, Choice, Policy
+from e2sim.policies.base import KEEP, Batch, Choice, RecordedPolicy
 
 SMD_STREAM = 0x5D  # salt of the drop decisions' random stream
 LOAD_OP = "input.load"
@@ -52,23 +53,16 @@ class SmdStats:
         return {"iterations": self.iterations, "dropped_iterations": self.dropped, "drop_rate": self.drop_rate}
 
 
-class Smd(Policy):
+class Smd(RecordedPolicy):
     key = "smd"
+    Spec = SmdSpec
+    checks = MappingProxyType({"drop_probability": fraction_below_one, "stretch": at_least_one,
+              "optimizer_on_skip": one_of("step", "freeze")})  # fmt: skip
 
     def __init__(self, spec: SmdSpec, workload):
         super().__init__(spec, workload)
         self.record = SmdStats()
         self.macs = 0
-
-    @classmethod
-    def read_spec(cls, s: Section) -> SmdSpec:
-        spec = SmdSpec(
-            s.read("drop_probability", fraction_below_one, default=0.5),
-            s.read("stretch", at_least_one, default=4 / 3),
-            s.read("optimizer_on_skip", one_of("step", "freeze"), default="step"),
-        )
-        s.finish(" for smd")
-        return spec
 
     def extend(self, graph: TrainingGraph) -> GraphExtension:
         """The load of a dropped batch: it reads the images and labels and nothing else."""
@@ -92,12 +86,3 @@ class Smd(Policy):
                            skipped_macs=self.macs)  # fmt: skip
             counter.ran(LOAD_OP)
         return Choice(drop=True, optimizer_step=self.spec.optimizer_on_skip == "step")
-
-    def stats(self) -> dict:
-        return self.record.as_dict()
-
-    def save(self) -> tuple[dict, dict]:
-        return {}, asdict(self.record)
-
-    def restore(self, arrays: dict, saved: dict) -> None:
-        self.record = SmdStats(**saved)
