@@ -25,7 +25,7 @@ def main() -> None:
     results = {}
     for name, workload in (("fp32", fp32), ("int8", int8)):
         start = time.perf_counter()
-        results[name] = e2sim.train(workload, epochs=args.epochs, progress=False)
+        results[name] = e2sim.train_workload(workload, epochs=args.epochs, progress=False)
         print(f"{name}: {time.perf_counter() - start:.1f} s")
     print(f"{'epoch':>5}  {'fp32 test':>9}  {'int8 test':>9}")
     for a, b in zip(results["fp32"].epochs, results["int8"].epochs, strict=True):

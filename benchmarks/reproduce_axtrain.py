@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import e2sim
-from e2sim.config.policy import PRESETS
+from e2sim.config.policy import preset
 from e2sim.config.workload import with_policy
 from e2sim.numerics.approximate import ApproxDatapath
 from e2sim.policies.axtrain import measure_sensitivity
@@ -33,7 +33,7 @@ RUNS = [("normal", "baseline"), ("passive", "axtrain-passive"), ("active", "axtr
 
 
 def mode_accuracy(result, spec, mode, seeds: int, dataset) -> float:
-    executor = GraphExecutor(result.graph, spec.precision, 0.0, 0.0, spec.policy, ApproxDatapath(mode))
+    executor = GraphExecutor(result.graph, spec.precision, 0.0, 0.0, result.policies, ApproxDatapath(mode))
     return float(np.mean([evaluate(executor, result.state, dataset, approximate=True, seed=s) for s in range(seeds)]))
 
 
@@ -59,14 +59,14 @@ def main() -> None:
     print(header)
     reference = None
     for label, policy in RUNS:
-        spec = with_policy(base, PRESETS[policy])
+        spec = with_policy(base, preset(policy))
         start = time.perf_counter()
-        result = e2sim.train(spec, epochs=args.epochs, progress=False, hw=hw)
-        passive = spec.policy.axtrain is not None and spec.policy.axtrain.passive
+        result = e2sim.train_workload(spec, epochs=args.epochs, progress=False, hw=hw)
+        passive = any(p.trains_on_approximate_mode for p in result.policies)
         energy = e2sim.estimate(spec, hw, counts=result.counts, approximate=passive).energy_j
         on_mode = mode_accuracy(result, spec, mode, args.eval_seeds, dataset)
         on_stressed = mode_accuracy(result, spec, stressed, args.eval_seeds, dataset)
-        executor = GraphExecutor(result.graph, spec.precision, 0.0, 0.0, PRESETS["baseline"])
+        executor = GraphExecutor(result.graph, spec.precision, 0.0, 0.0)
         sens = measure_sensitivity(executor, result.state, test.images, test.labels, sigma=args.sigma, draws=8)
         reference = reference or sens.mean_loss_change
         print(f"{label:<9}{result.final_test_accuracy:>8.2%}{on_mode:>9.2%}{on_stressed:>10.2%}"

@@ -16,6 +16,7 @@ import time
 
 import e2sim
 from e2sim.api import load_policy
+from e2sim.config.policy import PolicySpec
 from e2sim.report.run import run_report
 from e2sim.train.loop import train
 
@@ -36,8 +37,8 @@ def main() -> None:
         workload = e2sim.load_workload(name)
         baseline = {}
         for policy_name in policies:
-            policy = load_policy(policy_name) if policy_name != "smd+psg" else e2sim.config.workload.PolicySpec(
-                "smd+psg", smd=load_policy("smd").smd, psg=load_policy("psg").psg)  # fmt: skip
+            policy = load_policy(policy_name) if policy_name != "smd+psg" else PolicySpec.of(
+                "smd+psg", smd=load_policy("smd").get("smd"), psg=load_policy("psg").get("psg"))  # fmt: skip
             spec = e2sim.config.workload.Workload(**{**workload.__dict__, "policy": policy})
             start = time.perf_counter()
             result = train(spec, epochs=args.epochs, progress=False)

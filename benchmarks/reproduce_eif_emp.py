@@ -27,9 +27,11 @@ RUNS = [("baseline", "baseline"), ("EIF", "eif"), ("EMP", "emp"), ("EIF+EMP", "e
 def paper_normalization(policy):
     """EIF's main-network loss as the mean over the trained instances (a training loop that feeds the
     selected instances as a batch), which the paper's lr 0.01 / momentum 0.5 recipe is tuned for."""
-    if policy.eif is None:
+    if policy.get("eif") is None:
         return policy
-    return dataclasses.replace(policy, eif=dataclasses.replace(policy.eif, loss_normalization="trained"))
+    trained = {"eif": dataclasses.replace(policy.get("eif"), loss_normalization="trained")}
+    specs = tuple((key, trained.get(key, spec)) for key, spec in policy.specs)
+    return dataclasses.replace(policy, specs=specs)
 
 
 def main() -> None:
@@ -47,7 +49,7 @@ def main() -> None:
     for label, policy in RUNS:
         spec = with_policy(base, paper_normalization(load_policy(policy)))
         start = time.perf_counter()
-        result = e2sim.train(spec, epochs=args.epochs, progress=False)
+        result = e2sim.train_workload(spec, epochs=args.epochs, progress=False)
         energy = e2sim.estimate(spec, "zedboard", counts=result.counts).energy_j
         macs = result.counts.total_macs()
         reference = reference or (macs, energy)

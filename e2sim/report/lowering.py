@@ -44,6 +44,7 @@ def summarize(graph: TrainingGraph) -> dict[str, Any]:
                 "elements": op.elements, "bytes_read": read, "bytes_written": written,
                 "reads": list(op.reads), "writes": list(op.writes),
                 "conv": asdict(op.conv) if op.conv else None, "gemm": asdict(op.gemm) if op.gemm else None,
+                "policy": graph.contributed.get(op.name), "optional": op.name in graph.optional,
             }
         )  # fmt: skip
     tensors = [
