@@ -85,6 +85,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['workload']}: one training iteration of {summary['model']} at batch {summary['batch_size']} "
         f"({summary['parameters']:,} parameters)"
     )
+    added: dict[str, int] = {}
+    for op in summary["ops"]:
+        if op["policy"] is not None:
+            added[op["policy"]] = added.get(op["policy"], 0) + 1
+    if added:
+        head += "; with the ops its policy adds: " + ", ".join(f"{n} of {key}" for key, n in added.items())
     phases = [*PHASES, "total"]
     by_phase = _table(
         ["phase", "ops", "MACs", "element-wise ops", "bytes"],
