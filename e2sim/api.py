@@ -48,6 +48,7 @@ __all__ = [
     "load_policy",
     "load_workload",
     "lower",
+    "prepare",
     "preset_names",
     "run",
     "train_workload",
@@ -79,14 +80,22 @@ def _activate(workload: Workload, model: Model) -> tuple[Policy, ...]:
     return policies
 
 
-def _prepare(workload: WorkloadLike, batch_size: int | None = None) -> tuple[Workload, tuple[Policy, ...],
-                                                                            TrainingGraph]:  # fmt: skip
-    """The workload, its active policies, and its iteration lowered with their ops (the model built once)."""
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A workload, its active policies, and its iteration lowered with their ops."""
+
+    workload: Workload
+    policies: tuple[Policy, ...]
+    graph: TrainingGraph
+
+
+def prepare(workload: WorkloadLike, batch_size: int | None = None) -> Prepared:
+    """Read and check ``workload``, activate its policies and lower its iteration (the model built once)."""
     spec = workload if isinstance(workload, Workload) else read_workload_spec(workload)
     model = build_model(spec)
     policies = _activate(spec, model)
-    graph = lower_workload(spec, batch_size, extensions=[p.extend for p in policies], model=model)
-    return spec, policies, graph
+    return Prepared(spec, policies, lower_workload(spec, batch_size, extensions=[p.extend for p in policies],
+                                                   model=model))  # fmt: skip
 
 
 def load_hw(spec: HardwareLike) -> Accelerator:
@@ -102,7 +111,7 @@ def load_hw(spec: HardwareLike) -> Accelerator:
 def lower(workload: WorkloadLike, batch_size: int | None = None) -> TrainingGraph:
     """One training iteration as a verified dataflow graph (batch: the workload's unless given),
     with the ops its policy adds (``graph.contributed``)."""
-    return _prepare(workload, batch_size)[2]
+    return prepare(workload, batch_size).graph
 
 
 def train_workload(
@@ -119,12 +128,12 @@ def train_workload(
     Returns per-epoch accuracy, and the counts of everything executed by graph op. With ``hw``
     that has an approximate mode, a policy may train on it and every
     epoch is also evaluated on it."""
-    spec, policies, graph = _prepare(workload)
+    prepared = prepare(workload)
     accelerator = load_hw(hw) if hw is not None else None
-    _check_hardware(spec, policies, accelerator)
+    _check_hardware(prepared.workload, prepared.policies, accelerator)
     mode = accelerator.approximate if accelerator is not None else None
-    return loop.train(spec, epochs, data_dir, progress, checkpoint, resume, approximate=mode, graph=graph,
-                      policies=policies)  # fmt: skip
+    return loop.train(prepared.workload, epochs, data_dir, progress, checkpoint, resume, approximate=mode,
+                      graph=prepared.graph, policies=prepared.policies)  # fmt: skip
 
 
 def _check_hardware(spec: Workload, policies: tuple[Policy, ...], hw: Accelerator | None) -> None:
@@ -181,8 +190,9 @@ def estimate(
             if value is not None:
                 raise SpecError.single(str(workload), key, "applies to SCALE-Sim topology inputs only: a "
                                        "workload's formats are in its precision block")  # fmt: skip
-        spec, _, graph = _prepare(workload, batch_size)
-        return _price(spec, graph, accelerator, counts, forward_only, approximate, (fusion, objective), densities)
+        prepared = prepare(workload, batch_size)
+        return _price(prepared.workload, prepared.graph, accelerator, counts, forward_only, approximate,
+                      (fusion, objective), densities)  # fmt: skip
     bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
     acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
     for key, value in (("operand_bits", bits), ("accumulator_bits", acc)):
@@ -304,8 +314,9 @@ for _verb in (load_policy, run):
     _verb.__doc__ = _verb.__doc__.replace("{presets}", ", ".join(preset_names()))
 
 
-def _run_once(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> RunResult:
-    spec, policies, graph = _prepare(spec)
+def _run_once(workload: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> RunResult:
+    prepared = prepare(workload)
+    spec, policies, graph = prepared.workload, prepared.policies, prepared.graph
     _check_hardware(spec, policies, accelerator)
     mode = accelerator.approximate
     result = loop.train(spec, epochs, data_dir, progress, approximate=mode, graph=graph, policies=policies)
