@@ -12,27 +12,22 @@ from pathlib import Path
 import e2sim.policies  # noqa: F401  (registers the built-in techniques and presets)
 from e2sim import __version__
 from e2sim.config.errors import SpecError
-from e2sim.config.hardware import DENSITY_ROLES
 from e2sim.config.loading import read_hardware_spec, read_workload_spec, topology_path
-from e2sim.config.policy import PolicySpec, check_policy_spec, preset, preset_names, read_policy
+from e2sim.config.policy import PolicySpec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
 from e2sim.config.workload import Workload, with_policy
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
-from e2sim.energy.account import Arithmetic, account, check_counts
+from e2sim.energy.account import Arithmetic
 from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
-from e2sim.graph import lower as lower_workload
-from e2sim.graph.models import Model
 from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
-from e2sim.numerics.approximate import table_shortfall
-from e2sim.policies.base import Policy, activate
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
-from e2sim.schedule.mapper import MappingError
 from e2sim.schedule.target import OBJECTIVES
+from e2sim.studies.single import account_ops, activate_checked, check_hardware, prepare, price, run_once
 from e2sim.train import loop
 from e2sim.train.data import DataError
 from e2sim.train.loop import CheckpointError, TrainResult, fingerprint
@@ -67,35 +62,8 @@ def load_workload(spec: WorkloadLike) -> Workload:
     if isinstance(spec, Workload):
         return spec
     workload = read_workload_spec(spec)
-    _activate(workload, build_model(workload))
+    activate_checked(workload, build_model(workload))
     return workload
-
-
-def _activate(workload: Workload, model: Model) -> tuple[Policy, ...]:
-    """The workload's policies, checked against each other and against ``model``."""
-    check_policy_spec(workload.policy, workload.source)
-    policies = activate(workload)
-    for policy in policies:
-        policy.check_model(model)
-    return policies
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """A workload, its active policies, and its iteration lowered with their ops."""
-
-    workload: Workload
-    policies: tuple[Policy, ...]
-    graph: TrainingGraph
-
-
-def prepare(workload: WorkloadLike, batch_size: int | None = None) -> Prepared:
-    """Read and check ``workload``, activate its policies and lower its iteration (the model built once)."""
-    spec = workload if isinstance(workload, Workload) else read_workload_spec(workload)
-    model = build_model(spec)
-    policies = _activate(spec, model)
-    return Prepared(spec, policies, lower_workload(spec, batch_size, extensions=[p.extend for p in policies],
-                                                   model=model))  # fmt: skip
 
 
 def load_hw(spec: HardwareLike) -> Accelerator:
@@ -130,29 +98,10 @@ def train_workload(
     epoch is also evaluated on it."""
     prepared = prepare(workload)
     accelerator = load_hw(hw) if hw is not None else None
-    _check_hardware(prepared.workload, prepared.policies, accelerator)
+    check_hardware(prepared.workload, prepared.policies, accelerator)
     mode = accelerator.approximate if accelerator is not None else None
     return loop.train(prepared.workload, epochs, data_dir, progress, checkpoint, resume, approximate=mode,
                       graph=prepared.graph, policies=prepared.policies)  # fmt: skip
-
-
-def _check_hardware(spec: Workload, policies: tuple[Policy, ...], hw: Accelerator | None) -> None:
-    """Each policy's demands on ``hw``; then, when ``hw`` has an approximate mode (every epoch is
-    evaluated on it), intN weights and activations that its multiplier covers."""
-    for policy in policies:
-        policy.check_hardware(hw)
-    mode = hw.approximate if hw is not None else None
-    if mode is None:
-        return
-    p = spec.precision
-    for role in ("weights", "activations"):
-        fmt = getattr(p, role)
-        if fmt.kind != "int":
-            raise SpecError.single(hw.source, "approximate", f"the approximate mode multiplies intN operands; "
-                                   f"workload {spec.name} has precision.{role} {fmt.name}")  # fmt: skip
-    shortfall = table_shortfall(mode.multiplier, max(p.weights.bits, p.activations.bits))
-    if shortfall is not None:
-        raise SpecError.single(hw.source, "approximate.multiplier.table_file", shortfall)
 
 
 def estimate(
@@ -191,7 +140,7 @@ def estimate(
                 raise SpecError.single(str(workload), key, "applies to SCALE-Sim topology inputs only: a "
                                        "workload's formats are in its precision block")  # fmt: skip
         prepared = prepare(workload, batch_size)
-        return _price(prepared.workload, prepared.graph, accelerator, counts, forward_only, approximate,
+        return price(prepared.workload, prepared.graph, accelerator, counts, forward_only, approximate,
                       (fusion, objective), densities)  # fmt: skip
     bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
     acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
@@ -202,64 +151,10 @@ def estimate(
     ops, tensors = ops_from_topology(read_scalesim_topology(topology), batch, bits)
     inputs = frozenset(t for op in ops for t in op.reads)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
-    priced = _account(ops, tensors, accelerator, table, Arithmetic(acc, frozenset()), None, inputs, (fusion, objective),
-                      densities)  # fmt: skip
+    arithmetic = Arithmetic(acc, frozenset())
+    priced = account_ops(ops, tensors, accelerator, table, arithmetic, None, inputs, (fusion, objective), densities)
     return Estimate(Path(workload).stem, accelerator, batch, True, priced.rows, tensors, table, False,
                     priced.placements, fusion, objective, priced.sparsity, priced.storage)  # fmt: skip
-
-
-def _price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts: OpCounter | None,
-           forward_only: bool, approximate: bool, pricing: tuple[bool, str], densities: Mapping[str, float] | None,
-           expect_all: bool = False) -> Estimate:  # fmt: skip
-    """Price ``graph`` (the iteration that ran, with its policies' ops). An optional op (one that
-    runs on some iterations only) is priced when it was counted; ``expect_all``: every other op
-    must have been counted (a run that executed iterations)."""
-    if counts is not None:
-        check_counts(graph, counts, expect_all)
-    ops = [op for op in graph.ops if (not forward_only or op.phase == "fwd") and
-           (op.name not in graph.optional or (counts is not None and op.name in counts.ops))]  # fmt: skip
-    arithmetic = arithmetic_of(spec)
-    if approximate:
-        if accelerator.approximate is None:
-            raise SpecError.single(accelerator.source, "approximate", "no approximate mode to price ops on")
-        _check_hardware(spec, (), accelerator)
-        names = frozenset(op.name for op in graph.model_ops
-                          if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))  # fmt: skip
-        arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
-    table = load_table(accelerator.technology, accelerator.energy_overrides)
-    priced = _account(ops, graph.tensors, accelerator, table, arithmetic, counts, graph.inputs, pricing, densities)
-    return Estimate(spec.name, accelerator, graph.batch_size, forward_only, priced.rows, dict(graph.tensors), table,
-                    counts is not None, priced.placements, pricing[0], pricing[1], priced.sparsity,
-                    priced.storage)  # fmt: skip
-
-
-def _account(ops, tensors, accelerator, table, arithmetic, counts, inputs, pricing, densities):
-    stated = _densities(densities, accelerator.source)
-    try:
-        return account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), pricing[0], pricing[1],
-                       stated)  # fmt: skip
-    except MappingError as exc:
-        raise SpecError.single(accelerator.source, "buffers", str(exc)) from None
-
-
-def _densities(given: Mapping[str, float] | None, source: str) -> dict[str, float]:
-    """Stated densities, checked: roles activations, errors, weights; fractions from 0 to 1."""
-    checked = {}
-    for role, value in (given or {}).items():
-        if role not in DENSITY_ROLES:
-            raise SpecError.single("density", role, f"unknown operand (known: {', '.join(DENSITY_ROLES)})")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise SpecError.single("density", role, f"must be a fraction of non-zero values from 0 to 1, got {value!r}")
-        checked[role] = float(value)
-    return checked
-
-
-def arithmetic_of(workload: Workload) -> Arithmetic:
-    p = workload.precision
-    operands = {"fwd": (p.activations, p.weights), "bwd_data": (p.errors, p.weights),
-                "bwd_weight": (p.activations, p.errors)}  # fmt: skip
-    floating = frozenset(phase for phase, pair in operands.items() if any(f.kind == "float" for f in pair))
-    return Arithmetic(p.accumulator.bits, floating)
 
 
 DEFAULT_WORKLOAD = "lenet5-mnist"
@@ -303,7 +198,7 @@ def run(
     spec = with_policy(original, load_policy(policy)) if policy is not None else original
     accelerator = load_hw(hw)
     pricing = (fusion, objective)
-    result = _run_once(spec, accelerator, epochs, data_dir, progress, pricing)
+    (result,) = run_once(prepare(spec), [accelerator], epochs, data_dir, progress, pricing)
     if compare_baseline:
         return dataclasses.replace(result, baseline=_cached_baseline(original, accelerator, epochs, data_dir, progress,
                                                                      pricing))  # fmt: skip
@@ -314,20 +209,6 @@ for _verb in (load_policy, run):
     _verb.__doc__ = _verb.__doc__.replace("{presets}", ", ".join(preset_names()))
 
 
-def _run_once(workload: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> RunResult:
-    prepared = prepare(workload)
-    spec, policies, graph = prepared.workload, prepared.policies, prepared.graph
-    _check_hardware(spec, policies, accelerator)
-    mode = accelerator.approximate
-    result = loop.train(spec, epochs, data_dir, progress, approximate=mode, graph=graph, policies=policies)
-    on_mode = any(p.trains_on_approximate_mode for p in policies)
-    priced = _price(spec, graph, accelerator, result.counts, False, on_mode, pricing, None, result.iterations > 0)
-    inference = None
-    if mode is not None:  # one inference batch on the exact datapath and on the approximate mode
-        inference = tuple(_price(spec, graph, accelerator, None, True, a, pricing, None) for a in (False, True))
-    return RunResult(spec, accelerator, result, priced, inference)
-
-
 def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
     """The baseline run's report of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
     baseline = with_policy(spec, preset("baseline"))
@@ -336,7 +217,8 @@ def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir,
     path = cache_dir() / "runs" / f"{baseline.name}-{key.hexdigest()[:20]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    report = _run_once(baseline, accelerator, epochs, data_dir, progress, pricing).to_dict()
+    (result,) = run_once(prepare(baseline), [accelerator], epochs, data_dir, progress, pricing)
+    report = result.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".partial")
     temporary.write_text(json.dumps(report))

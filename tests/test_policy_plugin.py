@@ -209,10 +209,10 @@ def test_policy_help_and_the_run_docstring_list_every_preset(capsys, monkeypatch
 def test_a_run_builds_the_model_once_and_lowers_once(monkeypatch):
     w = with_policy(lenet(1000), preset("smd"))
     calls = {"build": 0, "verify": 0}
-    import e2sim.api
     import e2sim.graph.lowering
+    import e2sim.studies.single
 
-    build, verify = e2sim.api.build_model, e2sim.graph.lowering.verify
+    build, verify = e2sim.studies.single.build_model, e2sim.graph.lowering.verify
 
     def counted(name, function):
         def wrapper(*args, **kwargs):
@@ -221,7 +221,7 @@ def test_a_run_builds_the_model_once_and_lowers_once(monkeypatch):
 
         return wrapper
 
-    monkeypatch.setattr(e2sim.api, "build_model", counted("build", build))
+    monkeypatch.setattr(e2sim.studies.single, "build_model", counted("build", build))
     monkeypatch.setattr(e2sim.graph.lowering, "verify", counted("verify", verify))
     e2sim.run(w, "zedboard", epochs=1, progress=False)
     assert calls == {"build": 1, "verify": 1}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from e2sim.config.approximate import read_approximate
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import (
     Invalid,
     ProblemLog,
@@ -138,7 +138,7 @@ def _read_vector(s: Section | None, pe_array: PEArray | None) -> VectorUnit | No
     return VectorUnit(lanes, bits, floating)
 
 
-def _read_overrides(s: Section | None) -> MappingProxyType | None:
+def _read_overrides(s: Section | None) -> FrozenDict | None:
     if s is None:
         return None
     values = {
@@ -146,7 +146,7 @@ def _read_overrides(s: Section | None) -> MappingProxyType | None:
         for key in ENERGY_ENTRIES
     }
     s.finish(" (energy-table entries)")
-    return MappingProxyType({k: v for k, v in values.items() if v is not None})
+    return FrozenDict({k: v for k, v in values.items() if v is not None})
 
 
 def _read_pe_array(s: Section | None) -> PEArray | None:
@@ -189,7 +189,7 @@ def _distinct_sorted(values: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(values))
 
 
-def _read_buffers(s: Section | None) -> MappingProxyType | None:
+def _read_buffers(s: Section | None) -> FrozenDict | None:
     if s is None:
         return None
     if s.has("global"):
@@ -198,7 +198,7 @@ def _read_buffers(s: Section | None) -> MappingProxyType | None:
         names = OPERAND_BUFFERS
     buffers = {name: _read_buffer(s.section(name)) for name in names}
     s.finish(" (either global, or ifmap, filter and ofmap)")
-    return MappingProxyType(buffers)
+    return FrozenDict(buffers)
 
 
 def _read_buffer(s: Section | None) -> Buffer | None:

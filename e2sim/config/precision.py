@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from e2sim.config.formats import NumberFormat, parse_format
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import Invalid, Section, describe, one_of
 
 ROUNDINGS = ("nearest", "stochastic", "truncate")
 # Dynamic-scale granularities per role: one scale per tensor, per output channel (weights, weight
 # gradients), per sample (activations, errors), or Banner et al.'s mean of per-sample ranges.
-SCALED_ROLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+SCALED_ROLES: Mapping[str, tuple[str, ...]] = FrozenDict(
     {
         "weights": ("tensor", "channel"),
         "activations": ("tensor", "sample", "batch_mean"),
@@ -33,7 +33,7 @@ class PrecisionSpec:
     gradients: NumberFormat
     accumulator: NumberFormat
     rounding: str
-    scales: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(SCALED_ROLES, "tensor")))
+    scales: Mapping[str, str] = field(default_factory=lambda: FrozenDict(dict.fromkeys(SCALED_ROLES, "tensor")))
 
     def scale(self, role: str) -> str:
         """Scale granularity of an ``intN`` role: tensor, channel, sample or batch_mean."""
@@ -71,7 +71,7 @@ def _read_scales(s: Section | None, formats: dict[str, NumberFormat | None]) -> 
     """Scale granularity per role; only integer (``intN``) formats have a dynamic scale."""
     scales = dict.fromkeys(SCALED_ROLES, "tensor")
     if s is None:
-        return MappingProxyType(scales)
+        return FrozenDict(scales)
     for role, options in SCALED_ROLES.items():
         if not s.has(role):
             continue
@@ -80,7 +80,7 @@ def _read_scales(s: Section | None, formats: dict[str, NumberFormat | None]) -> 
         if fmt is not None and fmt.kind != "int":
             s.log.add(s.key_path(role), f"only intN formats have a dynamic scale, {role} is {fmt.name}")
     s.finish()
-    return MappingProxyType(scales)
+    return FrozenDict(scales)
 
 
 def _check_accumulator(s: Section, formats: dict[str, NumberFormat], accumulator: NumberFormat) -> None:

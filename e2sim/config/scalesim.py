@@ -15,9 +15,9 @@ import configparser
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 from e2sim.config.errors import Problem, SpecError
+from e2sim.config.frozen import FrozenDict
 from e2sim.hw.accelerator import DRAM_TYPES, TECHNOLOGIES, Accelerator, Buffer, Dram, PEArray, VectorUnit
 
 ASSUMED_CLOCK_MHZ = 1000.0
@@ -75,8 +75,8 @@ def read_scalesim_cfg(path: str | Path) -> Accelerator:
     return Accelerator(
         name=name, description=f"SCALE-Sim config {Path(path).name}", source=source, technology=settings["technology"],
         clock_mhz=clock, pe_array=PEArray(rows, cols, dataflow, 0, (8,)),
-        buffers=MappingProxyType(buffers), dram=dram, vector=VectorUnit(cols, 32, True),
-        static_power_mw=settings["static_power_mw"], energy_overrides=MappingProxyType({}), assumptions=assumed,
+        buffers=FrozenDict(buffers), dram=dram, vector=VectorUnit(cols, 32, True),
+        static_power_mw=settings["static_power_mw"], energy_overrides=FrozenDict({}), assumptions=assumed,
     )  # fmt: skip
 
 

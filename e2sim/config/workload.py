@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.policy import PolicySpec, read_policy
 from e2sim.config.precision import PrecisionSpec, read_precision
 from e2sim.config.reader import (
@@ -35,7 +35,7 @@ class DatasetInfo:
     embedded: bool  # ships with e2sim (no path needed)
 
 
-DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
+DATASETS: Mapping[str, DatasetInfo] = FrozenDict(
     {
         "mnist5k": DatasetInfo((1, 28, 28), 10, embedded=True),
         "mnist": DatasetInfo((1, 28, 28), 10, embedded=False),
@@ -176,7 +176,7 @@ _POOL_KEYS: dict[str, tuple[Callable | Pair, Any]] = {
     "stride": (positive_int, None),
     "padding": (Pair(0), (0, 0)),
 }
-LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable | Pair, Any]]] = MappingProxyType(
+LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable | Pair, Any]]] = FrozenDict(
     {
         "conv": {
             "out_channels": (positive_int, MISSING),
@@ -228,7 +228,7 @@ def _read_layer(path: str, item: Any, log: ProblemLog) -> LayerSpec | None:
         body = _read_layer_list(s, "body") or ()
         shortcut = _read_layer_list(s, "shortcut", default=None) or ()
     s.finish(f" for type {kind}")
-    return LayerSpec(kind, path, name, MappingProxyType(attrs), body, shortcut)
+    return LayerSpec(kind, path, name, FrozenDict(attrs), body, shortcut)
 
 
 def _layer_name(value: Any) -> str:

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from types import MappingProxyType
 
 import yaml
 
+from e2sim.config.frozen import FrozenDict
 from e2sim.hw.approximate import MultiplierSpec
 from e2sim.hw.energy_entries import ENERGY_ENTRIES
 
@@ -118,4 +118,4 @@ def load_table(technology: str, overrides: Mapping[str, float] | None = None) ->
     name, description, entries, sources = _read_table(technology)
     overrides = dict(overrides or {})
     merged = {**entries, **overrides}
-    return EnergyTable(name, description, MappingProxyType(merged), MappingProxyType(sources), frozenset(overrides))
+    return EnergyTable(name, description, FrozenDict(merged), FrozenDict(sources), frozenset(overrides))

@@ -9,6 +9,7 @@ from functools import cached_property
 
 import networkx as nx
 
+from e2sim.config.frozen import FrozenDict
 from e2sim.graph.layers import Shape
 from e2sim.graph.models import Model
 
@@ -125,9 +126,9 @@ class TrainingGraph:
     model: Model
     ops: tuple[Op, ...]
     tensors: Mapping[str, Tensor]
-    dag: nx.DiGraph
+    dag: nx.DiGraph = field(compare=False)  # derived from ops and tensors: not part of equality or hash
     inputs: frozenset[str]
-    contributed: Mapping[str, str] = field(default_factory=dict)
+    contributed: Mapping[str, str] = field(default_factory=FrozenDict)
     optional: frozenset[str] = frozenset()
 
     @cached_property
@@ -163,7 +164,7 @@ class GraphExtension:
     source: str
     before: tuple[Op, ...] = ()
     after: tuple[Op, ...] = ()
-    tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    tensors: Mapping[str, Tensor] = field(default_factory=FrozenDict)
     state: frozenset[str] = frozenset()
     optional: frozenset[str] = frozenset()
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from types import MappingProxyType
 
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.workload import Workload
 from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.invariants import GraphError, verify
@@ -21,7 +21,7 @@ from e2sim.graph.layers import INPUT, Layer
 from e2sim.graph.models import Model, build_model
 
 # Tensor role -> precision field that gives its number format (label and index widths are derived).
-ROLE_FORMATS = MappingProxyType(
+ROLE_FORMATS = FrozenDict(
     {
         "input": "activations",
         "activation": "activations",
@@ -77,9 +77,9 @@ def extend_graph(graph: TrainingGraph, extensions: Sequence[GraphExtension]) -> 
         contributed.update({op.name: e.source for op in e.before + e.after})
         optional |= e.optional
     ops = (*(op for e in extensions for op in e.before), *graph.ops, *(op for e in extensions for op in e.after))
-    frozen = MappingProxyType(tensors)
+    frozen = FrozenDict(tensors)
     return TrainingGraph(graph.workload, graph.batch_size, graph.model, ops, frozen, build_dag(ops, frozen),
-                         frozenset(inputs), MappingProxyType(contributed), frozenset(optional))  # fmt: skip
+                         frozenset(inputs), FrozenDict(contributed), frozenset(optional))  # fmt: skip
 
 
 class _Lowering:
@@ -184,7 +184,7 @@ class _Lowering:
         self.add_grad_sums()
         backward = [op for layer in reversed(self.model.layers) for op in self.bwd[layer.name]]
         ops = tuple(self.fwd + backward + self.update)
-        tensors = MappingProxyType(self.resolve_aliases())
+        tensors = FrozenDict(self.resolve_aliases())
         return TrainingGraph(
             self.workload.name, self.n, self.model, ops, tensors, build_dag(ops, tensors), frozenset(self.inputs)
         )

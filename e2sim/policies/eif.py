@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import (
     Section,
     at_least_one,
@@ -204,7 +204,7 @@ class Eif(Policy):
 
     key = "eif"
     Spec = EifSpec
-    checks = MappingProxyType({"target_ratio": fraction_positive, "threshold_up": at_least_one,
+    checks = FrozenDict({"target_ratio": fraction_positive, "threshold_up": at_least_one,
               "threshold_down": fraction_below_one_positive, "window": positive_int,
               "entropy_threshold": non_negative_number, "initial_threshold": positive_number,
               "explore_fraction": fraction_below_one, "filter_lr": positive_number,

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
 import e2sim.functional as F
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import fraction_positive, non_negative_number
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.graph.layers import Layer
@@ -94,7 +94,7 @@ class EmpStats:
 class Emp(RecordedPolicy):
     key = "emp"
     Spec = EmpSpec
-    checks = MappingProxyType({"keep_ratio": fraction_positive, "weight_coefficient": non_negative_number,
+    checks = FrozenDict({"keep_ratio": fraction_positive, "weight_coefficient": non_negative_number,
               "error_coefficient": non_negative_number})  # fmt: skip
 
     def __init__(self, spec: EmpSpec, workload):

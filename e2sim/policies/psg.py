@@ -20,12 +20,12 @@ Choices where the paper is silent (documented here and in the README):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
 import e2sim.functional as F
 from e2sim.config.formats import parse_format
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.precision import PrecisionSpec
 from e2sim.config.reader import boolean, one_of, positive_number
 from e2sim.counting import OpCounter
@@ -115,7 +115,7 @@ class Psg(RecordedPolicy):
 
     key = "psg"
     Spec = PsgSpec
-    checks = MappingProxyType({"threshold": positive_number, "adaptive": boolean,
+    checks = FrozenDict({"threshold": positive_number, "adaptive": boolean,
                                "predictor_bits": one_of(*range(2, 9)), "error_bits": one_of(8, 12, 16)})  # fmt: skip
 
     def __init__(self, spec: PsgSpec, workload):

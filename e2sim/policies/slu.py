@@ -22,11 +22,11 @@ Training (choices where the papers are silent, documented):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
 from e2sim.config.errors import SpecError
+from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import fraction_positive, non_negative_number, positive_int
 from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
@@ -318,7 +318,7 @@ class Slu(Policy):
 
     key = "slu"
     Spec = SluSpec
-    checks = MappingProxyType(
+    checks = FrozenDict(
         {"target_fraction": fraction_positive, "cost_weight": non_negative_number, "gate_channels": positive_int}
     )
 

@@ -1,0 +1,1 @@
+"""Studies over design points: one point (single), and sweeps over many."""

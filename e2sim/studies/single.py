@@ -1,0 +1,154 @@
+"""One design point: a workload prepared (model built, policies activated and checked, the
+iteration lowered with their ops), trained, and priced on one or more accelerators. The API and
+sweeps both go through here."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from e2sim.config.errors import SpecError
+from e2sim.config.hardware import DENSITY_ROLES
+from e2sim.config.loading import read_workload_spec
+from e2sim.config.policy import check_policy_spec
+from e2sim.config.workload import Workload
+from e2sim.counting import OpCounter
+from e2sim.energy.account import Arithmetic, account, check_counts
+from e2sim.energy.tables import load_table
+from e2sim.graph import TrainingGraph, build_model
+from e2sim.graph import lower as lower_workload
+from e2sim.graph.models import Model
+from e2sim.hw import Accelerator
+from e2sim.numerics.approximate import table_shortfall
+from e2sim.policies.base import Policy, activate
+from e2sim.report.estimate import Estimate
+from e2sim.report.run import RunResult
+from e2sim.schedule.mapper import MappingError
+from e2sim.train import loop
+
+Pricing = tuple[bool, str]  # (fusion, mapper objective)
+
+
+def activate_checked(workload: Workload, model: Model) -> tuple[Policy, ...]:
+    """The workload's policies, checked against each other and against ``model``."""
+    check_policy_spec(workload.policy, workload.source)
+    policies = activate(workload)
+    for policy in policies:
+        policy.check_model(model)
+    return policies
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A workload, its active policies, and its iteration lowered with their ops."""
+
+    workload: Workload
+    policies: tuple[Policy, ...]
+    graph: TrainingGraph
+
+
+def prepare(workload: Workload | str | Mapping, batch_size: int | None = None) -> Prepared:
+    """Read and check ``workload``, activate its policies and lower its iteration (the model built once)."""
+    spec = workload if isinstance(workload, Workload) else read_workload_spec(workload)
+    model = build_model(spec)
+    policies = activate_checked(spec, model)
+    return Prepared(spec, policies, lower_workload(spec, batch_size, extensions=[p.extend for p in policies],
+                                                   model=model))  # fmt: skip
+
+
+def check_hardware(spec: Workload, policies: tuple[Policy, ...], hw: Accelerator | None) -> None:
+    """Each policy's demands on ``hw``; then, when ``hw`` has an approximate mode (every epoch is
+    evaluated on it), intN weights and activations that its multiplier covers."""
+    for policy in policies:
+        policy.check_hardware(hw)
+    mode = hw.approximate if hw is not None else None
+    if mode is None:
+        return
+    p = spec.precision
+    for role in ("weights", "activations"):
+        fmt = getattr(p, role)
+        if fmt.kind != "int":
+            raise SpecError.single(hw.source, "approximate", f"the approximate mode multiplies intN operands; "
+                                   f"workload {spec.name} has precision.{role} {fmt.name}")  # fmt: skip
+    shortfall = table_shortfall(mode.multiplier, max(p.weights.bits, p.activations.bits))
+    if shortfall is not None:
+        raise SpecError.single(hw.source, "approximate.multiplier.table_file", shortfall)
+
+
+def price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts: OpCounter | None,
+           forward_only: bool, approximate: bool, pricing: tuple[bool, str], densities: Mapping[str, float] | None,
+           expect_all: bool = False) -> Estimate:  # fmt: skip
+    """Price ``graph`` (the iteration that ran, with its policies' ops). An optional op (one that
+    runs on some iterations only) is priced when it was counted; ``expect_all``: every other op
+    must have been counted (a run that executed iterations)."""
+    if counts is not None:
+        check_counts(graph, counts, expect_all)
+    ops = [op for op in graph.ops if (not forward_only or op.phase == "fwd") and
+           (op.name not in graph.optional or (counts is not None and op.name in counts.ops))]  # fmt: skip
+    arithmetic = arithmetic_of(spec)
+    if approximate:
+        if accelerator.approximate is None:
+            raise SpecError.single(accelerator.source, "approximate", "no approximate mode to price ops on")
+        check_hardware(spec, (), accelerator)
+        names = frozenset(op.name for op in graph.model_ops
+                          if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))  # fmt: skip
+        arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
+    table = load_table(accelerator.technology, accelerator.energy_overrides)
+    priced = account_ops(ops, graph.tensors, accelerator, table, arithmetic, counts, graph.inputs, pricing, densities)
+    return Estimate(spec.name, accelerator, graph.batch_size, forward_only, priced.rows, graph.tensors, table,
+                    counts is not None, priced.placements, pricing[0], pricing[1], priced.sparsity,
+                    priced.storage)  # fmt: skip
+
+
+def account_ops(ops, tensors, accelerator, table, arithmetic, counts, inputs, pricing: Pricing, densities):
+    """``account`` with checked densities; a mapping that cannot fit is a spec error of the hardware."""
+    stated = checked_densities(densities, accelerator.source)
+    try:
+        return account(ops, tensors, accelerator, table, arithmetic, counts, frozenset(inputs), pricing[0], pricing[1],
+                       stated)  # fmt: skip
+    except MappingError as exc:
+        raise SpecError.single(accelerator.source, "buffers", str(exc)) from None
+
+
+def checked_densities(given: Mapping[str, float] | None, source: str) -> dict[str, float]:
+    """Stated densities, checked: roles activations, errors, weights; fractions from 0 to 1."""
+    checked = {}
+    for role, value in (given or {}).items():
+        if role not in DENSITY_ROLES:
+            raise SpecError.single("density", role, f"unknown operand (known: {', '.join(DENSITY_ROLES)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise SpecError.single("density", role, f"must be a fraction of non-zero values from 0 to 1, got {value!r}")
+        checked[role] = float(value)
+    return checked
+
+
+def arithmetic_of(workload: Workload) -> Arithmetic:
+    p = workload.precision
+    operands = {"fwd": (p.activations, p.weights), "bwd_data": (p.errors, p.weights),
+                "bwd_weight": (p.activations, p.errors)}  # fmt: skip
+    floating = frozenset(phase for phase, pair in operands.items() if any(f.kind == "float" for f in pair))
+    return Arithmetic(p.accumulator.bits, floating)
+
+
+def run_once(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: int | None, data_dir, progress,
+             pricing: Pricing) -> list[RunResult]:  # fmt: skip
+    """Train ``prepared`` once and price what ran on each of ``accelerators``. Training depends on
+    the accelerator only through its approximate mode (a policy may train on it; every epoch is
+    evaluated on it), so all of them must share one mode (or have none)."""
+    modes = {hw.approximate for hw in accelerators}
+    if len(modes) != 1:
+        raise ValueError("accelerators priced from one training run must share their approximate mode")
+    spec, policies, graph = prepared.workload, prepared.policies, prepared.graph
+    for hw in accelerators:
+        check_hardware(spec, policies, hw)
+    mode = accelerators[0].approximate
+    result = loop.train(spec, epochs, data_dir, progress, approximate=mode, graph=graph, policies=policies)
+    on_mode = any(p.trains_on_approximate_mode for p in policies)
+    results = []
+    for hw in accelerators:
+        priced = price(spec, graph, hw, result.counts, False, on_mode, pricing, None, result.iterations > 0)
+        inference = None
+        if mode is not None:  # one inference batch on the exact datapath and on the approximate mode
+            inference = tuple(price(spec, graph, hw, None, True, a, pricing, None) for a in (False, True))
+        results.append(RunResult(spec, hw, result, priced, inference))
+    return results
