@@ -2,7 +2,7 @@
 
 __version__ = "0.2.0"  # before the imports: api reads it
 
-from e2sim.api import RunResult, estimate, load_hw, load_workload, lower, run, train_workload
+from e2sim.api import RunResult, estimate, load_hw, load_workload, lower, run, sweep, train_workload
 from e2sim.config.errors import Problem, SpecError
 from e2sim.graph import TrainingGraph
 
@@ -17,5 +17,6 @@ __all__ = [
     "load_workload",
     "lower",
     "run",
+    "sweep",
     "train_workload",
 ]

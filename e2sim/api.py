@@ -16,6 +16,7 @@ from e2sim.config.loading import read_hardware_spec, read_workload_spec, topolog
 from e2sim.config.policy import PolicySpec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
+from e2sim.config.sweep import SweepSpec, read_sweep_spec
 from e2sim.config.workload import Workload, with_policy
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
@@ -28,6 +29,8 @@ from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
 from e2sim.studies.single import account_ops, activate_checked, check_hardware, prepare, price, run_once
+from e2sim.studies.sweep import SweepResult, run_sweep
+from e2sim.studies.sweep import status as sweep_progress
 from e2sim.train import loop
 from e2sim.train.data import DataError
 from e2sim.train.loop import CheckpointError, TrainResult, fingerprint
@@ -46,6 +49,8 @@ __all__ = [
     "prepare",
     "preset_names",
     "run",
+    "sweep",
+    "sweep_status",
     "train_workload",
 ]  # fmt: skip
 
@@ -224,6 +229,21 @@ def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir,
     temporary.write_text(json.dumps(report))
     os.replace(temporary, path)
     return report
+
+
+def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: int | None = None,
+          scheduler: str | None = None, dask: bool = False, progress: bool | None = None) -> SweepResult:  # fmt: skip
+    """Run a sweep file: every design point that its store (``db``, default ``<sweep>.sqlite`` next to
+    the file) does not hold yet, on this process (``workers`` 1), ``workers`` local processes, a Dask
+    LocalCluster of ``workers`` (``dask``), or the Dask cluster at ``scheduler``. Returns every stored
+    point of the sweep and its Pareto front; a killed sweep started again runs only what is missing."""
+    checked = spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec)
+    return run_sweep(checked, db, workers, scheduler, dask, progress)
+
+
+def sweep_status(spec: str | Path | SweepSpec, db: str | Path | None = None) -> dict[str, int]:
+    """Stored points per status (done, failed, infeasible), planned and remaining."""
+    return sweep_progress(spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec), db)
 
 
 def cache_dir() -> Path:

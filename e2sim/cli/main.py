@@ -12,6 +12,7 @@ from e2sim import __version__, api
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import format_summary, summarize
 from e2sim.report.run import format_run, prepare_output_dir, write_outputs
+from e2sim.report.sweep import format_sweep, prepare_sweep_dir, write_sweep_outputs
 
 EXIT_BAD_INPUT = 2
 
@@ -100,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _model_options(run)
     run.set_defaults(handler=_run)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="explore a design space: estimate or run points, stored, resumable, with the Pareto front",
+        description="Run the design points of the sweep file SPEC that its store does not hold yet (a killed "
+        "sweep started again runs only what is missing), then print the Pareto front.",
+    )
+    sweep.add_argument("spec", metavar="SPEC", help="sweep YAML file (see sweeps/)")
+    sweep.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default 1: this one)")
+    sweep.add_argument("--dask", action="store_true", help="run the workers as a Dask LocalCluster")
+    sweep.add_argument("--scheduler", metavar="ADDRESS", help="join the Dask cluster at ADDRESS")
+    sweep.add_argument("--db", metavar="PATH", help="result store (default: SPEC's name .sqlite next to it)")
+    sweep.add_argument("--status", action="store_true", help="show what is stored and what remains; run nothing")
+    sweep.add_argument("--out", metavar="DIR", help="also write points.csv, points.parquet, front.csv and plots")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=_sweep)
     return parser
 
 
@@ -158,6 +175,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    if args.status:
+        counts = api.sweep_status(args.spec, args.db)
+        print(", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        return 0
+    if args.out:
+        prepare_sweep_dir(Path(args.out))
+    result = api.sweep(args.spec, args.db, args.workers, args.scheduler, args.dask,
+                       progress=False if args.no_progress else None)  # fmt: skip
+    print(format_sweep(result))
+    if args.out:
+        for path in write_sweep_outputs(Path(args.out), result):
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -166,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"e2sim: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (api.DataError, api.CheckpointError, FileExistsError) as exc:
+    except (api.DataError, api.CheckpointError, FileExistsError, RuntimeError) as exc:
         print(f"e2sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FloatingPointError as exc:  # a recipe that diverges (e.g. too high a learning rate)

@@ -53,17 +53,17 @@ def _embedded_csv(name: str) -> Path | None:
 
 def read_workload_spec(spec: str | Path | Mapping) -> Workload:
     """Read and check a workload from a file, an embedded name or an already-parsed mapping."""
-    data, source, _ = _document(spec, "workload")
+    data, source, _ = spec_document(spec, "workload")
     return read_workload(data, source)
 
 
 def read_hardware_spec(spec: str | Path | Mapping) -> Accelerator:
     """Read and check a hardware spec from a file, an embedded name or an already-parsed mapping."""
-    data, source, folder = _document(spec, "hardware")
+    data, source, folder = spec_document(spec, "hardware")
     return read_hardware(data, source, folder)
 
 
-def _document(spec: str | Path | Mapping, kind: str) -> tuple[Any, str, Path]:
+def spec_document(spec: str | Path | Mapping, kind: str) -> tuple[Any, str, Path]:
     """(parsed document, its name in error messages, the folder its relative file names start from)."""
     if isinstance(spec, Mapping):
         return spec, f"<{kind} mapping>", Path.cwd()

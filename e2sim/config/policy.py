@@ -101,6 +101,11 @@ def register_preset(name: str, block: Mapping | None, precision: Mapping | None 
     _PRESETS[name] = (block, precision)
 
 
+def preset_block(name: str) -> tuple[Mapping | None, Mapping | None]:
+    """(policy block, precision block) of the preset ``name``, as registered."""
+    return _PRESETS[name]
+
+
 def preset_names() -> tuple[str, ...]:
     return tuple(_PRESETS)
 

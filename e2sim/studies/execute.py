@@ -1,0 +1,105 @@
+"""Where the points of a sweep run: in this process, in local worker processes, or on a Dask
+cluster (a LocalCluster that the sweep starts, or one it joins). All three are one interface:
+``submit(function, argument)`` and ``completed(futures)``; every worker process compiles the
+numba kernels once (``warm_up``) before its first point."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from typing import Any
+
+from e2sim.studies.points import warm_up
+
+
+class InProcess:
+    """One worker: this process (no start-up cost; what a small sweep wants)."""
+
+    workers = 1
+
+    def __enter__(self) -> InProcess:
+        warm_up()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, function: Callable, argument: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(argument))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def completed(self, futures: list[Future]) -> Iterator[Future]:
+        yield from futures
+
+
+class LocalProcesses:
+    """``workers`` local processes (spawned: no forked numba or BLAS threads)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __enter__(self) -> LocalProcesses:
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=warm_up)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+    def submit(self, function: Callable, argument: Any) -> Future:
+        return self.pool.submit(function, argument)
+
+    def completed(self, futures: list[Future]) -> Iterator[Future]:
+        yield from as_completed(futures)
+
+
+class DaskCluster:
+    """Dask distributed: a LocalCluster of ``workers`` single-threaded processes, or the cluster
+    at ``address``. Needs ``pip install "e2sim[dask]"``."""
+
+    def __init__(self, workers: int | None = None, address: str | None = None):
+        self.workers, self.address = workers, address
+
+    def __enter__(self) -> DaskCluster:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise RuntimeError('Dask is not installed: pip install "e2sim[dask]"') from None
+        self.cluster = None
+        if self.address is None:
+            self.cluster = LocalCluster(n_workers=self.workers or 1, threads_per_worker=1, processes=True,
+                                        dashboard_address=None)  # fmt: skip
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(self.address)
+        self.client.run(warm_up)
+        self.workers = len(self.client.scheduler_info()["workers"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def submit(self, function: Callable, argument: Any):
+        return self.client.submit(function, argument, pure=False)
+
+    def completed(self, futures: list) -> Iterator:
+        from distributed import as_completed as dask_completed
+
+        yield from dask_completed(futures)
+
+
+def executor_for(workers: int | None, scheduler: str | None, dask: bool):
+    """In-process for one worker; local processes for several; Dask when asked (``dask``, or a
+    scheduler address to join)."""
+    if scheduler is not None or dask:
+        return DaskCluster(workers, scheduler)
+    if workers is None or workers <= 1:
+        return InProcess()
+    return LocalProcesses(workers)

@@ -1,0 +1,184 @@
+"""A sweep: sample design points, run those the store does not hold yet on an executor, store each
+as it finishes, and find the Pareto front of what is stored."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e2sim.config.sweep import OBJECTIVES, SweepSpec
+from e2sim.studies.execute import executor_for
+from e2sim.studies.points import (
+    FAILED,
+    INFEASIBLE,
+    Point,
+    evaluate,
+    grid_values,
+    random_values,
+    resolve,
+    tasks_of,
+    within,
+)
+from e2sim.studies.store import Store
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The stored points of a sweep (sampled order), the keys on its Pareto front, and the store."""
+
+    spec: SweepSpec
+    store: Path
+    points: tuple[Mapping[str, Any], ...]
+    front: tuple[str, ...]
+
+    def table(self) -> list[dict[str, Any]]:
+        """One flat row per point: status, each axis, each metric, on_front, error."""
+        front = set(self.front)
+        axes = [a.path for a in self.spec.axes]
+        metrics = sorted({m for p in self.points for m in p["metrics"]})
+        return [{"key": p["key"][:16], "position": p["position"], "status": p["status"],
+                 **{a: p["params"].get(a) for a in axes}, **{m: p["metrics"].get(m) for m in metrics},
+                 "on_front": p["key"] in front, "error": p["error"] or ""} for p in self.points]  # fmt: skip
+
+    def write_csv(self, path: str | Path) -> Path:
+        import csv
+
+        rows = self.table()
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["key"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return Path(path)
+
+    def write_parquet(self, path: str | Path) -> Path:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise RuntimeError('Parquet export needs pyarrow: pip install "e2sim[sweep]"') from None
+        rows = self.table()
+        columns = {name: [_scalar(r[name]) for r in rows] for name in (rows[0] if rows else {"key": None})}
+        pq.write_table(pa.table(columns), path)
+        return Path(path)
+
+
+def _scalar(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+
+
+def default_store(spec: SweepSpec) -> Path:
+    """``<sweep file stem>.sqlite`` next to the sweep file."""
+    return spec.folder / f"{Path(spec.source).stem}.sqlite"
+
+
+def run_sweep(spec: SweepSpec, db: str | Path | None = None, workers: int | None = None, scheduler: str | None = None,
+              dask: bool = False, progress: bool | None = None) -> SweepResult:  # fmt: skip
+    """Run every point of ``spec`` the store does not hold yet and return all of them."""
+    path = Path(db) if db is not None else default_store(spec)
+    with Store(path) as store, executor_for(workers, scheduler, dask) as executor:
+        if spec.sampler.kind == "optuna":
+            from e2sim.studies.optimize import run_optuna
+
+            run_optuna(spec, store, path, executor, _show(progress))
+        else:
+            values = grid_values(spec) if spec.sampler.kind == "grid" else random_values(spec)
+            evaluate_points(spec, store, list(enumerate(values)), executor, _show(progress))
+        return collect(spec, store)
+
+
+def _show(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def evaluate_points(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, Mapping[str, Any]]], executor,
+                    progress: bool) -> list[Point]:  # fmt: skip
+    """Resolve ``sampled`` (position, axis values), record invalid and infeasible points at once,
+    run the rest that the store lacks on ``executor`` (entered), storing each task's points as it
+    completes."""
+    points, seen = [], set()
+    for position, values in sampled:
+        point = resolve(spec, position, values)
+        if point.key not in seen:  # two samples of one point (random draws) run once
+            seen.add(point.key)
+            points.append(point)
+    done = store.finished(p.key for p in points)
+    fresh = [p for p in points if p.key not in done]
+    immediate = []
+    for p in fresh:
+        reason = p.error or (within(spec, p.hardware) if p.hardware is not None else None)
+        if reason is not None:
+            immediate.append((p.key, p.position, p.values, FAILED if p.error else INFEASIBLE, None, reason, 0.0))
+    store.record(spec.name, immediate)
+    runnable = [p for p in fresh if p.error is None and within(spec, p.hardware) is None]
+    by_key = {p.key: p for p in runnable}
+    tasks = tasks_of(spec, runnable)
+    bar = _bar(progress, len(runnable), spec.name)
+    futures = [executor.submit(evaluate, task) for task in tasks]
+    for future in executor.completed(futures):
+        outcomes = future.result()
+        store.record(spec.name, [(o.key, by_key[o.key].position, by_key[o.key].values, o.status, o.metrics,
+                                  o.error, o.seconds) for o in outcomes])  # fmt: skip
+        bar.update(len(outcomes))
+    bar.close()
+    return points
+
+
+def _bar(enabled: bool, total: int, name: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is optional
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, desc=name, unit="point", file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def collect(spec: SweepSpec, store: Store) -> SweepResult:
+    points = tuple(store.rows(spec.name))
+    return SweepResult(spec, store.path, points, pareto_front(points, spec.objectives))
+
+
+def pareto_front(points: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> tuple[str, ...]:
+    """Keys of the done points no other done point dominates (at least as good in every objective,
+    better in one); ``accuracy`` is maximised, the others minimised."""
+    def usable(p: Mapping[str, Any]) -> bool:
+        return p["status"] == "done" and all(isinstance(p["metrics"].get(o), int | float)
+                                             and math.isfinite(p["metrics"][o]) for o in objectives)  # fmt: skip
+
+    done = [p for p in points if usable(p)]
+    if not done:
+        return ()
+    sign = np.array([-1.0 if OBJECTIVES[o] == "max" else 1.0 for o in objectives])
+    values = np.array([[p["metrics"][o] for o in objectives] for p in done]) * sign
+    front = []
+    for i, row in enumerate(values):
+        dominated = np.any(np.all(values <= row, axis=1) & np.any(values < row, axis=1))
+        if not dominated:
+            front.append(done[i]["key"])
+    return tuple(front)
+
+
+def status(spec: SweepSpec, db: str | Path | None = None) -> dict[str, int]:
+    """How many points of the sweep are stored per status, and how many the sampler asks for."""
+    path = Path(db) if db is not None else default_store(spec)
+    if not path.exists():
+        counts = {"done": 0, "failed": 0, "infeasible": 0}
+    else:
+        with Store(path) as store:
+            counts = store.counts(spec.name)
+    planned = spec.grid_size() if spec.sampler.kind == "grid" else spec.sampler.points
+    return {**counts, "planned": planned, "remaining": max(0, planned - sum(counts.values()))}
