@@ -17,7 +17,7 @@ def format_sweep(result: Any) -> str:
     for p in result.points:
         counts[p["status"]] = counts.get(p["status"], 0) + 1
     lines = [f"sweep {spec.name} ({spec.kind} points): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-             + f"; store {result.store}"]  # fmt: skip
+             + f" ({result.ran} new); store {result.store}"]  # fmt: skip
     front = [p for p in result.points if p["key"] in set(result.front)]
     front.sort(key=lambda p: p["metrics"][spec.objectives[0]])
     if not front:

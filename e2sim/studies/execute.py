@@ -25,16 +25,21 @@ class InProcess:
     def __exit__(self, *exc) -> None:
         pass
 
-    def submit(self, function: Callable, argument: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(function(argument))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
+    def submit(self, function: Callable, argument: Any) -> _Deferred:
+        return _Deferred(function, argument)
 
-    def completed(self, futures: list[Future]) -> Iterator[Future]:
-        yield from futures
+    def completed(self, futures: list[_Deferred]) -> Iterator[_Deferred]:
+        yield from futures  # each runs when its result is asked for: stored before the next starts
+
+
+class _Deferred:
+    """A call made when its result is first asked for (the in-process executor's future)."""
+
+    def __init__(self, function: Callable, argument: Any):
+        self.function, self.argument = function, argument
+
+    def result(self) -> Any:
+        return self.function(self.argument)
 
 
 class LocalProcesses:

@@ -3,6 +3,7 @@ as it finishes, and find the Pareto front of what is stored."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,12 +31,14 @@ from e2sim.studies.store import Store
 
 @dataclass(frozen=True)
 class SweepResult:
-    """The stored points of a sweep (sampled order), the keys on its Pareto front, and the store."""
+    """The stored points of a sweep (sampled order), the keys on its Pareto front, the store, and
+    how many points this call added to the store (the others were there already)."""
 
     spec: SweepSpec
     store: Path
     points: tuple[Mapping[str, Any], ...]
     front: tuple[str, ...]
+    ran: int = 0
 
     def table(self) -> list[dict[str, Any]]:
         """One flat row per point: status, each axis, each metric, on_front, error."""
@@ -82,6 +85,7 @@ def run_sweep(spec: SweepSpec, db: str | Path | None = None, workers: int | None
     """Run every point of ``spec`` the store does not hold yet and return all of them."""
     path = Path(db) if db is not None else default_store(spec)
     with Store(path) as store, executor_for(workers, scheduler, dask) as executor:
+        before = len(store.rows(spec.name))
         if spec.sampler.kind == "optuna":
             from e2sim.studies.optimize import run_optuna
 
@@ -89,7 +93,8 @@ def run_sweep(spec: SweepSpec, db: str | Path | None = None, workers: int | None
         else:
             values = grid_values(spec) if spec.sampler.kind == "grid" else random_values(spec)
             evaluate_points(spec, store, list(enumerate(values)), executor, _show(progress))
-        return collect(spec, store)
+        result = collect(spec, store)
+        return dataclasses.replace(result, ran=len(result.points) - before)
 
 
 def _show(progress: bool | None) -> bool:
