@@ -71,7 +71,8 @@ def test_the_front_is_the_non_dominated_points():
     assert pareto_front(points, ["energy_j", "accuracy"]) == ("a", "b", "d", "e")  # c: dominated by a; a, e tie
     rng = np.random.default_rng(0)
     values = rng.random((200, 2))
-    many = [{"key": str(i), "status": "done", "metrics": {"energy_j": x, "time_s": y}} for i, (x, y) in enumerate(values)]
+    many = [{"key": str(i), "status": "done", "metrics": {"energy_j": x, "time_s": y}}
+            for i, (x, y) in enumerate(values)]
     front = {int(k) for k in pareto_front(many, ["energy_j", "time_s"])}
     for i, (x, y) in enumerate(values):  # the twin: brute force
         dominated = any(u <= x and v <= y and (u < x or v < y) for u, v in values)
