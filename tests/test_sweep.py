@@ -234,3 +234,11 @@ def test_cli_sweep_status_and_outputs(tmp_path, capsys):
     table = pq.read_table(out / "points.parquet").to_pylist()
     assert len(table) == 12 and sum(r["on_front"] for r in table) >= 1
     assert json.loads(json.dumps(table[0]))["status"] in ("done", "infeasible")
+
+
+def test_the_shipped_example_sweep_runs(tmp_path):
+    start = time.perf_counter()
+    result = e2sim.sweep(ROOT / "sweeps" / "systolic-shapes.yaml", db=tmp_path / "example.sqlite", progress=False)
+    assert time.perf_counter() - start < 120
+    assert len(result.points) == 54 and len(result.front) >= 3
+    assert {p["status"] for p in result.points} == {"done", "infeasible"}
