@@ -8,6 +8,7 @@ name the mutated key (or, for broken YAML, the file and line), and never raise a
 import copy
 import os
 
+import pytest
 import yaml
 from conftest import HW_SPECS, WORKLOADS
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 import e2sim
 from e2sim import SpecError
 from e2sim.config.reader import join_path
+from e2sim.config.sweep import read_sweep_spec
 
 DOCS = {
     "workload": [yaml.safe_load(p.read_text()) for p in WORKLOADS],
@@ -134,3 +136,67 @@ def test_corrupted_yaml_text_gives_clean_errors(tmp_path_factory, text, data):
     except SpecError as exc:
         assert all(str(p).startswith(f"{path}: ") for p in exc.problems), exc
         assert all("\n" not in str(p) for p in exc.problems)
+
+
+EXTREMES = [float("inf"), float("-inf"), float("nan"), 1e308, 2**63, -0.0]
+
+
+def numeric_leaves(doc):
+    return [(path, parent, key) for path, parent, key in nodes(doc)
+            if isinstance(parent[key], int | float) and not isinstance(parent[key], bool)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["workload", "hardware"])
+def test_extreme_numbers_at_every_numeric_key_give_clean_errors(kind):
+    """inf, -inf, nan, 1e308, 2**63 and -0.0 in place of every number of every shipped spec: a
+    SpecError at that key, or a spec that lowers (workloads) and prices (hardware) — no traceback,
+    no runaway memory (every numeric key is bounded)."""
+    tried = accepted = 0
+    for doc in DOCS[kind]:
+        for index in range(len(numeric_leaves(doc))):
+            for value in EXTREMES:
+                mutated = copy.deepcopy(doc)
+                path, parent, key = numeric_leaves(mutated)[index]
+                parent[key] = value
+                tried += 1
+                try:
+                    loaded = load(kind, mutated)
+                except SpecError as exc:
+                    assert any(names(str(p), kind, dotted(path)) or names(str(p), kind, dotted(path[:-1]))
+                               for p in exc.problems), (dotted(path), value, exc)  # fmt: skip
+                    continue
+                accepted += 1
+                try:
+                    if kind == "workload":
+                        e2sim.lower(loaded, batch_size=1)
+                    else:
+                        e2sim.estimate("lenet5-mnist", loaded)
+                except SpecError:
+                    pass
+    assert tried > 200 and accepted < tried
+
+
+SWEEP = """
+workload: lenet5-mnist
+hardware: systolic-16x16
+batch: 8
+axes:
+  hw.pe_array.rows: [8, 16]
+  hw.buffers.ifmap.size_kb: {log_range: [16, 64], steps: 2}
+sampler: {random: {points: 2, seed: 1}}
+"""
+
+
+def test_extreme_numbers_in_sweep_specs_give_clean_errors(tmp_path):
+    base = yaml.safe_load(SWEEP)
+    for index in range(len(numeric_leaves(base))):
+        for value in EXTREMES:
+            doc = copy.deepcopy(base)
+            path, parent, key = numeric_leaves(doc)[index]
+            parent[key] = value
+            spec = tmp_path / "sweep.yaml"
+            spec.write_text(yaml.safe_dump(doc))
+            try:
+                read_sweep_spec(spec)
+            except SpecError as exc:
+                assert all(str(p).startswith(f"{spec}: ") and "\n" not in str(p) for p in exc.problems), exc

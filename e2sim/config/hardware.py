@@ -11,6 +11,7 @@ from e2sim.config.reader import (
     Invalid,
     ProblemLog,
     Section,
+    at_most,
     boolean,
     non_negative_int,
     non_negative_number,
@@ -50,12 +51,12 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
     name = top.read("name", string)
     description = top.read("description", string, default="")
     technology = top.read("technology", one_of(*TECHNOLOGIES))
-    clock_mhz = top.read("clock_mhz", positive_number)
+    clock_mhz = top.read("clock_mhz", at_most(positive_number, 100_000, " MHz"))
     pe_array = _read_pe_array(top.section("pe_array"))
     buffers = _read_buffers(top.section("buffers"))
     dram = _read_dram(top.section("dram"))
-    static_power_mw = top.read("static_power_mw", non_negative_number)
-    supply_voltage_v = top.read("supply_voltage_v", positive_number, default=None)
+    static_power_mw = top.read("static_power_mw", at_most(non_negative_number, 1e6, " mW"))
+    supply_voltage_v = top.read("supply_voltage_v", at_most(positive_number, 5, " V"), default=None)
     sparsity = _read_sparsity(top.section("sparsity", default={}))
     vector = _read_vector(top.section("vector", default={}), pe_array)
     overrides = _read_overrides(top.section("energy_overrides", default={}))
@@ -131,18 +132,22 @@ def _read_vector(s: Section | None, pe_array: PEArray | None) -> VectorUnit | No
     if s is None:
         return None
     default_lanes = pe_array.cols if pe_array and pe_array.cols else 1
-    lanes = s.read("lanes", positive_int, default=default_lanes)
+    lanes = s.read("lanes", at_most(positive_int, 65_536), default=default_lanes)
     bits = s.read("bits", _bit_width, default=32)
     floating = s.read("float", boolean, default=True)
     s.finish()
     return VectorUnit(lanes, bits, floating)
 
 
+_EXPONENT = at_most(non_negative_number, 10)
+_ENERGY_PJ = at_most(positive_number, 1e9, " pJ")
+
+
 def _read_overrides(s: Section | None) -> FrozenDict | None:
     if s is None:
         return None
     values = {
-        key: s.read(key, non_negative_number if key.endswith("exponent") else positive_number, default=None)
+        key: s.read(key, _EXPONENT if key.endswith("exponent") else _ENERGY_PJ, default=None)
         for key in ENERGY_ENTRIES
     }
     s.finish(" (energy-table entries)")
@@ -152,20 +157,21 @@ def _read_overrides(s: Section | None) -> FrozenDict | None:
 def _read_pe_array(s: Section | None) -> PEArray | None:
     if s is None:
         return None
-    rows = s.read("rows", positive_int)
-    cols = s.read("cols", positive_int)
+    rows = s.read("rows", at_most(positive_int, 4096))
+    cols = s.read("cols", at_most(positive_int, 4096))
     dataflow = s.read("dataflow", one_of(*DATAFLOWS))
-    rf_bytes = s.read("rf_bytes", non_negative_int, default=0)
+    rf_bytes = s.read("rf_bytes", at_most(non_negative_int, 1 << 20), default=0)
     mac_bits = s.read_list("mac_bits", _bit_width, default=DEFAULT_MAC_BITS, check_all=_distinct_sorted)
     pads = s.section("scratchpads", default=None)
     scratchpads = None
     if pads is not None:
-        scratchpads = tuple(pads.read(f"{name}_bytes", positive_int) for name in SCRATCHPADS)
+        scratchpads = tuple(pads.read(f"{name}_bytes", at_most(positive_int, 1 << 20)) for name in SCRATCHPADS)
         pads.finish()
     noc = s.section("noc", default={})
     widths = None
     if noc is not None:
-        widths = tuple(noc.read(f"{name}_bits_per_cycle", positive_int, default=64) for name in NETWORKS)
+        width = at_most(positive_int, 65_536)
+        widths = tuple(noc.read(f"{name}_bits_per_cycle", width, default=64) for name in NETWORKS)
         noc.finish()
     s.finish()
     if dataflow == "rs" and rf_bytes == 0 and scratchpads is None:
@@ -204,11 +210,11 @@ def _read_buffers(s: Section | None) -> FrozenDict | None:
 def _read_buffer(s: Section | None) -> Buffer | None:
     if s is None:
         return None
-    size_kb = s.read("size_kb", positive_number)
-    banks = s.read("banks", positive_int, default=1)
-    word_bits = s.read("word_bits", _word_bits, default=64)
+    size_kb = s.read("size_kb", at_most(positive_number, 1 << 24, " KB"))
+    banks = s.read("banks", at_most(positive_int, 4096), default=1)
+    word_bits = s.read("word_bits", at_most(_word_bits, 65_536), default=64)
     default_bandwidth = banks * word_bits / 8 if banks and word_bits else None
-    bandwidth = s.read("bandwidth_bytes_per_cycle", positive_number, default=default_bandwidth)
+    bandwidth = s.read("bandwidth_bytes_per_cycle", at_most(positive_number, 1e6), default=default_bandwidth)
     s.finish()
     if size_kb and banks and word_bits and size_kb * 1024 < banks * word_bits / 8:
         s.log.add(s.key_path("size_kb"), f"holds less than one {word_bits}-bit word per bank ({banks} banks)")
@@ -225,7 +231,7 @@ def _read_dram(s: Section | None) -> Dram | None:
     if s is None:
         return None
     dram_type = s.read("type", one_of(*DRAM_TYPES))
-    bandwidth = s.read("bandwidth_gb_per_s", positive_number)
+    bandwidth = s.read("bandwidth_gb_per_s", at_most(positive_number, 100_000, " GB/s"))
     overlaps = s.read("overlaps_compute", boolean, default=True)
     s.finish()
     return Dram(dram_type, bandwidth, overlaps)

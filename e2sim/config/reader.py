@@ -162,10 +162,10 @@ class Section:
             self.log.add(path, str(exc))
             return None
 
-    def read_pair(self, key: str, minimum: int, default: Any = MISSING) -> tuple[int, int] | None:
-        """``3`` (read as ``(3, 3)``) or ``[3, 5]``; each integer at least ``minimum``."""
+    def read_pair(self, key: str, minimum: int, default: Any = MISSING, maximum: int = 1024) -> tuple[int, int] | None:
+        """``3`` (read as ``(3, 3)``) or ``[3, 5]``; each integer from ``minimum`` to ``maximum``."""
         value = self.data.get(key)
-        check = positive_int if minimum == 1 else non_negative_int
+        check = at_most(positive_int if minimum == 1 else non_negative_int, maximum)
         if _is_int(value):
             number = self.read(key, check)
             return None if number is None else (number, number)
@@ -186,6 +186,19 @@ class Section:
 
 
 # --- check functions: return the checked (and possibly converted) value or raise Invalid ----------
+
+
+def at_most(check: Callable[[Any], Any], high: float, unit: str = "") -> Callable[[Any], Any]:
+    """``check``, and then at most ``high``: every numeric key has a documented valid range, so that
+    a typo or a sweep cannot ask for a physically meaningless value (1e308 MHz, 2**63 images)."""
+
+    def bounded(value: Any) -> Any:
+        number = check(value)
+        if number > high:
+            raise Invalid(f"must be at most {high:,g}{unit}")
+        return number
+
+    return bounded
 
 
 def string(value: Any) -> str:

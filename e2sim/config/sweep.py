@@ -38,6 +38,7 @@ from e2sim.config.reader import (
     Invalid,
     ProblemLog,
     Section,
+    at_most,
     boolean,
     non_negative_int,
     one_of,
@@ -214,8 +215,8 @@ def read_sweep_spec(path: str | Path) -> SweepSpec:
     hardware = top.read("hardware", _spec_name)
     policy = top.data.get("policy")
     top.read("policy", _policy_value, default=None)
-    batch = top.read("batch", positive_int, default=None)
-    epochs = top.read("epochs", positive_int, default=None)
+    batch = top.read("batch", at_most(positive_int, 65_536), default=None)
+    epochs = top.read("epochs", at_most(positive_int, 100_000), default=None)
     fusion = top.read("fusion", boolean, default=True)
     mapper = top.read("mapper_objective", one_of(*MAPPER_OBJECTIVES), default="energy")
     axes = _read_axes(top.section("axes"))
@@ -297,7 +298,7 @@ def _read_range(s: Section, key: str, target: str, keys: tuple[str, ...]) -> Axi
     bounds = s.read_list("log_range" if log_scale else "range", _number, length=2)
     if log_scale and s.has("range"):
         s.log.add(s.path, "give range or log_range, not both")
-    steps = s.read("steps", positive_int, default=None)
+    steps = s.read("steps", at_most(positive_int, 10_000), default=None)
     s.finish()
     if bounds is None:
         return None
@@ -362,8 +363,8 @@ def _read_sampler(top: Section, key: str) -> Sampler:
     b = s.section(kind)
     if b is None:
         return Sampler("grid")
-    points = b.read("points" if kind == "random" else "trials", positive_int)
-    seed = b.read("seed", non_negative_int, default=0)
+    points = b.read("points" if kind == "random" else "trials", at_most(positive_int, 1_000_000))
+    seed = b.read("seed", at_most(non_negative_int, 2**32 - 1), default=0)
     algorithm = b.read("algorithm", one_of(*OPTUNA_ALGORITHMS), default="tpe") if kind == "optuna" else "tpe"
     b.finish()
     return Sampler(kind, points or 0, seed or 0, algorithm or "tpe")

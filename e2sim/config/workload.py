@@ -16,6 +16,7 @@ from e2sim.config.reader import (
     Pair,
     ProblemLog,
     Section,
+    at_most,
     boolean,
     fraction_below_one,
     fraction_below_one_positive,
@@ -43,7 +44,8 @@ DATASETS: Mapping[str, DatasetInfo] = FrozenDict(
         "cifar100": DatasetInfo((3, 32, 32), 100, embedded=False),
     }
 )
-RESNET_DEPTHS = "6n+2 with n >= 1 (8, 20, 32, 44, 56, 74, 110, ...)"
+MAX_RESNET_DEPTH = 2000  # ResNet-1202 is the deepest CIFAR ResNet published
+RESNET_DEPTHS = f"6n+2 from 8 to {MAX_RESNET_DEPTH} (8, 20, 32, 44, 56, 74, 110, ...)"
 VGG_DEPTHS = (11, 13, 16, 19)
 SHORTCUTS = ("zero_pad", "projection")
 SCHEDULES = ("constant", "step", "cosine")
@@ -153,7 +155,7 @@ def _read_model(s: Section | None) -> ModelSpec | None:
     if arch == "resnet":
         depth = s.read("depth", _resnet_depth)
         shortcut = s.read("shortcut", one_of(*SHORTCUTS), default="zero_pad")
-        base = s.read("base_channels", positive_int, default=16)
+        base = s.read("base_channels", at_most(positive_int, 4096), default=16)
         s.finish(" for arch resnet")
         return ModelSpec("resnet", depth=depth, shortcut=shortcut, base_channels=base)
     if arch == "vgg":
@@ -166,35 +168,35 @@ def _read_model(s: Section | None) -> ModelSpec | None:
 
 
 def _resnet_depth(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or (value - 2) % 6:
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= MAX_RESNET_DEPTH or (value - 2) % 6:
         raise Invalid(f"must be {RESNET_DEPTHS}")
     return value
 
 
 _POOL_KEYS: dict[str, tuple[Callable | Pair, Any]] = {
     "kernel": (Pair(1), MISSING),
-    "stride": (positive_int, None),
+    "stride": (at_most(positive_int, 64), None),
     "padding": (Pair(0), (0, 0)),
 }
 LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable | Pair, Any]]] = FrozenDict(
     {
         "conv": {
-            "out_channels": (positive_int, MISSING),
+            "out_channels": (at_most(positive_int, 65_536), MISSING),
             "kernel": (Pair(1), MISSING),
-            "stride": (positive_int, 1),
+            "stride": (at_most(positive_int, 64), 1),
             "padding": (Pair(0), (0, 0)),
             "bias": (boolean, True),
         },
-        "linear": {"out_features": (positive_int, MISSING), "bias": (boolean, True)},
-        "batchnorm": {"eps": (positive_number, 1e-5)},
+        "linear": {"out_features": (at_most(positive_int, 1 << 20), MISSING), "bias": (boolean, True)},
+        "batchnorm": {"eps": (at_most(positive_number, 1), 1e-5)},
         "relu": {},
         "maxpool": _POOL_KEYS,
         "avgpool": _POOL_KEYS,
         "global_avgpool": {},
         "flatten": {},
         "basic_block": {
-            "out_channels": (positive_int, MISSING),
-            "stride": (positive_int, 1),
+            "out_channels": (at_most(positive_int, 65_536), MISSING),
+            "stride": (at_most(positive_int, 64), 1),
             "shortcut": (one_of(*SHORTCUTS), "zero_pad"),
         },
         "residual": {},  # body / shortcut are layer lists, read below
@@ -240,20 +242,20 @@ def _layer_name(value: Any) -> str:
 def _read_training(s: Section | None) -> TrainingSpec | None:
     if s is None:
         return None
-    batch_size = s.read("batch_size", positive_int)
-    epochs = s.read("epochs", positive_int)
-    lr = s.read("lr", positive_number)
+    batch_size = s.read("batch_size", at_most(positive_int, 65_536))
+    epochs = s.read("epochs", at_most(positive_int, 100_000))
+    lr = s.read("lr", at_most(positive_number, 1000))
     momentum = s.read("momentum", fraction_below_one, default=0.0)
-    weight_decay = s.read("weight_decay", non_negative_number, default=0.0)
+    weight_decay = s.read("weight_decay", at_most(non_negative_number, 1), default=0.0)
     schedule = s.read("schedule", one_of(*SCHEDULES), default="constant")
     milestones: tuple[int, ...] = ()
     gamma = 0.1
     if schedule == "step":
-        milestones = s.read_list("lr_milestones_epochs", positive_int, check_all=_increasing) or ()
+        milestones = s.read_list("lr_milestones_epochs", at_most(positive_int, 100_000), check_all=_increasing) or ()
         gamma = s.read("lr_gamma", fraction_below_one_positive, default=0.1)
         if epochs and milestones and milestones[-1] >= epochs:
             s.log.add(s.key_path("lr_milestones_epochs"), f"milestones must be below epochs ({epochs})")
-    seed = s.read("seed", non_negative_int, default=0)
+    seed = s.read("seed", at_most(non_negative_int, 2**63 - 1), default=0)
     s.finish(f" for schedule {schedule}" if schedule else "")
     return TrainingSpec(batch_size, epochs, lr, momentum, weight_decay, schedule, milestones, gamma, seed)
 

@@ -18,7 +18,7 @@ import numpy as np
 import e2sim.functional as F
 from e2sim.config.errors import SpecError
 from e2sim.config.frozen import FrozenDict
-from e2sim.config.reader import Section, boolean, non_negative_number
+from e2sim.config.reader import Section, at_most, boolean, non_negative_number
 from e2sim.hw.accelerator import Accelerator
 from e2sim.policies.base import Executor, Policy, Step
 
@@ -44,7 +44,7 @@ class AxTrainSpec:
 class AxTrain(Policy):
     key = "axtrain"
     Spec = AxTrainSpec
-    checks = FrozenDict({"passive": boolean, "sensitivity_radius": non_negative_number})
+    checks = FrozenDict({"passive": boolean, "sensitivity_radius": at_most(non_negative_number, 100)})
 
     def __init__(self, spec: AxTrainSpec, workload):
         super().__init__(spec, workload)

@@ -23,6 +23,7 @@ from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import (
     Section,
     at_least_one,
+    at_most,
     fraction_below_one,
     fraction_below_one_positive,
     fraction_positive,
@@ -204,11 +205,13 @@ class Eif(Policy):
 
     key = "eif"
     Spec = EifSpec
-    checks = FrozenDict({"target_ratio": fraction_positive, "threshold_up": at_least_one,
-              "threshold_down": fraction_below_one_positive, "window": positive_int,
-              "entropy_threshold": non_negative_number, "initial_threshold": positive_number,
-              "explore_fraction": fraction_below_one, "filter_lr": positive_number,
-              "filter_momentum": fraction_below_one, "loss_normalization": one_of("batch", "trained")})  # fmt: skip
+    checks = FrozenDict({
+        "target_ratio": fraction_positive, "threshold_up": at_most(at_least_one, 100),
+        "threshold_down": fraction_below_one_positive, "window": at_most(positive_int, 1_000_000),
+        "entropy_threshold": at_most(non_negative_number, 100), "initial_threshold": at_most(positive_number, 1e6),
+        "explore_fraction": fraction_below_one, "filter_lr": at_most(positive_number, 1000),
+        "filter_momentum": fraction_below_one, "loss_normalization": one_of("batch", "trained"),
+    })  # fmt: skip
 
     def __init__(self, spec: EifSpec, workload: Workload):
         super().__init__(spec, workload)

@@ -19,7 +19,7 @@ import numpy as np
 
 import e2sim.functional as F
 from e2sim.config.frozen import FrozenDict
-from e2sim.config.reader import fraction_positive, non_negative_number
+from e2sim.config.reader import at_most, fraction_positive, non_negative_number
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.policies.base import Kernel, RecordedPolicy, Step
@@ -94,8 +94,8 @@ class EmpStats:
 class Emp(RecordedPolicy):
     key = "emp"
     Spec = EmpSpec
-    checks = FrozenDict({"keep_ratio": fraction_positive, "weight_coefficient": non_negative_number,
-              "error_coefficient": non_negative_number})  # fmt: skip
+    checks = FrozenDict({"keep_ratio": fraction_positive, "weight_coefficient": at_most(non_negative_number, 1e6),
+              "error_coefficient": at_most(non_negative_number, 1e6)})  # fmt: skip
 
     def __init__(self, spec: EmpSpec, workload):
         super().__init__(spec, workload)

@@ -27,7 +27,7 @@ import e2sim.functional as F
 from e2sim.config.formats import parse_format
 from e2sim.config.frozen import FrozenDict
 from e2sim.config.precision import PrecisionSpec
-from e2sim.config.reader import boolean, one_of, positive_number
+from e2sim.config.reader import at_most, boolean, one_of, positive_number
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import Op
 from e2sim.graph.layers import Layer
@@ -115,7 +115,7 @@ class Psg(RecordedPolicy):
 
     key = "psg"
     Spec = PsgSpec
-    checks = FrozenDict({"threshold": positive_number, "adaptive": boolean,
+    checks = FrozenDict({"threshold": at_most(positive_number, 1e6), "adaptive": boolean,
                                "predictor_bits": one_of(*range(2, 9)), "error_bits": one_of(8, 12, 16)})  # fmt: skip
 
     def __init__(self, spec: PsgSpec, workload):

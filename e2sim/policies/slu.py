@@ -27,7 +27,7 @@ import numpy as np
 
 from e2sim.config.errors import SpecError
 from e2sim.config.frozen import FrozenDict
-from e2sim.config.reader import fraction_positive, non_negative_number, positive_int
+from e2sim.config.reader import at_most, fraction_positive, non_negative_number, positive_int
 from e2sim.counting import OpCounter
 from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import GemmShape, GraphExtension, Op, Tensor, TrainingGraph
@@ -318,9 +318,8 @@ class Slu(Policy):
 
     key = "slu"
     Spec = SluSpec
-    checks = FrozenDict(
-        {"target_fraction": fraction_positive, "cost_weight": non_negative_number, "gate_channels": positive_int}
-    )
+    checks = FrozenDict({"target_fraction": fraction_positive, "cost_weight": at_most(non_negative_number, 1000),
+                         "gate_channels": at_most(positive_int, 4096)})  # fmt: skip
 
     def __init__(self, spec: SluSpec, workload):
         super().__init__(spec, workload)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from e2sim.config.frozen import FrozenDict
-from e2sim.config.reader import at_least_one, fraction_below_one, one_of
+from e2sim.config.reader import at_least_one, at_most, fraction_below_one, one_of
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.numerics.quantize import derive_seed
@@ -56,7 +56,7 @@ class SmdStats:
 class Smd(RecordedPolicy):
     key = "smd"
     Spec = SmdSpec
-    checks = FrozenDict({"drop_probability": fraction_below_one, "stretch": at_least_one,
+    checks = FrozenDict({"drop_probability": fraction_below_one, "stretch": at_most(at_least_one, 100),
               "optimizer_on_skip": one_of("step", "freeze")})  # fmt: skip
 
     def __init__(self, spec: SmdSpec, workload):
