@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import json
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,7 +29,15 @@ from e2sim.hw import Accelerator
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
-from e2sim.studies.single import account_ops, activate_checked, check_hardware, prepare, price, run_once
+from e2sim.studies.single import (
+    account_ops,
+    activate_checked,
+    check_hardware,
+    prepare,
+    price,
+    price_training,
+    run_once,
+)
 from e2sim.studies.sweep import SweepResult, run_sweep
 from e2sim.studies.sweep import status as sweep_progress
 from e2sim.train import loop
@@ -215,20 +224,27 @@ for _verb in (load_policy, run):
 
 
 def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
-    """The baseline run's report of ``spec`` on ``accelerator``, from the cache when an identical one ran."""
+    """The baseline run of ``spec`` priced on ``accelerator``. Its training is cached by what it
+    depends on (the training fingerprint, the accelerator's approximate mode that every epoch is
+    evaluated on, epochs, data), not by the accelerator: comparing on another one prices it again."""
     baseline = with_policy(spec, preset("baseline"))
-    key = hashlib.sha256(repr((fingerprint(baseline), accelerator, epochs, str(data_dir), pricing,
-                               __version__)).encode())  # fmt: skip
-    path = cache_dir() / "runs" / f"{baseline.name}-{key.hexdigest()[:20]}.json"
+    mode = accelerator.approximate
+    key = hashlib.sha256(repr((fingerprint(baseline), mode, epochs, str(data_dir), __version__)).encode())
+    path = cache_dir() / "trainings" / f"{baseline.name}-{key.hexdigest()[:20]}.pkl"
+    prepared = prepare(baseline)
+    check_hardware(prepared.workload, prepared.policies, accelerator)
+    training = None
     if path.exists():
-        return json.loads(path.read_text())
-    (result,) = run_once(prepare(baseline), [accelerator], epochs, data_dir, progress, pricing)
-    report = result.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".partial")
-    temporary.write_text(json.dumps(report))
-    os.replace(temporary, path)
-    return report
+        with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            training = pickle.loads(path.read_bytes())  # a cache e2sim wrote; unreadable: train again
+    if training is None:
+        training = loop.train(prepared.workload, epochs, data_dir, progress, approximate=mode, graph=prepared.graph,
+                              policies=prepared.policies)  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".partial")
+        temporary.write_bytes(pickle.dumps(training))
+        os.replace(temporary, path)
+    return price_training(prepared.workload, training, accelerator, pricing).to_dict()
 
 
 def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: int | None = None,

@@ -82,16 +82,24 @@ def test_smd_stretch_runs_a_fractional_last_epoch():
     assert lrs[-1] == pytest.approx(0.5 * 0.05 * (1 + np.cos(np.pi * 45 / 46)))  # cosine over all 46 iterations
 
 
-def test_run_compares_with_a_cached_baseline(tmp_path):
+def test_run_compares_with_a_cached_baseline(tmp_path, monkeypatch):
     first = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True).to_dict()
-    cached = list((tmp_path / "cache" / "runs").glob("*.json"))
+    cached = list((tmp_path / "cache" / "trainings").glob("*.pkl"))
     assert len(cached) == 1
     c = first["comparison"]
     assert c["baseline_energy_j"] == pytest.approx(first["baseline"]["energy"]["total_j"])
     assert c["energy_saving"] == pytest.approx(1 - first["energy"]["total_j"] / c["baseline_energy_j"])
     assert 0.1 < c["energy_saving"] < 0.6
+    trainings = []
+    real = e2sim.train.loop.train
+    monkeypatch.setattr(e2sim.train.loop, "train", lambda *a, **k: trainings.append(a[0].policy.name) or real(*a, **k))
     again = e2sim.run(lenet(batch=128), "zedboard", "smd", epochs=1, progress=False, compare_baseline=True).to_dict()
-    assert again["comparison"] == c and len(list((tmp_path / "cache" / "runs").glob("*.json"))) == 1
+    assert again["comparison"] == c and len(list((tmp_path / "cache" / "trainings").glob("*.pkl"))) == 1
+    # the baseline's training is keyed by what training depends on, not by the accelerator
+    other = e2sim.run(lenet(batch=128), "systolic-16x16", "smd", epochs=1, progress=False, compare_baseline=True)
+    assert trainings == ["smd", "smd"] and len(list((tmp_path / "cache" / "trainings").glob("*.pkl"))) == 1
+    assert other.to_dict()["baseline"]["accuracy"] == first["baseline"]["accuracy"]
+    assert other.to_dict()["comparison"]["baseline_energy_j"] != c["baseline_energy_j"]
 
 
 def test_cli_run(tmp_path, capsys):

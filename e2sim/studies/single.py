@@ -25,6 +25,7 @@ from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.mapper import MappingError
 from e2sim.train import loop
+from e2sim.train.loop import TrainResult
 
 Pricing = tuple[bool, str]  # (fusion, mapper objective)
 
@@ -143,12 +144,16 @@ def run_once(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: in
         check_hardware(spec, policies, hw)
     mode = accelerators[0].approximate
     result = loop.train(spec, epochs, data_dir, progress, approximate=mode, graph=graph, policies=policies)
-    on_mode = any(p.trains_on_approximate_mode for p in policies)
-    results = []
-    for hw in accelerators:
-        priced = price(spec, graph, hw, result.counts, False, on_mode, pricing, None, result.iterations > 0)
-        inference = None
-        if mode is not None:  # one inference batch on the exact datapath and on the approximate mode
-            inference = tuple(price(spec, graph, hw, None, True, a, pricing, None) for a in (False, True))
-        results.append(RunResult(spec, hw, result, priced, inference))
-    return results
+    return [price_training(spec, result, hw, pricing) for hw in accelerators]
+
+
+def price_training(spec: Workload, result: TrainResult, hw: Accelerator, pricing: Pricing) -> RunResult:
+    """A training run priced on ``hw``: the graph that ran with its counts; with an approximate mode,
+    one inference batch priced on the exact datapath and on the mode."""
+    on_mode = any(p.trains_on_approximate_mode for p in result.policies)
+    graph = result.graph
+    priced = price(spec, graph, hw, result.counts, False, on_mode, pricing, None, result.iterations > 0)
+    inference = None
+    if hw.approximate is not None:
+        inference = tuple(price(spec, graph, hw, None, True, a, pricing, None) for a in (False, True))
+    return RunResult(spec, hw, result, priced, inference)
