@@ -20,6 +20,7 @@ from pathlib import Path
 
 import e2sim
 from e2sim.config.sweep import read_sweep_spec
+from e2sim.studies.execute import thread_budget
 from e2sim.studies.points import grid_values, resolve
 
 ESTIMATE = """
@@ -83,8 +84,8 @@ def main() -> None:
     rates = {"sweep, this process": timed_sweep(spec, folder / "estimate-0.sqlite")}
     dask = {}
     for workers in (1, 2):  # clusters started (and their kernels compiled) before the timing
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster):  # fmt: skip
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          env=thread_budget(workers)) as cluster, Client(cluster):  # fmt: skip
             e2sim.sweep(warm, db=folder / f"warm-{workers}.sqlite", scheduler=cluster.scheduler_address,
                         progress=False)  # fmt: skip
             if workers == 2:

@@ -6,11 +6,39 @@ numba kernels once (``warm_up``) before its first point."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
 
 from e2sim.studies.points import warm_up
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def thread_budget(workers: int) -> dict[str, str]:
+    """The environment of a worker process: the machine's cores shared out, so that N workers'
+    numba and BLAS threads do not compete for the same cores."""
+    share = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    return dict.fromkeys(THREAD_VARIABLES, share)
+
+
+class _Environment:
+    """Set environment variables for the processes started inside the block (they inherit it)."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values = values
+
+    def __enter__(self) -> None:
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class InProcess:
@@ -50,7 +78,9 @@ class LocalProcesses:
 
     def __enter__(self) -> LocalProcesses:
         context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=warm_up)
+        with _Environment(thread_budget(self.workers)):
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=warm_up)
+            self.pool.submit(int, 0).result()  # the workers start now, inside the budget
         return self
 
     def __exit__(self, *exc) -> None:
@@ -78,7 +108,7 @@ class DaskCluster:
         self.cluster = None
         if self.address is None:
             self.cluster = LocalCluster(n_workers=self.workers or 1, threads_per_worker=1, processes=True,
-                                        dashboard_address=None)  # fmt: skip
+                                        dashboard_address=None, env=thread_budget(self.workers or 1))  # fmt: skip
             self.client = Client(self.cluster)
         else:
             self.client = Client(self.address)
