@@ -20,7 +20,7 @@ from pathlib import Path
 
 import e2sim
 from e2sim.config.sweep import read_sweep_spec
-from e2sim.studies.execute import thread_budget
+from e2sim.studies.execute import start_local_cluster
 from e2sim.studies.points import grid_values, resolve
 
 ESTIMATE = """
@@ -66,7 +66,7 @@ def timed_sweep(spec, db: Path, **where) -> float:
 
 
 def main() -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=40, help="estimate points for the scalar loop")
@@ -83,9 +83,8 @@ def main() -> None:
     scalar = per_minute(len(points), time.perf_counter() - start)
     rates = {"sweep, this process": timed_sweep(spec, folder / "estimate-0.sqlite")}
     dask = {}
-    for workers in (1, 2):  # clusters started (and their kernels compiled) before the timing
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          env=thread_budget(workers)) as cluster, Client(cluster):  # fmt: skip
+    for workers in (2, 1):  # clusters started (and their kernels compiled) before the timing
+        with start_local_cluster(workers) as cluster, Client(cluster):
             e2sim.sweep(warm, db=folder / f"warm-{workers}.sqlite", scheduler=cluster.scheduler_address,
                         progress=False)  # fmt: skip
             if workers == 2:

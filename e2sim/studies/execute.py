@@ -16,11 +16,17 @@ from e2sim.studies.points import warm_up
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+# glibc returns every large temporary array to the OS at once (mmap) unless told otherwise; pricing
+# allocates many short-lived arrays, and a worker that keeps them on its heap prices a point 1.4-1.7×
+# faster (measured on ResNet-20 points: 107 -> 74 ms on a main thread, 186 -> 107 ms on a worker thread).
+HEAP_VARIABLES = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
 def thread_budget(workers: int) -> dict[str, str]:
     """The environment of a worker process: the machine's cores shared out, so that N workers'
-    numba and BLAS threads do not compete for the same cores."""
+    numba and BLAS threads do not compete for the same cores, and a heap that keeps its memory."""
     share = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
-    return dict.fromkeys(THREAD_VARIABLES, share)
+    return {**dict.fromkeys(THREAD_VARIABLES, share), **HEAP_VARIABLES}
 
 
 class _Environment:
@@ -102,13 +108,12 @@ class DaskCluster:
 
     def __enter__(self) -> DaskCluster:
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client
         except ImportError:
             raise RuntimeError('Dask is not installed: pip install "e2sim[dask]"') from None
         self.cluster = None
         if self.address is None:
-            self.cluster = LocalCluster(n_workers=self.workers or 1, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, env=thread_budget(self.workers or 1))  # fmt: skip
+            self.cluster = start_local_cluster(self.workers or 1)
             self.client = Client(self.cluster)
         else:
             self.client = Client(self.address)
@@ -128,6 +133,17 @@ class DaskCluster:
         from distributed import as_completed as dask_completed
 
         yield from dask_completed(futures)
+
+
+def start_local_cluster(workers: int):
+    """A Dask LocalCluster of ``workers`` single-threaded processes with :func:`thread_budget`'s
+    environment, set before each worker starts (Dask's own default, MALLOC_TRIM_THRESHOLD_=65536,
+    hands every freed array back to the OS and made a ResNet-20 point 3.5× slower)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": thread_budget(workers)}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def executor_for(workers: int | None, scheduler: str | None, dask: bool):
