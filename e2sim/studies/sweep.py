@@ -114,13 +114,14 @@ def evaluate_points(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, 
             points.append(point)
     done = store.finished(p.key for p in points)
     fresh = [p for p in points if p.key not in done]
-    immediate = []
-    for p in fresh:
-        reason = p.error or (within(spec, p.hardware) if p.hardware is not None else None)
-        if reason is not None:
+    immediate, runnable = [], []
+    for p in fresh:  # each point's specs and constraints are checked once
+        reason = p.error or within(spec, p.hardware)
+        if reason is None:
+            runnable.append(p)
+        else:
             immediate.append((p.key, p.position, p.values, FAILED if p.error else INFEASIBLE, None, reason, 0.0))
     store.record(spec.name, immediate)
-    runnable = [p for p in fresh if p.error is None and within(spec, p.hardware) is None]
     by_key = {p.key: p for p in runnable}
     tasks = tasks_of(spec, runnable)
     bar = _bar(progress, len(runnable), spec.name)
