@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import e2sim
-from e2sim.api import arithmetic_of
 from e2sim.energy.account import account
 from e2sim.energy.tables import load_table
 from e2sim.schedule.ops import _planned, map_nest
 from e2sim.schedule.systolic import systolic_cost
+from e2sim.studies.single import arithmetic_of
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [(34, 34, 3, 3, 16, 16, 1), (33, 33, 3, 3, 16, 32, 2), (18, 18, 3, 3, 32, 32, 1), (10, 10, 3, 3, 64, 64, 1)]
