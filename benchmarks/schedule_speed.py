@@ -27,7 +27,7 @@ from pathlib import Path
 import e2sim
 from e2sim.energy.account import account
 from e2sim.energy.tables import load_table
-from e2sim.schedule.ops import _planned, map_nest
+from e2sim.schedule.ops import MAPPINGS, _planned
 from e2sim.schedule.systolic import systolic_cost
 from e2sim.studies.single import arithmetic_of
 
@@ -48,7 +48,7 @@ Dataflow : {df}
 
 def clear_caches() -> None:
     systolic_cost.cache_clear()
-    map_nest.cache_clear()
+    MAPPINGS.clear()
     _planned.cache_clear()
 
 

@@ -222,7 +222,7 @@ def test_a_sweep_killed_at_random_moments_ends_with_every_point_once(tmp_path):
 def test_cli_sweep_status_and_outputs(tmp_path, capsys):
     spec = write_sweep(tmp_path, SMALL)
     assert main(["sweep", str(spec), "--status"]) == 0
-    assert "done 0, failed 0, infeasible 0, planned 12, remaining 12" in capsys.readouterr().out
+    assert "done 0, failed 0, infeasible 0, pruned 0, planned 12, remaining 12" in capsys.readouterr().out
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
@@ -242,3 +242,118 @@ def test_the_shipped_example_sweep_runs(tmp_path):
     assert time.perf_counter() - start < 120
     assert len(result.points) == 54 and len(result.front) >= 3
     assert {p["status"] for p in result.points} == {"done", "infeasible"}
+
+
+AGREEMENT = """
+name: agree
+workload: resnet20-cifar10
+hardware: systolic-16x16
+batch: 8
+sampler: {random: {points: 210, seed: 7}}
+axes:
+  hw.pe_array.rows: [4, 8, 12, 16, 32]
+  hw.pe_array.cols: [4, 8, 16, 24]
+  hw.pe_array.dataflow: [ws, os, is]
+  hw.buffers.ifmap.size_kb: {log_range: [1, 256]}
+  hw.buffers.filter.size_kb: {log_range: [1, 256]}
+  hw.buffers.ofmap.size_kb: [4, 16, 64, 256]
+  hw.dram.type: [lpddr4, ddr4, hbm2, ddr3]
+  hw.dram.overlaps_compute: [true, false]
+"""
+
+
+def test_the_vectorised_estimate_path_agrees_with_scalar_estimate(tmp_path):
+    """≥ 200 random ResNet-20 points over array shape, dataflow, buffer sizes and DRAM: the sweep
+    (mappings searched for many design points at once) and ``e2sim.estimate`` one point at a time,
+    each with empty mapping caches, give the same numbers (relative difference ≤ 1e-9) and the
+    same failures."""
+    from e2sim.schedule.ops import MAPPINGS, _planned
+    from e2sim.studies.points import random_values, resolve
+
+    spec = read_sweep_spec(write_sweep(tmp_path, AGREEMENT))
+    points = {p.key: p for p in (resolve(spec, i, v) for i, v in enumerate(random_values(spec))) if p.error is None}
+    MAPPINGS.clear(), _planned.cache_clear()
+    result = e2sim.sweep(spec, db=tmp_path / "agree.sqlite", progress=False)
+    swept = {p["key"]: p for p in result.points}
+    assert len(swept) >= 200 and set(points) <= set(swept)
+    MAPPINGS.clear(), _planned.cache_clear()
+    compared = failed = 0
+    for key, point in points.items():
+        try:
+            scalar = e2sim.estimate(point.workload, point.hardware, batch_size=8)
+        except e2sim.SpecError as exc:
+            assert swept[key]["status"] == "failed" and swept[key]["error"] == "; ".join(map(str, exc.problems))
+            failed += 1
+            continue
+        metrics = swept[key]["metrics"]
+        assert swept[key]["status"] == "done", swept[key]["error"]
+        for name, value in (("energy_j", scalar.energy_j), ("time_s", scalar.time_s), ("cycles", scalar.cycles),
+                            ("dram_bytes", sum(r.cost.dram_bytes * r.data_scale for r in scalar.rows))):
+            assert metrics[name] == pytest.approx(value, rel=1e-9, abs=0), (key, name)
+        compared += 1
+    assert compared >= 200 and failed >= 1, (compared, failed)
+
+
+HALVING = """
+name: halving
+kind: run
+workload: {name: tiny, dataset: {name: mnist5k}, model: {arch: lenet5},
+           training: {batch_size: 500, epochs: 1, lr: 0.05, momentum: 0.9}}
+hardware: systolic-16x16
+epochs: 3
+axes:
+  training.lr: [0.002, 0.01, 0.05, 0.2]
+  hw.pe_array.dataflow: [ws, os]
+objectives: [energy_j, accuracy]
+%s
+"""
+
+
+def test_successive_halving_trains_the_best_to_the_end_and_stops_the_rest(tmp_path, monkeypatch):
+    """4 trainings × 2 accelerators, rungs of 1, 2 and 3 epochs with factor 2: every training runs
+    epoch 1, the best 2 epoch 2, the best one epoch 3 (7 epochs instead of 12); the survivor's
+    points equal a sweep without halving, bit for bit; the others are pruned with what they reached."""
+    import e2sim.train.loop as loop
+
+    trained = []
+    epoch_of = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: trained.append(1) or epoch_of(*a, **k))
+    halved = e2sim.sweep(write_sweep(tmp_path, HALVING % "halving: {min_epochs: 1, factor: 2}", "h.yaml"),
+                         progress=False)  # fmt: skip
+    assert len(trained) == 7  # one test evaluation per epoch trained
+    assert not (tmp_path / "h.sqlite.checkpoints").exists()
+    by_status = {}
+    for p in halved.points:
+        by_status.setdefault(p["status"], []).append(p)
+    assert sorted(by_status) == ["done", "pruned"] and len(by_status["done"]) == 2
+    assert sorted(p["metrics"]["epochs"] for p in by_status["pruned"]) == [1, 1, 1, 1, 2, 2]
+    with sqlite3.connect(tmp_path / "h.sqlite") as c:
+        rungs = {(e, t): a for t, e, a in c.execute("SELECT training, epochs, accuracy FROM rungs")}
+    first = sorted((a for (e, _), a in rungs.items() if e == 1), reverse=True)
+    second = [a for (e, _), a in rungs.items() if e == 2]
+    assert len(first) == 4 and len(second) == 2
+    assert max(p["metrics"]["accuracy"] for p in by_status["pruned"] if p["metrics"]["epochs"] == 1) <= first[1]
+    plain = e2sim.sweep(write_sweep(tmp_path, HALVING % "", "p.yaml"), progress=False)
+    expected = {p["key"]: p["metrics"] for p in plain.points}
+    for p in by_status["done"]:
+        assert p["metrics"] == expected[p["key"]]
+    assert max(m["accuracy"] for m in expected.values()) >= by_status["done"][0]["metrics"]["accuracy"]
+
+
+@pytest.mark.parametrize("block, path, message", [
+    ("halving: {min_epochs: 3}", "halving.min_epochs", "less than the sweep's epochs"),
+    ("halving: {factor: 1}", "halving.factor", "at least 2"),
+    ("halving: {min_epochs: 1, extra: 2}", "halving.extra", "unknown"),
+])  # fmt: skip
+def test_bad_halving_blocks_name_the_key(tmp_path, capsys, block, path, message):
+    spec = write_sweep(tmp_path, HALVING % block)
+    assert main(["sweep", str(spec), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"s.yaml: {path}: " in err and message in err and "Traceback" not in err
+
+
+def test_halving_needs_run_points_and_an_epoch_budget(tmp_path):
+    with pytest.raises(e2sim.SpecError, match="halving: successive halving needs run points"):
+        read_sweep_spec(write_sweep(tmp_path, SMALL + "halving: {min_epochs: 1}\n"))
+    with pytest.raises(e2sim.SpecError, match="halving: needs the sweep's epochs"):
+        read_sweep_spec(write_sweep(tmp_path, (HALVING % "halving: {min_epochs: 1}").replace("epochs: 3\n", "")))

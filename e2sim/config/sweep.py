@@ -94,6 +94,23 @@ class Sampler:
 
 
 @dataclass(frozen=True)
+class Halving:
+    """Successive halving over epochs for run points: every training runs ``min_epochs`` of the
+    full budget (the sweep's ``epochs``, its lr schedule included), the best 1/``factor`` by test
+    accuracy go on to ``factor`` times as many epochs, and so on until the survivors finish."""
+
+    min_epochs: int
+    factor: int
+
+    def rungs(self, epochs: int) -> tuple[int, ...]:
+        """Epochs trained by the end of each rung; the last is ``epochs``."""
+        found = [self.min_epochs]
+        while found[-1] * self.factor < epochs:
+            found.append(found[-1] * self.factor)
+        return (*found, epochs)
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     source: str  # the sweep file (in error messages)
@@ -110,6 +127,7 @@ class SweepSpec:
     constraints: tuple[Bound, ...]
     objectives: tuple[str, ...]
     sampler: Sampler
+    halving: Halving | None = None
 
     def grid_size(self) -> int:
         return math.prod(len(a.values) for a in self.axes)
@@ -223,12 +241,13 @@ def read_sweep_spec(path: str | Path) -> SweepSpec:
     constraints = _read_constraints(top.section("constraints", default={}))
     objectives = top.read_list("objectives", one_of(*OBJECTIVES), default=("energy_j", "time_s"))
     sampler = _read_sampler(top, "sampler")
+    halving = _read_halving(top, kind, epochs, sampler, axes)
     top.finish()
     if objectives and "accuracy" in objectives and kind != "run":
         log.add("objectives", "accuracy needs run points (kind: run)")
     log.raise_if_any()
     spec = SweepSpec(name, str(path), path.parent, kind, workload, hardware, policy, batch, epochs, fusion, mapper,
-                     axes, constraints, tuple(objectives), sampler)  # fmt: skip
+                     axes, constraints, tuple(objectives), sampler, halving)  # fmt: skip
     _check_bases(spec, log)
     if spec.sampler.kind == "grid" and spec.grid_size() > MAX_GRID_POINTS:
         log.add("sampler", f"a grid of {spec.grid_size():,} points is more than {MAX_GRID_POINTS:,}: use random or "
@@ -368,6 +387,29 @@ def _read_sampler(top: Section, key: str) -> Sampler:
     algorithm = b.read("algorithm", one_of(*OPTUNA_ALGORITHMS), default="tpe") if kind == "optuna" else "tpe"
     b.finish()
     return Sampler(kind, points or 0, seed or 0, algorithm or "tpe")
+
+
+def _read_halving(top: Section, kind: str, epochs: int | None, sampler: Sampler, axes) -> Halving | None:
+    h = top.section("halving", default=None)
+    if h is None:
+        return None
+    min_epochs = h.read("min_epochs", at_most(positive_int, 100_000), default=1)
+    factor = h.read("factor", at_most(positive_int, 64), default=3)
+    h.finish()
+    log = top.log
+    if factor is not None and factor < 2:
+        log.add(h.key_path("factor"), f"must be at least 2, got {factor}")
+    if kind != "run":
+        log.add(h.path, "successive halving needs run points (kind: run)")
+    elif epochs is None:
+        log.add(h.path, "needs the sweep's epochs: the full budget that the best points train for")
+    elif min_epochs is not None and min_epochs >= epochs:
+        log.add(h.key_path("min_epochs"), f"must be less than the sweep's epochs ({epochs}), got {min_epochs}")
+    if sampler.kind == "optuna":
+        log.add(h.path, "works with the grid and random samplers (an Optuna study samples as it goes)")
+    if any(a.path == "training.epochs" for a in axes or ()):
+        log.add(h.path, "the epochs are the sweep's budget; an axis on training.epochs cannot be halved")
+    return Halving(min_epochs or 1, factor or 3)
 
 
 def _check_bases(spec: SweepSpec, log: ProblemLog) -> None:

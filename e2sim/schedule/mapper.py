@@ -20,8 +20,9 @@ ties go to the smaller footprint. Results are cached by (nest, target).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -113,12 +114,29 @@ def tile_options(size: int, aligns: tuple[int, ...] = (), divisions=(2, 3, 4, 5,
     return sorted(options)
 
 
-def make_tiles(nest: LoopNest, options: dict[str, list[int]]) -> Tiles:
-    grids = np.meshgrid(*(np.asarray(options[d], dtype=np.float64) for d in TILED), indexing="ij")
-    size = {d: g.reshape(-1) for d, g in zip(TILED, grids, strict=True)}
-    count = {d: np.ceil(nest.size(d) / size[d]) for d in TILED}
-    last = {d: nest.size(d) - (count[d] - 1) * size[d] for d in TILED}
+def make_tiles(nest: LoopNest, options: dict[str, list[int]], dims: tuple[str, ...] = TILED) -> Tiles:
+    """Every combination of the ``options`` of ``dims`` (the first dimension slowest)."""
+    grids = np.meshgrid(*(np.asarray(options[d], dtype=np.float64) for d in dims), indexing="ij")
+    return _tiles_of(nest, {d: g.reshape(-1) for d, g in zip(dims, grids, strict=True)})
+
+
+def _tiles_of(nest: LoopNest, size: dict[str, np.ndarray]) -> Tiles:
+    count = {d: np.ceil(nest.size(d) / a) for d, a in size.items()}
+    last = {d: nest.size(d) - (count[d] - 1) * a for d, a in size.items()}
     return Tiles(size, count, last)
+
+
+def product_tiles(nest: LoopNest, options: dict[str, list[int]], parts: list[tuple[tuple[str, ...], np.ndarray]]) -> Tiles:
+    """The candidates of :func:`make_tiles` (in its order) that combine, for each group of
+    dimensions in ``parts`` (``(dims, option indices: len(dims) × kept combinations)``), one
+    kept combination; dimensions in no group take every option."""
+    grouped = {d for dims, _ in parts for d in dims}
+    parts = parts + [((d,), np.arange(len(options[d]))[None, :]) for d in TILED if d not in grouped]
+    picks = np.meshgrid(*(np.arange(kept.shape[1]) for _, kept in parts), indexing="ij")
+    index = {d: kept[j][pick.reshape(-1)] for (dims, kept), pick in zip(parts, picks, strict=True)
+             for j, d in enumerate(dims)}  # fmt: skip
+    order = np.lexsort([index[d] for d in reversed(TILED)])  # make_tiles' order: n slowest
+    return _tiles_of(nest, {d: np.asarray(options[d], dtype=np.float64)[index[d][order]] for d in TILED})
 
 
 def window_extent(tile: np.ndarray, stride: int, taps: int, limit: int) -> np.ndarray:
@@ -216,9 +234,9 @@ def _order_multipliers(loops: dict[str, np.ndarray], order: tuple[str, str, str]
     }
 
 
-def timeline(compute, dram_in, dram_out, tiles, target: Target):
+def timeline(compute, dram_in, dram_out, tiles, target: Target | Columns):
     """Cycles of an op whose tiles load, compute and store (overlapped when double-buffered); for
-    arrays over candidates or for one op's floats."""
+    arrays over targets and candidates or for one op's floats."""
     bw = target.dram_bytes_per_cycle
     if not target.double_buffered:
         return compute + (dram_in + dram_out) / bw
@@ -231,27 +249,61 @@ def timeline(compute, dram_in, dram_out, tiles, target: Target):
     return load + max(c, load) + (tiles - 2) * max(c, load + store) + max(c, store) + store
 
 
-def legal_tiles(
-    nest: LoopNest, target: Target, t: Tiles, preferred: np.ndarray | None = None
-) -> tuple[Tiles, np.ndarray]:
+class Columns:
+    """Targets of one structure (dataflow, array, buffers, streams, double buffering, objective) as
+    columns: every number an array of shape (targets, 1), so the search prices each candidate tile
+    on every target at once. One target is the scalar case."""
+
+    def __init__(self, targets: Sequence[Target]):
+        first = targets[0]
+        if any(structure(t) != structure(first) for t in targets):
+            raise ValueError("targets priced together must share their structure")
+        self.count = len(targets)
+        self.dataflow, self.rows, self.cols = first.dataflow, first.rows, first.cols
+        self.streams, self.double_buffered, self.objective = first.streams, first.double_buffered, first.objective
+        for name in ("dram_bytes_per_cycle", "dram_pj_per_bit", "rf_pj_per_bit", "noc_pj_per_bit", "hop_pj_per_bit",
+                     "cycle_pj"):  # fmt: skip
+            setattr(self, name, _column(getattr(t, name) for t in targets))
+        self._buffers = {b.name: SimpleNamespace(**{f: _column(getattr(t.buffer(b.name), f) for t in targets)
+                                                    for f in ("size_bytes", "bytes_per_cycle", "pj_per_bit")})
+                         for b in first.buffers}  # fmt: skip
+
+    def buffer(self, name: str) -> SimpleNamespace:
+        return self._buffers[name]
+
+
+def _column(values: Iterable[float]) -> np.ndarray:
+    return np.array(list(values), dtype=np.float64).reshape(-1, 1)
+
+
+def structure(target: Target) -> tuple:
+    """What targets searched together must share: everything but sizes, bandwidths and energies."""
+    return (target.dataflow, target.rows, target.cols, tuple(b.name for b in target.buffers), target.streams,
+            target.double_buffered, target.objective, target.spad_bits, target.noc_bits_per_cycle)  # fmt: skip
+
+
+def legal_tiles(nest: LoopNest, targets: Columns, t: Tiles) -> tuple[Tiles, np.ndarray, np.ndarray]:
     """The candidates whose A, B and output tiles fit their buffers for at least one DRAM loop
-    order (see :func:`_fits`), and one copy of each tile in bytes (3 × candidates); only
-    ``preferred`` candidates if any of those fit."""
+    order (see :func:`_fits`) on at least one target, one copy of each tile in bytes (3 ×
+    candidates), and which of them fit each target (targets × candidates)."""
     kinds = nest.kinds
     foot = operand_footprints(nest, t)
     single = np.stack([foot[kinds[0]] * nest.a_bits, foot[kinds[1]] * nest.b_bits, foot[kinds[2]] * nest.acc_bits]) / 8
-    legal = np.zeros(t.n_candidates, dtype=bool)
+    legal = np.zeros((targets.count, t.n_candidates), dtype=bool)
     for stationary in range(3):
-        legal |= _fits(target, single, stationary)
-    if not legal.any():
-        raise MappingError(f"no tile of this {nest.role} op fits the buffers (the smallest needs "
-                           f"{single.sum(axis=0).min():.0f} bytes)")  # fmt: skip
-    if preferred is not None and (legal & preferred).any():
-        legal &= preferred
-    return t.select(legal), single[:, legal]
+        legal |= _fits(targets, single, stationary)
+    union = legal.any(axis=0)
+    return t.select(union), single[:, union], legal[:, union]
 
 
-def _copies(target: Target, stationary: int) -> np.ndarray:
+def no_fit(nest: LoopNest, t: Tiles) -> MappingError:
+    kinds = nest.kinds
+    foot = operand_footprints(nest, t)
+    single = (foot[kinds[0]] * nest.a_bits + foot[kinds[1]] * nest.b_bits + foot[kinds[2]] * nest.acc_bits) / 8
+    return MappingError(f"no tile of this {nest.role} op fits the buffers (the smallest needs {single.min():.0f} bytes)")
+
+
+def _copies(target: Target | Columns, stationary: int) -> np.ndarray:
     """Copies of each stream's tile in the buffers: two for the tiles that change on the innermost
     DRAM loops when DMA overlaps compute (one computes while the next loads), one for the
     stationary tile (it changes on outer loops only; its reloads wait)."""
@@ -260,19 +312,21 @@ def _copies(target: Target, stationary: int) -> np.ndarray:
     return copies
 
 
-def _fits(target: Target, single: np.ndarray, stationary: int) -> np.ndarray:
-    footprint = single * _copies(target, stationary)
-    ok = np.ones(single.shape[1], dtype=bool)
-    for name in set(target.streams):
-        ok &= sum(footprint[i] for i, s in enumerate(target.streams) if s == name) <= target.buffer(name).size_bytes
+def _fits(targets: Columns, single: np.ndarray, stationary: int) -> np.ndarray:
+    """Targets × candidates: whether the tiles fit every buffer with ``stationary``'s copies."""
+    footprint = single * _copies(targets, stationary)
+    ok = np.ones((targets.count, single.shape[1]), dtype=bool)
+    for name in set(targets.streams):
+        ok &= sum(footprint[i] for i, s in enumerate(targets.streams) if s == name) <= targets.buffer(name).size_bytes
     return ok
 
 
-def search(nest: LoopNest, target: Target, t: Tiles, single: np.ndarray, array: ArraySide,
-           orders: tuple[tuple[str, str, str], ...] = ORDERS) -> Mapping:  # fmt: skip
-    """The best (tile, order) among candidates ``t`` and ``orders`` that fit, by the target's
-    objective; ``array`` describes what the array does with each candidate, ``single`` is one copy
-    of each tile in bytes."""
+def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array: ArraySide, allowed: np.ndarray,
+           orders: tuple[tuple[str, str, str], ...] = ORDERS) -> list[Mapping | None]:  # fmt: skip
+    """For each target, the best (tile, order) among candidates ``t`` it is ``allowed`` (targets ×
+    candidates) and ``orders`` that fit, by the objective (None: nothing fits); ``array``
+    describes what the array does with each candidate, ``single`` is one copy of each tile in
+    bytes. Ties within 1e-9 go to the smaller footprint, then to the earlier candidate and order."""
     kinds = nest.kinds
     bits = (nest.a_bits, nest.b_bits)
     traffic = {False: operand_traffic(nest, t), True: operand_traffic(nest, t, sliding=True)}
@@ -280,54 +334,57 @@ def search(nest: LoopNest, target: Target, t: Tiles, single: np.ndarray, array: 
     compute = array.compute_cycles
     tiles = t.tiles()
     loops = _group_loops(t)
-    buf = [target.buffer(s) for s in target.streams]
+    buf = [targets.buffer(s) for s in targets.streams]
     psum_bits = (array.psum_writes + array.psum_reads) * nest.acc_bits
     on_chip = (array.reads_a * (bits[0] * buf[0].pj_per_bit) + array.reads_b * (bits[1] * buf[1].pj_per_bit)
-               + psum_bits * buf[2].pj_per_bit + array.rf_bits * target.rf_pj_per_bit
-               + array.noc_bits * target.noc_pj_per_bit + array.hop_bits * target.hop_pj_per_bit)  # fmt: skip
+               + psum_bits * buf[2].pj_per_bit + array.rf_bits * targets.rf_pj_per_bit
+               + array.noc_bits * targets.noc_pj_per_bit + array.hop_bits * targets.hop_pj_per_bit)  # fmt: skip
     datapath = {}
     for i, moved in enumerate((array.reads_a * bits[0], array.reads_b * bits[1], psum_bits)):
-        datapath[target.streams[i]] = datapath.get(target.streams[i], 0.0) + moved / (8 * buf[i].bytes_per_cycle)
-    best = None
+        datapath[targets.streams[i]] = datapath.get(targets.streams[i], 0.0) + moved / (8 * buf[i].bytes_per_cycle)
+    best_low, best_foot = np.full(targets.count, np.inf), np.full(targets.count, np.inf)
+    best_order, best_i = np.full(targets.count, -1), np.zeros(targets.count, dtype=np.int64)
+    kept = []
     for order in orders:
         stationary = kinds.index(order[0])
-        footprint = single * _copies(target, stationary)
+        footprint = single * _copies(targets, stationary)
         total_foot = footprint.sum(axis=0)
         mult = _order_multipliers(loops, order)
         slides = _slides(nest, t, loops, order)
         moved = {k: np.where(slides, traffic[True][k], traffic[False][k]) * mult[k] for k in kinds}
+        kept.append((order, mult, moved, footprint))
         reads = [moved[kinds[i]] * bits[i] for i in range(2)]  # bits
         psum_moves = np.maximum(moved[kinds[2]] - unique_out, 0.0) * nest.acc_bits
         writes = unique_out * nest.out_bits + psum_moves
         fills = (reads[0], reads[1], psum_moves + writes)
-        exposed = fills[stationary] / 8 if target.double_buffered else 0.0  # the stationary tile's loads wait
+        exposed = fills[stationary] / 8 if targets.double_buffered else 0.0  # the stationary tile's loads wait
         dram_in, dram_out = (reads[0] + reads[1] + psum_moves) / 8, writes / 8
         if stationary == 2:
-            cycles = timeline(compute, dram_in, dram_out - exposed, tiles, target)
+            cycles = timeline(compute, dram_in, dram_out - exposed, tiles, targets)
         else:
-            cycles = timeline(compute, dram_in - exposed, dram_out, tiles, target)
-        cycles = cycles + exposed / target.dram_bytes_per_cycle
+            cycles = timeline(compute, dram_in - exposed, dram_out, tiles, targets)
+        cycles = cycles + exposed / targets.dram_bytes_per_cycle
         sram = dict(datapath)
         for i, moved_bits in enumerate(fills):
-            sram[target.streams[i]] = sram[target.streams[i]] + moved_bits / (8 * buf[i].bytes_per_cycle)
+            sram[targets.streams[i]] = sram[targets.streams[i]] + moved_bits / (8 * buf[i].bytes_per_cycle)
         for busy in sram.values():
             cycles = np.maximum(cycles, busy)
-        energy = (on_chip + (dram_in + dram_out) * (8 * target.dram_pj_per_bit) + cycles * target.cycle_pj
+        energy = (on_chip + (dram_in + dram_out) * (8 * targets.dram_pj_per_bit) + cycles * targets.cycle_pj
                   + sum(fills[i] * buf[i].pj_per_bit for i in range(3)))  # fmt: skip
-        score = {"energy": energy, "latency": cycles, "edp": energy * cycles}[target.objective]
-        score = np.where(_fits(target, single, stationary), score, np.inf)
-        low = score.min()
-        if not np.isfinite(low):
-            continue
-        near = np.flatnonzero(score <= low * (1 + 1e-9))
-        i = int(near[np.argmin(total_foot[near])])
-        if best is None or (low, total_foot[i]) < best[0]:
-            best = ((low, total_foot[i]), order, i, mult, moved, footprint, cycles[i])
-    _, order, i, mult, moved, footprint, cycles = best
-    return _mapping(nest, target, t, array, order, i, mult, moved, footprint, compute)
+        score = {"energy": energy, "latency": cycles, "edp": energy * cycles}[targets.objective]
+        score = np.where(_fits(targets, single, stationary) & allowed, score, np.inf)
+        low = score.min(axis=1)
+        near = score <= (low * (1 + 1e-9))[:, None]
+        i = np.argmin(np.where(near, total_foot, np.inf), axis=1)
+        foot = total_foot[i]
+        better = np.isfinite(low) & ((low < best_low) | ((low == best_low) & (foot < best_foot)))
+        best_low, best_foot = np.where(better, low, best_low), np.where(better, foot, best_foot)
+        best_order, best_i = np.where(better, len(kept) - 1, best_order), np.where(better, i, best_i)
+    return [None if o < 0 else _mapping(nest, targets, t, array, *kept[o], int(i), compute)
+            for o, i in zip(best_order, best_i, strict=True)]  # fmt: skip
 
 
-def _mapping(nest, target, t, array, order, i, mult, moved, footprint, compute) -> Mapping:
+def _mapping(nest, target, t, array, order, mult, moved, footprint, i, compute) -> Mapping:
     kinds = nest.kinds
     bits = (nest.a_bits, nest.b_bits)
     unique_out = nest.elements(kinds[2])

@@ -10,14 +10,14 @@ resulting moves into an :class:`OpCost` with the DMA/compute timeline and SRAM-b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator, PEArray
 from e2sim.schedule.mapper import Mapping as NestMapping
-from e2sim.schedule.mapper import timeline
+from e2sim.schedule.mapper import MappingError, structure, timeline
 from e2sim.schedule.nest import LoopNest, nest_of
 from e2sim.schedule.rowstationary import map_row_stationary
 from e2sim.schedule.systolic import map_systolic
@@ -92,18 +92,88 @@ class OpCost:
         return sum(self.dram_reads.values()) + sum(self.dram_writes.values())
 
 
-@lru_cache(maxsize=16384)
+class MappingCache:
+    """Chosen mappings by (loop nest, target), the oldest forgotten beyond ``size``."""
+
+    def __init__(self, size: int = 16384):
+        self.size, self.hits, self._found = size, 0, {}
+
+    def get(self, key: tuple[LoopNest, Target]) -> NestMapping | None:
+        found = self._found.get(key)
+        self.hits += found is not None
+        return found
+
+    def put(self, key: tuple[LoopNest, Target], mapping: NestMapping) -> None:
+        if len(self._found) >= self.size:
+            del self._found[next(iter(self._found))]
+        self._found[key] = mapping
+
+    def __contains__(self, key: tuple[LoopNest, Target]) -> bool:
+        return key in self._found
+
+    def clear(self) -> None:
+        self.hits, self._found = 0, {}
+
+
+MAPPINGS = MappingCache()
+BATCH_TARGETS = 64  # targets searched together at most (arrays of targets × candidate tiles)
+
+
 def map_nest(nest: LoopNest, target: Target) -> NestMapping:
     """The best mapping of ``nest`` on ``target`` (cached by both)."""
-    if target.dataflow == "rs":
-        return map_row_stationary(nest, target)
-    return map_systolic(nest, target)
+    found = MAPPINGS.get((nest, target))
+    if found is None:
+        if target.dataflow == "rs":
+            found = map_row_stationary(nest, target)
+        else:
+            (found,) = map_systolic(nest, [target])
+            if isinstance(found, MappingError):
+                raise found
+        MAPPINGS.put((nest, target), found)
+    return found
+
+
+def map_nests(nests: Iterable[LoopNest], targets: Iterable[Target]) -> None:
+    """Map every nest on every target ahead of pricing, into the cache :func:`map_nest` reads.
+    Systolic targets of one structure are searched together (arrays over targets and candidate
+    tiles, the tiles and the array's work shared); row stationary chooses its processing passes
+    by each target's energies, so those are mapped one by one. A nest that fits no tile of a
+    target is left out (pricing that point reports it)."""
+    groups: dict[tuple, list[Target]] = {}
+    for target in dict.fromkeys(targets):
+        groups.setdefault(structure(target), []).append(target)
+    for nest in dict.fromkeys(nests):
+        for members in groups.values():
+            todo = [t for t in members if (nest, t) not in MAPPINGS]
+            if todo and todo[0].dataflow == "rs":
+                for target in todo:
+                    try:
+                        map_nest(nest, target)
+                    except MappingError:
+                        pass
+                continue
+            for start in range(0, len(todo), BATCH_TARGETS):
+                part = todo[start : start + BATCH_TARGETS]
+                for target, found in zip(part, map_systolic(nest, part), strict=True):
+                    if not isinstance(found, MappingError):
+                        MAPPINGS.put((nest, target), found)
+
+
+def on_array(op: Op) -> bool:
+    """Whether ``op`` runs on the PE array (conv and GEMM ops, every phase)."""
+    return op.kind in ("conv", "gemm") and op.gemm is not None
+
+
+def array_nests(ops: Iterable[Op], tensors: Mapping[str, Tensor], accumulator_bits: int) -> list[LoopNest]:
+    """The loop nests of the PE-array ops among ``ops`` (what :func:`map_nests` maps)."""
+    return [nest_of(op, {name: tensors[name] for name in (*op.reads, *op.writes)}, accumulator_bits)
+            for op in ops if on_array(op)]  # fmt: skip
 
 
 def plan_op(op: Op, tensors: Mapping[str, Tensor], hw: Accelerator, target: Target, accumulator_bits: int) -> OpPlan:
     """How ``op`` moves its tensors on its own (cached by the op, its tensors and the hardware it uses)."""
     used = tuple(tensors[name] for name in (*op.reads, *op.writes))
-    if op.kind in ("conv", "gemm") and op.gemm is not None:
+    if on_array(op):
         return _planned(op, used, target, accumulator_bits, hw.pe_array, 0)
     return _planned(op, used, None, 0, None, hw.vector.lanes)
 

@@ -34,11 +34,13 @@ import numpy as np
 
 from e2sim.schedule.mapper import (
     ArraySide,
+    Columns,
     Mapping,
     MappingError,
     Tiles,
     legal_tiles,
     make_tiles,
+    no_fit,
     search,
     tile_options,
 )
@@ -163,8 +165,13 @@ def row_stationary_tiles(nest: LoopNest, t: Tiles, target: Target) -> ArraySide:
 
 
 def map_row_stationary(nest: LoopNest, target: Target) -> Mapping:
-    """The best buffer tiling and processing passes of ``nest`` on a row-stationary array."""
+    """The best buffer tiling and processing passes of ``nest`` on a row-stationary array (one
+    target: the passes chosen for a tile depend on the target's energies)."""
     options = {d: tile_options(nest.size(d), ()) for d in ("n", "k", "c", "p")}
     options["q"] = [nest.q]  # a PE computes whole output rows
-    t, footprint = legal_tiles(nest, target, make_tiles(nest, options))
-    return search(nest, target, t, footprint, row_stationary_tiles(nest, t, target))
+    columns = Columns([target])
+    everything = make_tiles(nest, options)
+    t, footprint, allowed = legal_tiles(nest, columns, everything)
+    if not t.n_candidates:
+        raise no_fit(nest, everything)
+    return search(nest, columns, t, footprint, row_stationary_tiles(nest, t, target), allowed)[0]

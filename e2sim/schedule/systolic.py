@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -29,10 +30,14 @@ from e2sim.schedule.mapper import (
     IRRELEVANT,
     ORDERS,
     ArraySide,
+    Columns,
     Mapping,
+    MappingError,
     Tiles,
     legal_tiles,
     make_tiles,
+    no_fit,
+    product_tiles,
     search,
     tile_options,
 )
@@ -153,26 +158,51 @@ def systolic_tiles(nest: LoopNest, t: Tiles, dataflow: str, rows: int, cols: int
     return ArraySide(cycles - 1, reads_a, reads_b, psum, psum_reads, rf, zeros, zeros, used, spatial)
 
 
-def whole_folds(nest: LoopNest, t: Tiles, dataflow: str, rows: int, cols: int) -> np.ndarray:
-    """Candidates whose tiles of the two dimensions the array holds add no folds to SCALE-Sim's walk
-    of the whole GEMM (whole dimensions, or tiles of whole folds)."""
+def whole_folds(nest: LoopNest, options: dict[str, list[int]], dataflow: str, rows: int, cols: int) -> Tiles:
+    """The candidate tiles (of ``make_tiles(nest, options)``, in its order) whose tiles of the two
+    dimensions the array holds add no folds to SCALE-Sim's walk of the whole GEMM (whole
+    dimensions, or tiles of whole folds). Each held GEMM dimension is checked on the grid of the
+    nest dimensions it is made of alone."""
     held = {"ws": ((2, rows), (1, cols)), "os": ((0, rows), (1, cols)), "is": ((2, rows), (0, cols))}[dataflow]
-    ok = np.ones(t.n_candidates, dtype=bool)
+    parts = []
     for axis, side in held:
         dims = GEMM_DIMS[nest.role][axis]
         factor = nest.r * nest.s if "c" in dims else 1
         whole = np.prod([nest.size(d) for d in dims]) * factor
-        ok &= _gemm_dim(t, dims, factor, side)[1] == -(-whole // side)
-    return ok
+        kept = _gemm_dim(make_tiles(nest, options, dims), dims, factor, side)[1] == -(-whole // side)
+        parts.append((dims, np.indices([len(options[d]) for d in dims]).reshape(len(dims), -1)[:, kept]))
+    return product_tiles(nest, options, parts)
 
 
-def map_systolic(nest: LoopNest, target: Target) -> Mapping:
-    """The best buffer tiling of ``nest`` on a systolic array (ws, os or is)."""
-    rows, cols = target.rows, target.cols
+def map_systolic(nest: LoopNest, targets: Sequence[Target]) -> list[Mapping | MappingError]:
+    """The best buffer tiling of ``nest`` on each of ``targets``, systolic arrays (ws, os or is) of
+    one structure (see ``mapper.structure``): the candidate tiles and what the array does with them
+    are worked out once, and every target's buffers, bandwidths and energies price them at once.
+    A target searches the tiles of whole folds when any of them fits it, else every tile."""
+    first = targets[0]
+    rows, cols = first.rows, first.cols
     options = {d: tile_options(nest.size(d), (rows, cols)) for d in ("n", "k", "c", "p")}
     options["q"] = sorted({nest.q, -(-nest.q // 2), -(-nest.q // 4), 1})
-    t = make_tiles(nest, options)
-    t, footprint = legal_tiles(nest, target, t, whole_folds(nest, t, target.dataflow, rows, cols))
-    inner = streamed_kind(nest.role, target.dataflow)
+    inner = streamed_kind(nest.role, first.dataflow)
     orders = tuple(order for order in ORDERS if order[0] == inner)
-    return search(nest, target, t, footprint, systolic_tiles(nest, t, target.dataflow, rows, cols), orders)
+    found: list[Mapping | MappingError | None] = [None] * len(targets)
+    remaining = list(range(len(targets)))
+    for candidates in (lambda: whole_folds(nest, options, first.dataflow, rows, cols), lambda: make_tiles(nest, options)):
+        columns = Columns([targets[j] for j in remaining])
+        t, footprint, allowed = legal_tiles(nest, columns, candidates())
+        fits = allowed.any(axis=1)
+        if fits.any():
+            served = [j for j, ok in zip(remaining, fits, strict=True) if ok]
+            columns = Columns([targets[j] for j in served])
+            array = systolic_tiles(nest, t, first.dataflow, rows, cols)
+            for j, m in zip(served, search(nest, columns, t, footprint, array, allowed[fits], orders), strict=True):
+                found[j] = m
+        remaining = [j for j, ok in zip(remaining, fits, strict=True) if not ok]
+        if not remaining:
+            break
+    error = None
+    for j, m in enumerate(found):
+        if m is None:
+            error = error or no_fit(nest, make_tiles(nest, options))
+            found[j] = error
+    return found

@@ -19,9 +19,9 @@ from e2sim.config.errors import SpecError
 from e2sim.config.sweep import Axis, PointDocuments, SweepSpec, check_documents, point_documents
 from e2sim.config.workload import Workload
 from e2sim.hw.accelerator import Accelerator
-from e2sim.studies.single import prepare, price, run_once
+from e2sim.studies.single import map_ahead, prepare, price, run_once, train_shared
 
-DONE, FAILED, INFEASIBLE = "done", "failed", "infeasible"
+DONE, FAILED, INFEASIBLE, PRUNED, RUNG = "done", "failed", "infeasible", "pruned", "rung"
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ class Task:
     epochs: int | None
     fusion: bool
     mapper_objective: str
+    stop_after: int | None = None  # a rung of successive halving: train to this epoch, report accuracy
+    checkpoint: str | None = None  # the training's checkpoint file (written every epoch, continued from)
+
+    @property
+    def training(self) -> str:
+        """A key of the training run this task is (its points' keys hashed)."""
+        return hashlib.sha256("|".join(sorted(self.keys)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -124,16 +131,22 @@ def within(spec: SweepSpec, hw: Accelerator) -> str | None:
     return None
 
 
-def tasks_of(spec: SweepSpec, points: Sequence[Point], chunk: int = 8) -> list[Task]:
-    """Estimate points in chunks of one workload (lowered once per worker); run points that share
-    a workload and an approximate mode as one training run priced on each accelerator."""
+def tasks_of(spec: SweepSpec, points: Sequence[Point], slots: int = 1) -> list[Task]:
+    """Estimate points of one workload, sorted so that points of one PE array are together (their
+    ops are mapped together), in about four tasks per worker slot of 8 to 64 points; run points
+    that share a workload and an approximate mode as one training run priced on each accelerator."""
     groups: dict[tuple, list[Point]] = {}
     for p in points:
         mode = p.hardware.approximate if spec.kind == "run" else None
         groups.setdefault((p.workload, mode), []).append(p)
     tasks = []
     for (workload, _), members in groups.items():
-        size = chunk if spec.kind == "estimate" else len(members)
+        if spec.kind == "estimate":
+            members = sorted(members, key=lambda p: (p.hardware.pe_array.dataflow, p.hardware.pe_array.rows,
+                                                     p.hardware.pe_array.cols, p.position))  # fmt: skip
+            size = min(64, max(8, -(-len(members) // (4 * slots))))
+        else:
+            size = len(members)
         for start in range(0, len(members), size):
             part = members[start : start + size]
             tasks.append(Task(spec.kind, workload, tuple(p.hardware for p in part), tuple(p.key for p in part),
@@ -152,7 +165,15 @@ def evaluate(task: Task) -> list[Outcome]:
     start = time.perf_counter()
     if task.kind == "run":
         try:
-            results = run_once(_prepared(task.workload, None), task.hardware, task.epochs, None, False, pricing)
+            if task.stop_after is not None:
+                result = train_shared(_prepared(task.workload, None), task.hardware, task.epochs, None, False,
+                                      task.checkpoint, task.stop_after)  # fmt: skip
+                accuracy = result.epochs[min(task.stop_after, len(result.epochs)) - 1].test_accuracy
+                seconds = (time.perf_counter() - start) / len(task.keys)
+                return [Outcome(key, RUNG, {"accuracy": accuracy, "epochs": task.stop_after}, None, seconds)
+                        for key in task.keys]  # fmt: skip
+            results = run_once(_prepared(task.workload, None), task.hardware, task.epochs, None, False, pricing,
+                               task.checkpoint)  # fmt: skip
         except (SpecError, FloatingPointError, ValueError) as exc:
             seconds = (time.perf_counter() - start) / len(task.keys)
             return [Outcome(key, FAILED, None, _reason(exc), seconds) for key in task.keys]
@@ -161,10 +182,16 @@ def evaluate(task: Task) -> list[Outcome]:
                                     "iterations": r.training.iterations}, None, seconds)
                 for key, r in zip(task.keys, results, strict=True)]  # fmt: skip
     outcomes = []
+    try:
+        prepared = _prepared(task.workload, task.batch)
+        map_ahead(prepared.workload, prepared.graph, task.hardware, pricing)
+    except (SpecError, ValueError) as exc:
+        seconds = (time.perf_counter() - start) / len(task.keys)
+        return [Outcome(key, FAILED, None, _reason(exc), seconds) for key in task.keys]
+    share = (time.perf_counter() - start) / len(task.keys)  # lowering (first task) and mapping, shared
     for key, hw in zip(task.keys, task.hardware, strict=True):
-        begin = time.perf_counter()
+        begin = time.perf_counter() - share
         try:
-            prepared = _prepared(task.workload, task.batch)
             estimate = price(prepared.workload, prepared.graph, hw, None, False, False, pricing, None)
             outcomes.append(Outcome(key, DONE, _metrics(estimate), None, time.perf_counter() - begin))
         except (SpecError, ValueError) as exc:

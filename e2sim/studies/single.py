@@ -14,6 +14,7 @@ from e2sim.config.policy import check_policy_spec
 from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
 from e2sim.energy.account import Arithmetic, account, check_counts
+from e2sim.energy.account import map_ahead as account_map_ahead
 from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
@@ -101,6 +102,13 @@ def price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts
                     priced.storage)  # fmt: skip
 
 
+def map_ahead(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accelerator], pricing: Pricing) -> None:
+    """Map the iteration of ``graph`` on all of ``accelerators`` together, so that :func:`price`
+    on each finds its mappings done (the vectorised estimate path of a sweep)."""
+    ops = [op for op in graph.ops if op.name not in graph.optional]
+    account_map_ahead(ops, graph.tensors, accelerators, arithmetic_of(spec), pricing[1])
+
+
 def account_ops(ops, tensors, accelerator, table, arithmetic, counts, inputs, pricing: Pricing, densities):
     """``account`` with checked densities; a mapping that cannot fit is a spec error of the hardware."""
     stated = checked_densities(densities, accelerator.source)
@@ -131,20 +139,28 @@ def arithmetic_of(workload: Workload) -> Arithmetic:
     return Arithmetic(p.accumulator.bits, floating)
 
 
-def run_once(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: int | None, data_dir, progress,
-             pricing: Pricing) -> list[RunResult]:  # fmt: skip
-    """Train ``prepared`` once and price what ran on each of ``accelerators``. Training depends on
-    the accelerator only through its approximate mode (a policy may train on it; every epoch is
-    evaluated on it), so all of them must share one mode (or have none)."""
+def train_shared(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: int | None, data_dir, progress,
+                 checkpoint: str | None = None, stop_after: int | None = None) -> TrainResult:  # fmt: skip
+    """Train ``prepared`` once for all of ``accelerators``. Training depends on the accelerator only
+    through its approximate mode (a policy may train on it; every epoch is evaluated on it), so all
+    of them must share one mode (or have none). ``checkpoint``: a file written after every epoch
+    and continued from when it exists; ``stop_after``: end after that epoch of the full run."""
     modes = {hw.approximate for hw in accelerators}
     if len(modes) != 1:
         raise ValueError("accelerators priced from one training run must share their approximate mode")
     spec, policies, graph = prepared.workload, prepared.policies, prepared.graph
     for hw in accelerators:
         check_hardware(spec, policies, hw)
-    mode = accelerators[0].approximate
-    result = loop.train(spec, epochs, data_dir, progress, approximate=mode, graph=graph, policies=policies)
-    return [price_training(spec, result, hw, pricing) for hw in accelerators]
+    return loop.train(spec, epochs, data_dir, progress, checkpoint=checkpoint, resume=checkpoint is not None,
+                      stop_after=stop_after, approximate=accelerators[0].approximate, graph=graph,
+                      policies=policies)  # fmt: skip
+
+
+def run_once(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: int | None, data_dir, progress,
+             pricing: Pricing, checkpoint: str | None = None) -> list[RunResult]:  # fmt: skip
+    """Train ``prepared`` once (see :func:`train_shared`) and price what ran on each of ``accelerators``."""
+    result = train_shared(prepared, accelerators, epochs, data_dir, progress, checkpoint)
+    return [price_training(prepared.workload, result, hw, pricing) for hw in accelerators]
 
 
 def price_training(spec: Workload, result: TrainResult, hw: Accelerator, pricing: Pricing) -> RunResult:

@@ -17,13 +17,22 @@ CREATE TABLE IF NOT EXISTS points (
     sweep TEXT NOT NULL,       -- the sweep's name
     position INTEGER,          -- in the sweep's sampled sequence (grid, random) or the trial number (optuna)
     params TEXT NOT NULL,      -- JSON: axis path -> value
-    status TEXT NOT NULL,      -- done | failed | infeasible
+    status TEXT NOT NULL,      -- done | failed | infeasible | pruned (stopped by successive halving)
     metrics TEXT,              -- JSON: objective -> value (done points)
     error TEXT,                -- why a point failed or is infeasible
     seconds REAL,              -- evaluation time on the worker
     finished REAL              -- unix time it was stored
 );
+CREATE TABLE IF NOT EXISTS rungs (
+    sweep TEXT NOT NULL,
+    training TEXT NOT NULL,    -- a training run of successive halving (sha256 of its points' keys)
+    epochs INTEGER NOT NULL,   -- trained by the end of the rung
+    accuracy REAL,             -- test accuracy after those epochs (NULL: the training failed)
+    error TEXT,
+    PRIMARY KEY (sweep, training, epochs)
+);
 """
+STATUSES = ("done", "failed", "infeasible", "pruned")
 
 
 class Store:
@@ -81,4 +90,14 @@ class Store:
 
     def counts(self, sweep: str) -> dict[str, int]:
         found = dict(self.db.execute("SELECT status, COUNT(*) FROM points WHERE sweep = ? GROUP BY status", (sweep,)))
-        return {status: found.get(status, 0) for status in ("done", "failed", "infeasible")}
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    def record_rung(self, sweep: str, training: str, epochs: int, accuracy: float | None, error: str | None) -> None:
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO rungs VALUES (?, ?, ?, ?, ?)",
+                            (sweep, training, epochs, accuracy, error))  # fmt: skip
+
+    def rung(self, sweep: str, epochs: int) -> dict[str, tuple[float | None, str | None]]:
+        """Training key -> (accuracy, error) of the trainings that finished the rung of ``epochs``."""
+        query = "SELECT training, accuracy, error FROM rungs WHERE sweep = ? AND epochs = ?"
+        return {training: (accuracy, error) for training, accuracy, error in self.db.execute(query, (sweep, epochs))}

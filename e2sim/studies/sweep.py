@@ -18,7 +18,10 @@ from e2sim.studies.execute import executor_for
 from e2sim.studies.points import (
     FAILED,
     INFEASIBLE,
+    RUNG,
+    Outcome,
     Point,
+    Task,
     evaluate,
     grid_values,
     random_values,
@@ -26,7 +29,7 @@ from e2sim.studies.points import (
     tasks_of,
     within,
 )
-from e2sim.studies.store import Store
+from e2sim.studies.store import STATUSES, Store
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,12 @@ def run_sweep(spec: SweepSpec, db: str | Path | None = None, workers: int | None
             run_optuna(spec, store, path, executor, _show(progress))
         else:
             values = grid_values(spec) if spec.sampler.kind == "grid" else random_values(spec)
-            evaluate_points(spec, store, list(enumerate(values)), executor, _show(progress))
+            if spec.halving is not None:
+                from e2sim.studies.halving import run_halving
+
+                run_halving(spec, store, path, list(enumerate(values)), executor, _show(progress))
+            else:
+                evaluate_points(spec, store, list(enumerate(values)), executor, _show(progress))
         result = collect(spec, store)
         return dataclasses.replace(result, ran=len(result.points) - before)
 
@@ -101,11 +109,11 @@ def _show(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def evaluate_points(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, Mapping[str, Any]]], executor,
-                    progress: bool) -> list[Point]:  # fmt: skip
-    """Resolve ``sampled`` (position, axis values), record invalid and infeasible points at once,
-    run the rest that the store lacks on ``executor`` (entered), storing each task's points as it
-    completes."""
+def sort_out(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, Mapping[str, Any]]]
+             ) -> tuple[list[Point], list[Point]]:  # fmt: skip
+    """Resolve ``sampled`` (position, axis values) into distinct points, record the invalid and
+    infeasible ones the store lacks at once (each point's specs and constraints checked once),
+    and return every point and the runnable ones (stored or not)."""
     points, seen = [], set()
     for position, values in sampled:
         point = resolve(spec, position, values)
@@ -113,26 +121,43 @@ def evaluate_points(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, 
             seen.add(point.key)
             points.append(point)
     done = store.finished(p.key for p in points)
-    fresh = [p for p in points if p.key not in done]
     immediate, runnable = [], []
-    for p in fresh:  # each point's specs and constraints are checked once
+    for p in points:
         reason = p.error or within(spec, p.hardware)
         if reason is None:
             runnable.append(p)
-        else:
+        elif p.key not in done:
             immediate.append((p.key, p.position, p.values, FAILED if p.error else INFEASIBLE, None, reason, 0.0))
     store.record(spec.name, immediate)
-    by_key = {p.key: p for p in runnable}
-    tasks = tasks_of(spec, runnable)
-    bar = _bar(progress, len(runnable), spec.name)
-    futures = [executor.submit(evaluate, task) for task in tasks]
-    for future in executor.completed(futures):
-        outcomes = future.result()
-        store.record(spec.name, [(o.key, by_key[o.key].position, by_key[o.key].values, o.status, o.metrics,
-                                  o.error, o.seconds) for o in outcomes])  # fmt: skip
-        bar.update(len(outcomes))
+    return points, runnable
+
+
+def evaluate_points(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, Mapping[str, Any]]], executor,
+                    progress: bool) -> list[Point]:  # fmt: skip
+    """Run the points of ``sampled`` that the store lacks on ``executor`` (entered), storing each
+    task's points as it completes (see :func:`sort_out`)."""
+    points, runnable = sort_out(spec, store, sampled)
+    done = store.finished(p.key for p in runnable)
+    fresh = [p for p in runnable if p.key not in done]
+    bar = _bar(progress, len(fresh), spec.name)
+    run_tasks(spec, store, tasks_of(spec, fresh, executor.workers), {p.key: p for p in fresh}, executor, bar)
     bar.close()
     return points
+
+
+def run_tasks(spec: SweepSpec, store: Store, tasks: Sequence[Task], points: Mapping[str, Point], executor,
+              bar) -> list[Outcome]:  # fmt: skip
+    """Run ``tasks`` on ``executor``; store the points (``points`` by key) of each one as it
+    completes, unless it is a rung of successive halving (the caller stores those)."""
+    futures = [executor.submit(evaluate, task) for task in tasks]
+    found = []
+    for future in executor.completed(futures):
+        outcomes = future.result()
+        found += outcomes
+        store.record(spec.name, [(o.key, points[o.key].position, points[o.key].values, o.status, o.metrics, o.error,
+                                  o.seconds) for o in outcomes if o.status != RUNG])  # fmt: skip
+        bar.update(len(outcomes))
+    return found
 
 
 def _bar(enabled: bool, total: int, name: str):
@@ -182,7 +207,7 @@ def status(spec: SweepSpec, db: str | Path | None = None) -> dict[str, int]:
     """How many points of the sweep are stored per status, and how many the sampler asks for."""
     path = Path(db) if db is not None else default_store(spec)
     if not path.exists():
-        counts = {"done": 0, "failed": 0, "infeasible": 0}
+        counts = dict.fromkeys(STATUSES, 0)
     else:
         with Store(path) as store:
             counts = store.counts(spec.name)
