@@ -258,7 +258,7 @@ def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: i
 
 
 def sweep_status(spec: str | Path | SweepSpec, db: str | Path | None = None) -> dict[str, int]:
-    """Stored points per status (done, failed, infeasible), planned and remaining."""
+    """Stored points per status (done, failed, infeasible, pruned), planned and remaining."""
     return sweep_progress(spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec), db)
 
 

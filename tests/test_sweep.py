@@ -62,7 +62,8 @@ def test_a_grid_sweep_stores_every_point_once_and_a_rerun_runs_none(tmp_path):
     hw = e2sim.load_hw({**e2sim.config.yaml_text.read_yaml_file(ROOT / "hw_specs" / "systolic-16x16.yaml"),
                         "pe_array": {"rows": 8, "cols": 32, "dataflow": "os", "rf_bytes": 64, "mac_bits": [8, 16]}})
     assert point["metrics"]["energy_j"] == e2sim.estimate("lenet5-mnist", hw).energy_j
-    assert e2sim.api.sweep_status(spec) == {"done": 10, "failed": 0, "infeasible": 2, "planned": 12, "remaining": 0}
+    assert e2sim.api.sweep_status(spec) == {"done": 10, "failed": 0, "infeasible": 2, "pruned": 0,
+                                                 "planned": 12, "remaining": 0}
 
 
 def test_the_front_is_the_non_dominated_points():
@@ -357,3 +358,28 @@ def test_halving_needs_run_points_and_an_epoch_budget(tmp_path):
         read_sweep_spec(write_sweep(tmp_path, SMALL + "halving: {min_epochs: 1}\n"))
     with pytest.raises(e2sim.SpecError, match="halving: needs the sweep's epochs"):
         read_sweep_spec(write_sweep(tmp_path, (HALVING % "halving: {min_epochs: 1}").replace("epochs: 3\n", "")))
+
+
+def test_a_halving_sweep_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path):
+    """SIGKILL at random moments of a halving sweep (mid-rung, between rungs, mid-checkpoint):
+    started again each time, it ends with the same stored points and rung accuracies."""
+    spec = write_sweep(tmp_path, HALVING % "halving: {min_epochs: 1, factor: 2}")
+    command = [sys.executable, "-m", "e2sim", "sweep", str(spec), "--no-progress", "--db"]
+    start = time.perf_counter()
+    subprocess.run([*command, str(tmp_path / "whole.sqlite")], check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    rng = np.random.default_rng(int(time.time()))
+    db = tmp_path / "killed.sqlite"
+    for _ in range(3):
+        process = subprocess.Popen([*command, str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * seconds)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    subprocess.run([*command, str(db)], check=True, capture_output=True)
+
+    def rungs(path):
+        with sqlite3.connect(path) as c:
+            return sorted(c.execute("SELECT training, epochs, accuracy, error FROM rungs"))
+
+    assert stored(db) == stored(tmp_path / "whole.sqlite") and len(stored(db)) == 8
+    assert rungs(db) == rungs(tmp_path / "whole.sqlite")

@@ -18,6 +18,7 @@ axes:
 constraints: {pe_count: {max: 1024}, on_chip_kb: {max: 512}}
 objectives: [energy_j, time_s]
 sampler: grid    # grid | {random: {points: 50, seed: 0}} | {optuna: {trials: 40, seed: 0, algorithm: tpe}}
+halving: {min_epochs: 1, factor: 3}  # run points, grid/random: successive halving over the sweep's epochs
 ```
 """
 

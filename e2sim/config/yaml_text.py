@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,13 @@ _StrictLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse one YAML document; a syntax error becomes a SpecError naming ``source`` and the line."""
+    """Parse one YAML document; a syntax error becomes a SpecError naming ``source`` and the line.
+    Parsed once per (text, source): a sweep resolves the same base specs for every point."""
+    return copy.deepcopy(_parsed(text, source))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:

@@ -126,7 +126,8 @@ def _tiles_of(nest: LoopNest, size: dict[str, np.ndarray]) -> Tiles:
     return Tiles(size, count, last)
 
 
-def product_tiles(nest: LoopNest, options: dict[str, list[int]], parts: list[tuple[tuple[str, ...], np.ndarray]]) -> Tiles:
+def product_tiles(nest: LoopNest, options: dict[str, list[int]],
+                  parts: list[tuple[tuple[str, ...], np.ndarray]]) -> Tiles:  # fmt: skip
     """The candidates of :func:`make_tiles` (in its order) that combine, for each group of
     dimensions in ``parts`` (``(dims, option indices: len(dims) × kept combinations)``), one
     kept combination; dimensions in no group take every option."""
@@ -300,7 +301,8 @@ def no_fit(nest: LoopNest, t: Tiles) -> MappingError:
     kinds = nest.kinds
     foot = operand_footprints(nest, t)
     single = (foot[kinds[0]] * nest.a_bits + foot[kinds[1]] * nest.b_bits + foot[kinds[2]] * nest.acc_bits) / 8
-    return MappingError(f"no tile of this {nest.role} op fits the buffers (the smallest needs {single.min():.0f} bytes)")
+    return MappingError(f"no tile of this {nest.role} op fits the buffers (the smallest needs "
+                        f"{single.min():.0f} bytes)")  # fmt: skip
 
 
 def _copies(target: Target | Columns, stationary: int) -> np.ndarray:

@@ -9,6 +9,7 @@ resulting moves into an :class:`OpCost` with the DMA/compute timeline and SRAM-b
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -147,10 +148,8 @@ def map_nests(nests: Iterable[LoopNest], targets: Iterable[Target]) -> None:
             todo = [t for t in members if (nest, t) not in MAPPINGS]
             if todo and todo[0].dataflow == "rs":
                 for target in todo:
-                    try:
+                    with contextlib.suppress(MappingError):  # pricing the point reports it
                         map_nest(nest, target)
-                    except MappingError:
-                        pass
                 continue
             for start in range(0, len(todo), BATCH_TARGETS):
                 part = todo[start : start + BATCH_TARGETS]

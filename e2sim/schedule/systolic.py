@@ -187,7 +187,8 @@ def map_systolic(nest: LoopNest, targets: Sequence[Target]) -> list[Mapping | Ma
     orders = tuple(order for order in ORDERS if order[0] == inner)
     found: list[Mapping | MappingError | None] = [None] * len(targets)
     remaining = list(range(len(targets)))
-    for candidates in (lambda: whole_folds(nest, options, first.dataflow, rows, cols), lambda: make_tiles(nest, options)):
+    stages = (lambda: whole_folds(nest, options, first.dataflow, rows, cols), lambda: make_tiles(nest, options))
+    for candidates in stages:
         columns = Columns([targets[j] for j in remaining])
         t, footprint, allowed = legal_tiles(nest, columns, candidates())
         fits = allowed.any(axis=1)
