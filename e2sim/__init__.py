@@ -1,22 +1,22 @@
-"""e2sim: the energy and cycles of training CNNs on FPGA and ASIC accelerators."""
+"""e2sim: the energy and cycles of training CNNs on FPGA and ASIC accelerators.
 
-__version__ = "0.2.0"  # before the imports: api reads it
+The names below load on first use (``e2sim.run`` imports the training stack then), so that
+``import e2sim`` and the command line start quickly."""
 
-from e2sim.api import RunResult, estimate, load_hw, load_workload, lower, run, sweep, train_workload
-from e2sim.config.errors import Problem, SpecError
-from e2sim.graph import TrainingGraph
+__version__ = "0.2.0"
 
-__all__ = [
-    "Problem",
-    "RunResult",
-    "SpecError",
-    "TrainingGraph",
-    "__version__",
-    "estimate",
-    "load_hw",
-    "load_workload",
-    "lower",
-    "run",
-    "sweep",
-    "train_workload",
-]
+_FROM = {
+    "e2sim.api": ("RunResult", "estimate", "load_hw", "load_workload", "lower", "run", "sweep", "train_workload"),
+    "e2sim.config.errors": ("Problem", "SpecError"),
+    "e2sim.graph": ("TrainingGraph",),
+}
+__all__ = sorted(["__version__", *(name for names in _FROM.values() for name in names)])
+
+
+def __getattr__(name: str):
+    import importlib
+
+    for module, names in _FROM.items():
+        if name in names:
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'e2sim' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 import sys
 
-from e2sim.cli.main import main
+from e2sim.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -26,6 +26,7 @@ from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
+from e2sim.process import StopRequest, stop_on_signals, thread_budget
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
@@ -58,6 +59,7 @@ __all__ = [
     "prepare",
     "preset_names",
     "run",
+    "stop_on_signals",
     "sweep",
     "sweep_status",
     "train_workload",
@@ -104,6 +106,7 @@ def train_workload(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     hw: HardwareLike | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train a workload by executing its lowered graph with the reduced-precision kernels.
 
@@ -114,8 +117,9 @@ def train_workload(
     accelerator = load_hw(hw) if hw is not None else None
     check_hardware(prepared.workload, prepared.policies, accelerator)
     mode = accelerator.approximate if accelerator is not None else None
-    return loop.train(prepared.workload, epochs, data_dir, progress, checkpoint, resume, approximate=mode,
-                      graph=prepared.graph, policies=prepared.policies)  # fmt: skip
+    with thread_budget(threads):
+        return loop.train(prepared.workload, epochs, data_dir, progress, checkpoint, resume, approximate=mode,
+                          graph=prepared.graph, policies=prepared.policies)  # fmt: skip
 
 
 def estimate(
@@ -200,6 +204,10 @@ def run(
     compare_baseline: bool = False,
     fusion: bool = True,
     objective: str = "energy",
+    threads: int | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    stop: StopRequest | None = None,
 ) -> RunResult:
     """Train ``workload`` under ``policy`` (a preset: {presets}; a YAML file; default: the
     workload's) and price the graph that ran on ``hw`` (``fusion`` and ``objective`` as in
@@ -207,15 +215,22 @@ def run(
 
     Returns a :class:`RunResult`; its ``to_dict()`` is the run report (see ``e2sim.report.run``).
     With ``compare_baseline`` the baseline policy is run too (or read from the cache of earlier
-    runs) and the report gains ``comparison``."""
+    runs) and the report gains ``comparison``. ``threads``: numba threads of the kernels (BLAS runs
+    on one; default ``E2SIM_THREADS`` or every core, see ``e2sim.process``). ``checkpoint``: a
+    file written after every epoch; ``resume`` continues from it. ``stop`` (see
+    ``e2sim.process.stop_on_signals``): once it turns true the run ends at an iteration boundary
+    and the result is partial (``RunResult.partial``; no baseline is run then)."""
     original = workload if isinstance(workload, Workload) else read_workload_spec(workload)
     spec = with_policy(original, load_policy(policy)) if policy is not None else original
     accelerator = load_hw(hw)
     pricing = (fusion, objective)
-    (result,) = run_once(prepare(spec), [accelerator], epochs, data_dir, progress, pricing)
-    if compare_baseline:
-        return dataclasses.replace(result, baseline=_cached_baseline(original, accelerator, epochs, data_dir, progress,
-                                                                     pricing))  # fmt: skip
+    with thread_budget(threads):
+        (result,) = run_once(prepare(spec), [accelerator], epochs, data_dir, progress, pricing, checkpoint, resume,
+                             stop)  # fmt: skip
+        if compare_baseline and not result.partial and not stop:
+            baseline = _cached_baseline(original, accelerator, epochs, data_dir, progress, pricing, stop)
+            if baseline is not None:
+                return dataclasses.replace(result, baseline=baseline)
     return result
 
 
@@ -223,10 +238,12 @@ for _verb in (load_policy, run):
     _verb.__doc__ = _verb.__doc__.replace("{presets}", ", ".join(preset_names()))
 
 
-def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing) -> dict:
-    """The baseline run of ``spec`` priced on ``accelerator``. Its training is cached by what it
-    depends on (the training fingerprint, the accelerator's approximate mode that every epoch is
-    evaluated on, epochs, data), not by the accelerator: comparing on another one prices it again."""
+def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir, progress, pricing,
+                     stop: StopRequest | None = None) -> dict | None:  # fmt: skip
+    """The baseline run of ``spec`` priced on ``accelerator`` (None when ``stop`` ended it early).
+    Its training is cached by what it depends on (the training fingerprint, the accelerator's
+    approximate mode that every epoch is evaluated on, epochs, data), not by the accelerator:
+    comparing on another one prices it again."""
     baseline = with_policy(spec, preset("baseline"))
     mode = accelerator.approximate
     key = hashlib.sha256(repr((fingerprint(baseline), mode, epochs, str(data_dir), __version__)).encode())
@@ -239,7 +256,9 @@ def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir,
             training = pickle.loads(path.read_bytes())  # a cache e2sim wrote; unreadable: train again
     if training is None:
         training = loop.train(prepared.workload, epochs, data_dir, progress, approximate=mode, graph=prepared.graph,
-                              policies=prepared.policies)  # fmt: skip
+                              policies=prepared.policies, stop=stop)  # fmt: skip
+        if training.interrupted is not None:
+            return None
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".partial")
         temporary.write_bytes(pickle.dumps(training))

@@ -10,7 +10,7 @@ import e2sim
 from e2sim.cli.main import main
 from e2sim.config.policy import PolicySpec, preset
 from e2sim.policies.smd import LOAD_OP, SmdSpec, drops
-from e2sim.report.run import OUTPUT_FILES
+from e2sim.report.run import CHECKPOINT, OUTPUT_FILES
 from e2sim.train.loop import train
 
 
@@ -121,7 +121,7 @@ def test_cli_run(tmp_path, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["policy"]["name"] == "smd"
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(n for n in OUTPUT_FILES if n != CHECKPOINT)
     assert json.loads((out / "run.json").read_text()) == report
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     foreign = tmp_path / "mine"

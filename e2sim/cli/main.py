@@ -11,7 +11,7 @@ from pathlib import Path
 from e2sim import __version__, api
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import format_summary, summarize
-from e2sim.report.run import format_run, prepare_output_dir, write_outputs
+from e2sim.report.run import CHECKPOINT, format_run, prepare_output_dir, write_outputs
 from e2sim.report.sweep import format_sweep, prepare_sweep_dir, write_sweep_outputs
 
 EXIT_BAD_INPUT = 2
@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     run.add_argument("--compare", choices=["baseline"], help="also run (or reuse) the baseline and report savings")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--threads", type=_positive_int, metavar="N",
+                     help="threads of e2sim's parallel kernels (default: E2SIM_THREADS, else every core this "
+                     "process may use; BLAS always runs on one)")  # fmt: skip
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run whose checkpoint is in --out DIR (same arguments)")  # fmt: skip
     _model_options(run)
     run.set_defaults(handler=_run)
 
@@ -155,24 +160,41 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.out:
-        prepare_output_dir(Path(args.out))  # refuse a directory of someone else's files before training
-    result = api.run(
-        args.workload,
-        args.hw,
-        args.policy,
-        args.epochs,
-        args.data,
-        progress=False if args.no_progress else None,
-        compare_baseline=args.compare == "baseline",
-        fusion=not args.no_fusion,
-        objective=args.objective,
-    )
+    out = Path(args.out) if args.out else None
+    checkpoint = out / CHECKPOINT if out else None
+    if args.resume and (checkpoint is None or not checkpoint.exists()):
+        where = f"{out} holds no {CHECKPOINT}" if out else "give the --out DIR of the interrupted run"
+        print(f"e2sim: --resume: nothing to continue ({where})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if checkpoint is not None and checkpoint.exists() and not args.resume:
+        print(f"e2sim: {out}: holds an interrupted run ({CHECKPOINT}); continue it with --resume, or choose another "
+              "directory", file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
+    if out:
+        prepare_output_dir(out)  # refuse a directory of someone else's files before training
+    with api.stop_on_signals() as stop:
+        result = api.run(args.workload, args.hw, args.policy, args.epochs, args.data,
+                         progress=False if args.no_progress else None, compare_baseline=args.compare == "baseline",
+                         fusion=not args.no_fusion, objective=args.objective, threads=args.threads,
+                         checkpoint=checkpoint, resume=args.resume, stop=stop)  # fmt: skip
     report = result.to_dict()
-    if args.out:
-        write_outputs(Path(args.out), report, report.get("baseline"))
-    print(json.dumps(report, indent=1) if args.json else format_run(report))
-    return 0
+    if out:
+        write_outputs(out, report, report.get("baseline"))
+        if not result.partial and checkpoint.exists():
+            checkpoint.unlink()  # the run is complete: nothing to resume
+    if not stop:
+        print(json.dumps(report, indent=1) if args.json else format_run(report))
+        return 0
+    if result.partial:
+        p = report["partial"]
+        saved = (f"partial report in {out / 'run.json'}; continue with the same command and --resume" if out
+                 else "nothing saved (give --out DIR to keep a checkpoint and a partial report)")  # fmt: skip
+        print(f"e2sim: stopped by {p['signal']} in epoch {p['epoch']} after {p['iteration']} iterations "
+              f"({p['completed_epochs']} epochs complete); {saved}", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"e2sim: stopped by {stop.signal} during the baseline run; the run's report is complete"
+              f"{' in ' + str(out / 'run.json') if out else ''}, without the comparison", file=sys.stderr)  # fmt: skip
+    return 130
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -208,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training run
+        print("e2sim: interrupted", file=sys.stderr)
         return 130
 
 

@@ -17,7 +17,9 @@ from e2sim.hw.accelerator import Accelerator
 from e2sim.report.estimate import Estimate
 from e2sim.train.loop import TrainResult
 
+CHECKPOINT = "checkpoint.npz"  # an unfinished run's state (after its last complete epoch), for --resume
 OUTPUT_FILES = (
+    CHECKPOINT,
     "run.json",
     "epochs.csv",
     "phases.csv",
@@ -44,6 +46,11 @@ class RunResult:
     priced: Estimate
     inference: tuple[Estimate, Estimate] | None = None
     baseline: Mapping[str, Any] | None = None
+
+    @property
+    def partial(self) -> bool:
+        """The training was stopped before its end (a signal); see ``TrainResult.interrupted``."""
+        return self.training.interrupted is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The run report (JSON-able; no host timings, so the same seed gives the same bytes)."""
@@ -73,7 +80,8 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
         "policy": policy_dict(policy),
         "seed": seed,
         "batch_size": result.graph.batch_size,
-        "accuracy": {"final": accuracies[-1], "best": max(accuracies), "per_epoch": accuracies},
+        "accuracy": {"final": accuracies[-1] if accuracies else None, "best": max(accuracies, default=None),
+                     "per_epoch": accuracies},
         "epochs": [
             {
                 "epoch": e.epoch,
@@ -105,8 +113,12 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
         "tensors": priced["tensors"],
         "energy_table": priced["energy_table"],
     }
-    if inference is not None:
+    if inference is not None and result.epochs:
         report["approximate_mode"] = _approximate_section(result, inference)
+    if result.interrupted is not None:
+        stop = result.interrupted
+        report["partial"] = {"signal": stop.signal, "epoch": stop.epoch, "iteration": stop.iteration,
+                             "completed_epochs": len(result.epochs)}  # fmt: skip
     return report
 
 
@@ -149,7 +161,15 @@ def format_run(report: dict[str, Any]) -> str:
     lines = [
         f"{report['workload']} with policy {report['policy']['name']} on {hw['name']} ({hw['pe_array']}, "
         f"{hw['clock_mhz']:g} MHz): {len(report['epochs'])} epochs, {report['iterations']:,} iterations",
-        f"test accuracy {acc['final']:.2%} (best {acc['best']:.2%})",
+    ]
+    if "partial" in report:
+        p = report["partial"]
+        lines.append(f"PARTIAL: stopped by {p['signal']} in epoch {p['epoch']} after {p['iteration']} of its "
+                     f"iterations; {p['completed_epochs']} epochs complete (energy counts everything that "
+                     "ran)")  # fmt: skip
+    lines += [
+        f"test accuracy {acc['final']:.2%} (best {acc['best']:.2%})" if acc["final"] is not None
+        else "test accuracy: no epoch completed",
         f"training energy {energy['total_j']:.4g} J, simulated time {report['hardware_time']['time_s']:.4g} s, "
         f"{report['macs']['counted']:,.0f} MACs executed, {report['macs']['skipped']:,.0f} skipped",
         "energy by component: " + ", ".join(f"{k} {v:.3g} J" for k, v in energy["breakdown_j"].items()),
@@ -206,9 +226,13 @@ def prepare_output_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "iterations",
+                "approximate_test_accuracy")  # fmt: skip
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] = ()) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(fields))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -216,7 +240,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> list[Path]:
     prepare_output_dir(out)
     (out / "run.json").write_text(json.dumps(report, indent=1) + "\n")
-    _write_csv(out / "epochs.csv", report["epochs"])
+    _write_csv(out / "epochs.csv", report["epochs"], EPOCH_FIELDS)
     _write_csv(out / "phases.csv", [{"phase": p, **v} for p, v in report["energy"]["phases"].items()])
     _write_csv(out / "layers.csv", report["energy"]["layers"])
     _write_csv(
@@ -245,7 +269,7 @@ def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | 
         ])  # fmt: skip
     _write_csv(out / "tensors.csv", [{k: v for k, v in t.items() if k != "consumers"} for t in report["tensors"]])
     _plot(out, report, baseline)
-    return [out / name for name in OUTPUT_FILES]
+    return [out / name for name in OUTPUT_FILES if name != CHECKPOINT and (out / name).exists()]
 
 
 def _plot(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> None:
@@ -281,7 +305,7 @@ def _plot(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) ->
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r, name, color in ((report, label, "tab:green"), (baseline, "baseline", "tab:gray")):
-        if r is not None:
+        if r is not None and r["accuracy"]["final"] is not None:
             ax.scatter(r["energy"]["total_j"], 100 * r["accuracy"]["final"], s=80, color=color, label=name)
     ax.set(xlabel="training energy (J)", ylabel="final test accuracy (%)", title="energy vs accuracy")
     ax.legend()

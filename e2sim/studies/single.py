@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from e2sim.config.errors import SpecError
 from e2sim.config.hardware import DENSITY_ROLES
@@ -22,6 +23,7 @@ from e2sim.graph.models import Model
 from e2sim.hw import Accelerator
 from e2sim.numerics.approximate import table_shortfall
 from e2sim.policies.base import Policy, activate
+from e2sim.process import StopRequest
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.mapper import MappingError
@@ -140,26 +142,28 @@ def arithmetic_of(workload: Workload) -> Arithmetic:
 
 
 def train_shared(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: int | None, data_dir, progress,
-                 checkpoint: str | None = None, stop_after: int | None = None) -> TrainResult:  # fmt: skip
+                 checkpoint: str | Path | None = None, stop_after: int | None = None, resume: bool = True,
+                 stop: StopRequest | None = None) -> TrainResult:  # fmt: skip
     """Train ``prepared`` once for all of ``accelerators``. Training depends on the accelerator only
     through its approximate mode (a policy may train on it; every epoch is evaluated on it), so all
     of them must share one mode (or have none). ``checkpoint``: a file written after every epoch
-    and continued from when it exists; ``stop_after``: end after that epoch of the full run."""
+    (continued from when it exists and ``resume``); ``stop_after``: end after that epoch of the full
+    run; ``stop``: end at an iteration boundary once it turns true (a partial result)."""
     modes = {hw.approximate for hw in accelerators}
     if len(modes) != 1:
         raise ValueError("accelerators priced from one training run must share their approximate mode")
     spec, policies, graph = prepared.workload, prepared.policies, prepared.graph
     for hw in accelerators:
         check_hardware(spec, policies, hw)
-    return loop.train(spec, epochs, data_dir, progress, checkpoint=checkpoint, resume=checkpoint is not None,
-                      stop_after=stop_after, approximate=accelerators[0].approximate, graph=graph,
-                      policies=policies)  # fmt: skip
+    return loop.train(spec, epochs, data_dir, progress, checkpoint=checkpoint, resume=resume, stop_after=stop_after,
+                      approximate=accelerators[0].approximate, graph=graph, policies=policies, stop=stop)  # fmt: skip
 
 
 def run_once(prepared: Prepared, accelerators: Sequence[Accelerator], epochs: int | None, data_dir, progress,
-             pricing: Pricing, checkpoint: str | None = None) -> list[RunResult]:  # fmt: skip
+             pricing: Pricing, checkpoint: str | Path | None = None, resume: bool = True,
+             stop: StopRequest | None = None) -> list[RunResult]:  # fmt: skip
     """Train ``prepared`` once (see :func:`train_shared`) and price what ran on each of ``accelerators``."""
-    result = train_shared(prepared, accelerators, epochs, data_dir, progress, checkpoint)
+    result = train_shared(prepared, accelerators, epochs, data_dir, progress, checkpoint, None, resume, stop)
     return [price_training(prepared.workload, result, hw, pricing) for hw in accelerators]
 
 

@@ -21,6 +21,7 @@ from e2sim.hw.approximate import ApproximateMode
 from e2sim.numerics.approximate import ApproxDatapath, BitErrorStats
 from e2sim.numerics.quantize import derive_seed
 from e2sim.policies.base import Batch, Policy, activate
+from e2sim.process import StopRequest
 from e2sim.train.data import Dataset, augment_batch, load_dataset
 from e2sim.train.engine import ENGINE, GraphExecutor, TrainState, init_state
 
@@ -45,6 +46,16 @@ class EpochStats:
 
 
 @dataclass(frozen=True)
+class Interruption:
+    """Where a run stopped when a signal asked it to: in ``epoch`` (1-based) after ``iteration``
+    of its iterations; the epochs before it are complete (and checkpointed)."""
+
+    signal: str
+    epoch: int
+    iteration: int
+
+
+@dataclass(frozen=True)
 class TrainResult:
     workload: str
     graph: TrainingGraph
@@ -54,10 +65,11 @@ class TrainResult:
     state: TrainState
     policy_stats: dict  # per policy key, what its stats() gave; and "approximate_mode"
     policies: tuple[Policy, ...] = ()  # the active policies, as they ended the run
+    interrupted: Interruption | None = None  # a partial run: ``iterations`` and ``counts`` include its last epoch's
 
     @property
-    def final_test_accuracy(self) -> float:
-        return self.epochs[-1].test_accuracy
+    def final_test_accuracy(self) -> float | None:
+        return self.epochs[-1].test_accuracy if self.epochs else None
 
 
 def learning_rate(training: TrainingSpec, iteration: int, iterations_per_epoch: int, iterations: int) -> float:
@@ -82,9 +94,14 @@ def fingerprint(workload: Workload, approximate: ApproximateMode | None = None) 
 
 class _Progress:
     def __init__(self, enabled: bool, epochs: int, per_epoch: int):
-        self.enabled, self.epochs, self.per_epoch = enabled, epochs, per_epoch
+        self.enabled, self.epochs, self.per_epoch, self.open = enabled, epochs, per_epoch, False
+
+    def close(self) -> None:
+        if self.enabled and self.open:  # an epoch's line left unfinished (a stopped run)
+            sys.stderr.write("\n")
 
     def update(self, epoch: int, done: int, loss: float) -> None:
+        self.open = True
         if self.enabled:
             filled = int(30 * done / max(self.per_epoch, 1))
             sys.stderr.write(f"\repoch {epoch}/{self.epochs} [{'=' * filled}{' ' * (30 - filled)}] "
@@ -92,6 +109,7 @@ class _Progress:
             sys.stderr.flush()
 
     def end_epoch(self, stats: EpochStats) -> None:
+        self.open = False
         if self.enabled:
             sys.stderr.write(f"\repoch {stats.epoch}/{self.epochs}: loss {stats.train_loss:.4f}, "
                              f"train {stats.train_accuracy:.2%}, test {stats.test_accuracy:.2%} ({stats.seconds:.1f} s)"
@@ -123,6 +141,7 @@ def train(
     approximate: ApproximateMode | None = None,
     graph: TrainingGraph | None = None,
     policies: tuple[Policy, ...] | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train ``workload`` by executing its lowered graph; deterministic given ``training.seed``.
 
@@ -134,7 +153,10 @@ def train(
     epoch is dropped), so every iteration is the lowered graph exactly. ``approximate``: the
     accelerator's approximate mode; a policy may train on it, and every epoch is also evaluated on
     it. ``graph`` and ``policies``: the iteration as lowered with ``policies`` (both or neither;
-    default: the workload's policies, lowered here).
+    default: the workload's policies, lowered here). ``stop``: when it turns true (a signal), the
+    run ends at the next iteration boundary: the result is partial (``interrupted``), and the
+    checkpoint holds the last complete epoch, so a resumed run redoes the interrupted epoch and
+    ends as an uninterrupted one.
     """
     if (graph is None) != (policies is None):
         raise ValueError("give both the lowered graph and the policies it was lowered with, or neither")
@@ -168,12 +190,16 @@ def train(
         elif checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: exists; resume from it, or choose another checkpoint path")
     bar = _Progress(sys.stderr.isatty() if progress is None else progress, epochs, per_epoch)
+    interrupted, partial = None, 0
     for epoch in range(first_epoch, last_epoch + 1):
         start, losses, correct = time.perf_counter(), [], 0
         order = np.random.default_rng([training.seed, epoch]).permutation(len(dataset.train.labels))
         augment_rng = np.random.default_rng([training.seed, epoch, 1])
         executed = seen = 0
         for i in range(min(per_epoch, total - (epoch - 1) * per_epoch)):
+            if stop:  # asked to stop: end at this iteration boundary
+                interrupted, partial = Interruption(stop.signal, epoch, i), executed
+                break
             index = order[i * batch : (i + 1) * batch]
             images = dataset.train.images[index]
             if dataset.augment:
@@ -207,6 +233,8 @@ def train(
             losses.append(loss)
             correct += hits
             bar.update(epoch, i + 1, loss)
+        if interrupted is not None:
+            break
         for policy in policies:
             policy.end_epoch()
         mean_loss = float(np.mean(losses)) if losses else math.nan
@@ -223,8 +251,9 @@ def train(
         stats["approximate_mode"] = {"multiplier": approximate.multiplier.label, "supply_voltage_v":
                                      approximate.supply_voltage_v, "bit_error_rate": approximate.bit_error_rate,
                                      **datapath.stats.as_dict()}  # fmt: skip
-    return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history), counts, state, stats,
-                       tuple(policies))  # fmt: skip
+    bar.close()
+    return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history) + partial, counts,
+                       state, stats, tuple(policies), interrupted)  # fmt: skip
 
 
 def save_checkpoint(

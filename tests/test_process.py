@@ -1,0 +1,141 @@
+"""Signals and threads: Ctrl-C (SIGINT) or SIGTERM stops a run at an iteration boundary with a
+partial report, exit 130 and one line; --resume ends byte-identical to an uninterrupted run; the
+thread count changes no result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import e2sim
+from e2sim.cli.main import main
+from e2sim.process import StopRequest, default_threads, stop_on_signals, thread_budget
+
+RUN = [sys.executable, "-m", "e2sim", "run", "--epochs", "3", "--no-progress", "--out"]
+
+
+def run_cli(out, *extra, **kwargs):
+    return subprocess.run([*RUN, str(out), *extra], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """An uninterrupted run's report, and how long the run took (start-up included)."""
+    out = tmp_path_factory.mktemp("whole")
+    start = time.perf_counter()
+    done = run_cli(out)
+    assert done.returncode == 0, done.stderr
+    assert not (out / "checkpoint.npz").exists()  # a finished run leaves nothing to resume
+    return (out / "run.json").read_bytes(), time.perf_counter() - start
+
+
+def test_a_signal_at_a_random_moment_stops_cleanly_and_resume_ends_identical(tmp_path, whole):
+    report, seconds = whole
+    rng = np.random.default_rng(int(time.time()))
+    stopped = 0
+    for attempt, sig in enumerate((signal.SIGINT, signal.SIGINT, signal.SIGTERM)):
+        out = tmp_path / f"run{attempt}"
+        process = subprocess.Popen([*RUN, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.35, 0.95) * seconds)
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=300)
+        assert "Traceback" not in err and "Error" not in err, err
+        if process.returncode == 0:  # it had finished already
+            assert (out / "run.json").read_bytes() == report
+            continue
+        stopped += 1
+        assert process.returncode == 130, err
+        assert len(err.strip().splitlines()) == 1 and f"stopped by {sig.name}" in err
+        partial = json.loads((out / "run.json").read_text())
+        assert partial["partial"]["signal"] == sig.name
+        assert len(partial["epochs"]) == partial["partial"]["completed_epochs"] < 3
+        again = run_cli(out)  # without --resume: refused, the checkpoint is kept
+        assert again.returncode == 2 and "--resume" in again.stderr
+        resumed = run_cli(out, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert (out / "run.json").read_bytes() == report
+        assert not (out / "checkpoint.npz").exists()
+    assert stopped >= 1
+
+
+def test_resume_needs_a_checkpoint(tmp_path, capsys):
+    assert main(["run", "--epochs", "1", "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "nothing to continue" in capsys.readouterr().err
+    assert main(["run", "--epochs", "1", "--resume"]) == 2
+    assert "--out DIR" in capsys.readouterr().err
+
+
+def test_a_stop_request_ends_the_run_at_an_iteration_boundary(tmp_path):
+    class After(StopRequest):  # asks to stop once a few iterations ran
+        def __init__(self, calls):
+            super().__init__()
+            self.calls = calls
+
+        def __bool__(self):
+            self.calls -= 1
+            if self.calls < 0:
+                self.ask("SIGINT")
+            return super().__bool__()
+
+    result = e2sim.run(epochs=2, progress=False, stop=After(70), checkpoint=tmp_path / "c.npz")
+    report = result.to_dict()
+    assert result.partial and report["partial"] == {"signal": "SIGINT", "epoch": 2, "iteration": 8,
+                                                    "completed_epochs": 1}  # fmt: skip
+    assert report["iterations"] == 62 + 8  # the energy covers everything that ran
+    none = e2sim.run(epochs=1, progress=False, stop=After(0)).to_dict()
+    assert none["accuracy"]["final"] is None and none["iterations"] == 0 and none["partial"]["epoch"] == 1
+
+
+def test_signals_set_the_request_and_handlers_come_back():
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals() as stop:
+        assert not stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop and stop.signal == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_thread_count_changes_no_result(tmp_path):
+    """1 and 2 threads of the kernels (the approximate datapath's run in parallel) and the BLAS
+    limit: the same report, byte for byte."""
+    reports = []
+    for threads in (1, 2):
+        result = e2sim.run("lenet5-mnist", "axtrain-65nm", "axtrain-passive", epochs=1, progress=False,
+                           threads=threads)  # fmt: skip
+        reports.append(json.dumps(result.to_dict(), sort_keys=True))
+    assert reports[0] == reports[1]
+
+
+def test_the_thread_budget_limits_blas_and_restores_numba(monkeypatch):
+    import numba
+    from threadpoolctl import threadpool_info
+
+    before = numba.get_num_threads()
+    with thread_budget(1) as used:
+        assert used == 1 and numba.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+    assert numba.get_num_threads() == before
+    monkeypatch.setenv("E2SIM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("E2SIM_THREADS", "many")
+    with pytest.raises(RuntimeError, match="E2SIM_THREADS='many'"):
+        default_threads()
+
+
+def test_a_bad_thread_setting_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("E2SIM_THREADS", "0")
+    assert main(["run", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "E2SIM_THREADS='0'" in err
+    monkeypatch.delenv("E2SIM_THREADS")
+    with pytest.raises(SystemExit):
+        main(["run", "--threads", "0"])
