@@ -18,6 +18,7 @@ import numpy as np
 
 import e2sim
 from e2sim.functional import precision
+from e2sim.process import thread_budget
 from e2sim.train.engine import GraphExecutor, init_state
 
 CASES = [("lenet5-mnist", 64), ("resnet20-cifar10", 128)]
@@ -47,9 +48,11 @@ def e2sim_step(workload, batch: int, fmt):
     return lambda: executor.step(state, images, labels, 0.01, next(counter), None), graph
 
 
-def torch_step(graph, batch: int):
+def torch_step(graph, batch: int, threads: int):
     import torch
     from torch import nn
+
+    torch.set_num_threads(threads)
 
     class Net(nn.Module):
         def __init__(self):
@@ -114,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
     args = parser.parse_args()
     try:
         import torch  # noqa: F401
@@ -128,10 +132,11 @@ def main() -> None:
         workload = e2sim.load_workload(name)
         fp32_step, graph = e2sim_step(workload, batch, None)
         int8_step, _ = e2sim_step(workload, batch, precision(**INT8))
-        fp32 = median_time(fp32_step, args.repeat)
-        int8 = median_time(int8_step, args.repeat)
+        with thread_budget(args.threads):  # e2sim's own setting: kernels on the threads, BLAS on one
+            fp32 = median_time(fp32_step, args.repeat)
+            int8 = median_time(int8_step, args.repeat)
         if have_torch:
-            step, threads = torch_step(graph, batch)
+            step, threads = torch_step(graph, batch, args.threads)
             ref = median_time(step, args.repeat)
             print(f"{name:<18}{batch:>6}{fp32 * 1e3:>15.1f}{int8 * 1e3:>15.1f}{ref * 1e3:>15.1f}"
                   f"{fp32 / ref:>14.2f}{int8 / ref:>14.2f}")  # fmt: skip

@@ -54,6 +54,7 @@ from e2sim.numerics.quantize import (
 )
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
+from e2sim.process import in_parallel, kernel_threads, split
 
 __all__ = [
     "OpCounter", "add", "avg_pool2d", "avg_pool2d_backward", "batchnorm", "batchnorm_backward",
@@ -113,11 +114,44 @@ def _workspace(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     return array
 
 
+PARALLEL_MACS = 1 << 22  # GEMMs from this size split their output columns over the kernel threads
+PARALLEL_ELEMENTS = 1 << 18  # im2col/col2im from this size split their rows/channels
+
+
 def _matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
-    """a @ b; exact for integer operands (see exact_integer_matmul)."""
+    """a @ b; exact for integer operands (see exact_integer_matmul). A large one is split into
+    blocks of output columns, one per kernel thread (each column summed as in one call)."""
+    parts = split(b.shape[1], kernel_threads(), 256) if a.shape[0] * a.shape[1] * b.shape[1] >= PARALLEL_MACS else []
+    if len(parts) <= 1:
+        return _matmul_block(a, b, integer, bounds, out)
+    blocks = in_parallel([lambda lo=lo, hi=hi: _matmul_block(a, b[:, lo:hi], integer, bounds, None)
+                          for lo, hi in parts])  # fmt: skip
+    if out is not None and out.dtype == blocks[0].dtype:
+        return np.concatenate(blocks, axis=1, out=out)
+    return np.concatenate(blocks, axis=1)
+
+
+def _matmul_block(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
     if integer:
         return exact_integer_matmul(a, b, *bounds, out=out)
     return np.matmul(a, b, out=out)
+
+
+def _im2col(x, r, s, stride, ph, pw, p, q, cols) -> np.ndarray:
+    """``conv_kernels.im2col``, its rows split over the kernel threads when it is large."""
+    parts = split(cols.shape[0], kernel_threads(), 1) if cols.size >= PARALLEL_ELEMENTS else [(0, cols.shape[0])]
+    in_parallel([lambda lo=lo, hi=hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, cols, lo, hi)
+                 for lo, hi in parts])  # fmt: skip
+    return cols
+
+
+def _col2im(cols, n, c, h, w, r, s, stride, ph, pw, p, q) -> np.ndarray:
+    """``conv_kernels.col2im``, its channels split over the kernel threads when it is large."""
+    x = np.zeros((n, c, h, w), cols.dtype)
+    parts = split(c, kernel_threads(), 1) if cols.size >= PARALLEL_ELEMENTS else [(0, c)]
+    in_parallel([lambda lo=lo, hi=hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, lo, hi)
+                 for lo, hi in parts])  # fmt: skip
+    return x
 
 
 def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):
@@ -186,7 +220,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, approx=None, counter=
     x_values, w_values = (
         _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer), _values(wq, integer))
     )
-    cols = conv_kernels.im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
     macs = n * k * c * p * q * r * s
     sparsity = None
     if counter is not None:  # MACs whose window tap or weight is zero (padding included)
@@ -248,7 +282,7 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, chan
         sparsity = (_zeros(dy=_values(dyq, integer), w=w_values), n * k * c * p * q * r * s - nonzero)
     bounds = (wq.bound(), dyq.bound())
     dcols = _matmul(_values(wq, integer).reshape(k, -1).T, dy_mat, integer, bounds, _workspace((c * r * s, n * p * q)))
-    acc = conv_kernels.col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q)
+    acc = _col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q)
     scale = (wq.scale.reshape(1, -1, 1, 1) * dyq.scale.reshape(-1, 1, 1, 1)) if integer else 1
     overlap = -(-r // stride) * -(-s // stride)  # window positions that land on one input element
     dx, saturated = _finish(acc, integer, fmt, scale, seed, k * overlap * bounds[0] * bounds[1])
@@ -298,7 +332,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bi
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
     x_values = _values(xq, integer)
-    cols = conv_kernels.im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
     sparsity = None
     if counter is not None:

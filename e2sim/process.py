@@ -1,11 +1,13 @@
 """How e2sim runs in its process: the thread budget, and stopping cleanly on SIGINT/SIGTERM.
 
-**Threads.** numpy's BLAS (OpenBLAS, MKL) starts one thread per core by default. The engine's GEMMs
-are small and interleaved with numba kernels, so those threads spin against numba's and against
-any other process: on 2 cores a 3-epoch LeNet-5 ``e2sim run`` took 9.4 s with BLAS's default and
-4.9 s with one BLAS thread (19.3 s and 7.6 s next to a CPU-bound process), with identical results.
-So e2sim runs BLAS on one thread and gives the budget (``--threads``, else ``E2SIM_THREADS``, else
-every core this process may use) to its numba kernels that run in parallel.
+**Threads.** numpy's BLAS (OpenBLAS, MKL) starts one thread per core by default, and its threads
+spin-wait between calls. Next to another CPU-bound process they fight it for the cores: on 2 cores
+a 3-epoch LeNet-5 ``e2sim run`` took 9.0-10.0 s with BLAS's default and 5.0-5.4 s with one BLAS
+thread (4.7-4.8 s either way on a quiet machine). BLAS's thread count also changes the order of
+fp32 sums, so results depended on the machine's core count. So e2sim runs BLAS on one thread
+(results now the same on any machine; a ResNet-20 fp32 step is about 12% slower on a quiet
+2-core machine for it) and gives the budget (``--threads``, else ``E2SIM_THREADS``, else every
+core this process may use) to its numba kernels that run in parallel.
 
 **Signals.** While :func:`stop_on_signals` is active, SIGINT and SIGTERM set a flag that the
 training loop reads between iterations (nothing is raised inside a numba kernel); a second signal
@@ -15,12 +17,17 @@ stops at once with :class:`KeyboardInterrupt`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 THREADS_VARIABLE = "E2SIM_THREADS"
 MAX_THREADS = 1024
+_kernel_threads = 1  # inside thread_budget: its threads; else 1 (serial)
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 class ThreadsError(RuntimeError):
@@ -55,14 +62,42 @@ def thread_budget(threads: int | None = None) -> Iterator[int]:
     wanted = default_threads() if threads is None else threads
     if not 1 <= wanted <= MAX_THREADS:
         raise ThreadsError(f"threads must be from 1 to {MAX_THREADS}, got {wanted}")
+    global _kernel_threads
     used = min(wanted, numba.config.NUMBA_NUM_THREADS)
-    previous = numba.get_num_threads()
+    previous, previous_kernels = numba.get_num_threads(), _kernel_threads
     numba.set_num_threads(used)
+    _kernel_threads = used
     try:
         with threadpool_limits(limits=1, user_api="blas"):
             yield used
     finally:
         numba.set_num_threads(previous)
+        _kernel_threads = previous_kernels
+
+
+def kernel_threads() -> int:
+    """Threads the engine may split one kernel or GEMM over (1 outside :func:`thread_budget`)."""
+    return _kernel_threads
+
+
+def split(total: int, parts: int, smallest: int) -> list[tuple[int, int]]:
+    """At most ``parts`` contiguous ranges covering ``range(total)``, each at least ``smallest``
+    long (one range when ``total`` is too small to split)."""
+    count = max(1, min(parts, total // max(smallest, 1)))
+    edges = [total * i // count for i in range(count + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def in_parallel(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """The results of ``calls``, run on :func:`kernel_threads` threads. They gain only where they
+    release the GIL (numba ``nogil`` kernels, BLAS); each must write its own part of a result, so
+    that no result depends on the thread count."""
+    if _kernel_threads == 1 or len(calls) <= 1:
+        return [call() for call in calls]
+    pool = _pools.get(_kernel_threads)
+    if pool is None:
+        pool = _pools[_kernel_threads] = ThreadPoolExecutor(_kernel_threads, thread_name_prefix="e2sim-kernel")
+    return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
 class StopRequest:

@@ -139,3 +139,26 @@ def test_a_bad_thread_setting_is_one_line(monkeypatch, capsys):
     monkeypatch.delenv("E2SIM_THREADS")
     with pytest.raises(SystemExit):
         main(["run", "--threads", "0"])
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "int8"])
+def test_a_resnet_step_is_the_same_on_one_and_two_kernel_threads(fmt):
+    """Large GEMMs split their output columns, im2col its rows and col2im its channels over the
+    kernel threads: the updated parameters are the same bytes either way."""
+    from e2sim.functional import precision
+    from e2sim.train.engine import GraphExecutor, init_state
+
+    int8 = precision(weights="int8", activations="int8", errors="int8", gradients="int16", accumulator="int32",
+                     rounding="stochastic")  # fmt: skip
+    workload = e2sim.load_workload("resnet20-cifar10")
+    graph = e2sim.lower(workload, batch_size=32)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((32, *graph.model.input_shape)).astype(np.float32)
+    labels = rng.integers(0, 10, 32)
+    states = []
+    for threads in (1, 2):
+        state = init_state(graph, 0)
+        with thread_budget(threads):
+            GraphExecutor(graph, int8 if fmt == "int8" else None, 0.9, 5e-4).step(state, images, labels, 0.1, 7, None)
+        states.append(state.arrays)
+    assert all(states[0][name].tobytes() == states[1][name].tobytes() for name in states[0])

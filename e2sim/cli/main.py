@@ -182,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
         write_outputs(out, report, report.get("baseline"))
         if not result.partial and checkpoint.exists():
             checkpoint.unlink()  # the run is complete: nothing to resume
-    if not stop:
+    complete = not result.partial and (args.compare != "baseline" or "comparison" in report)
+    if complete:  # no signal, or one that came after the work was done
         print(json.dumps(report, indent=1) if args.json else format_run(report))
         return 0
     if result.partial:
