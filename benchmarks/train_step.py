@@ -45,7 +45,9 @@ def e2sim_step(workload, batch: int, fmt):
     images = rng.standard_normal((batch, *graph.model.input_shape)).astype(np.float32)
     labels = rng.integers(0, graph.model.num_classes, batch)
     counter = iter(range(10**9))
-    return lambda: executor.step(state, images, labels, 0.01, next(counter), None), graph
+    step = lambda: executor.step(state, images, labels, 0.01, next(counter), None)  # noqa: E731
+    step.executor = executor
+    return step, graph
 
 
 def torch_step(graph, batch: int, threads: int):
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
     parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
+    parser.add_argument("--profile", action="store_true", help="also print ms per step by layer kind and phase")
     args = parser.parse_args()
     try:
         import torch  # noqa: F401
@@ -143,7 +146,29 @@ def main() -> None:
         else:
             print(f"{name:<18}{batch:>6}{fp32 * 1e3:>15.1f}{int8 * 1e3:>15.1f}{'-':>15}{'-':>14}{'-':>14}")
     if have_torch:
-        print(f"(PyTorch with {threads} threads; goal: int8 / torch <= 1.5)")
+        print(f"(PyTorch with {threads} threads; goals: fp32 / torch <= 1.5, int8 / torch <= 2)")
+    if args.profile:
+        for name, batch in CASES[:1] if args.quick else CASES:
+            print(f"profile of {name}, batch {batch}: ms per step by layer kind and phase")
+            print(f"  {'kind':<12}{'phase':<12}{'fp32':>10}{'int8':>10}")
+            profile(e2sim.load_workload(name), batch, args)
+
+
+def profile(workload, batch: int, args) -> None:
+    """ms per step spent in each (layer kind, phase) of the graph, fp32 and int8, with the threads."""
+    found = {}
+    for label, fmt in (("fp32", None), ("int8", precision(**INT8))):
+        step, _ = e2sim_step(workload, batch, fmt)
+        with thread_budget(args.threads):
+            step()
+            step.executor.timings = {}
+            for _ in range(args.repeat):
+                step()
+        found[label] = {k: 1e3 * v / args.repeat for k, v in step.executor.timings.items()}
+    keys = sorted(set(found["fp32"]) | set(found["int8"]), key=lambda k: -found["int8"].get(k, 0.0))
+    for kind, phase in keys:
+        print(f"  {kind:<12}{phase:<12}{found['fp32'].get((kind, phase), 0.0):>10.1f}"
+              f"{found['int8'].get((kind, phase), 0.0):>10.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

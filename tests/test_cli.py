@@ -85,3 +85,14 @@ def test_installed_console_script_runs_without_traceback(tmp_path):
         [sys.executable, "-m", "e2sim", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "lower" in help_text
+
+
+def test_estimate_says_when_the_approximate_mode_priced_it(capsys):
+    assert main(["estimate", "lenet5-mnist", "--hw", "axtrain-65nm", "--approximate", "--json"]) == 0
+    mode = json.loads(capsys.readouterr().out)["approximate_mode"]
+    assert mode["multiplier"] == "drum-3" and mode["ops"] == ["conv1.fwd", "conv2.fwd", "fc1.fwd", "fc2.fwd", "fc3.fwd"]
+    assert main(["estimate", "lenet5-mnist", "--hw", "axtrain-65nm"]) == 0
+    exact = capsys.readouterr().out
+    assert main(["estimate", "lenet5-mnist", "--hw", "axtrain-65nm", "--approximate"]) == 0
+    assert "priced on the approximate mode (drum-3, 0.6 V): 5 forward conv/linear ops" in capsys.readouterr().out
+    assert "approximate mode" not in exact

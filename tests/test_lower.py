@@ -193,3 +193,27 @@ def test_a_pool_before_any_parameter_has_no_backward():
     assert [op.name for op in graph.ops if op.layer == "maxpool1"] == ["maxpool1.fwd"]
     assert "maxpool1.argmax" not in graph.tensors
     assert "fc1.bwd_data" not in {op.name for op in graph.ops}  # its input needs no gradient either
+
+
+def test_lower_exports_the_dag_as_graphml_and_dot(tmp_path, capsys):
+    import networkx as nx
+
+    from e2sim.cli.main import main
+
+    graphml, dot = tmp_path / "it.graphml", tmp_path / "it.dot"
+    assert main(["lower", "lenet5-mnist", "--batch", "8", "--export", str(graphml), "--export", str(dot)]) == 0
+    graph = e2sim.lower("lenet5-mnist", 8)
+    nodes, edges = len(graph.ops) + len(graph.tensors), sum(len(op.reads) + len(op.writes) for op in graph.ops)
+    back = nx.read_graphml(graphml)
+    assert back.number_of_nodes() == nodes and back.number_of_edges() == edges
+    conv = next(op for op in graph.ops if op.name == "conv1.fwd")
+    assert back.nodes["conv1.fwd"]["macs"] == conv.macs and back.nodes["conv1.fwd"]["phase"] == "fwd"
+    assert back.nodes["conv1.w"]["dims"] == "x".join(map(str, graph.tensors["conv1.w"].shape))
+    read = nx.nx_pydot.read_dot(dot)
+    assert read.number_of_nodes() == nodes and read.number_of_edges() == edges
+    capsys.readouterr()
+    before = dot.read_bytes()
+    assert main(["lower", "lenet5-mnist", "--export", str(dot)]) == 2  # never over an existing file
+    assert main(["lower", "lenet5-mnist", "--export", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "unknown graph format '.png'" in err and dot.read_bytes() == before

@@ -41,12 +41,15 @@ def test_a_signal_at_a_random_moment_stops_cleanly_and_resume_ends_identical(tmp
     for attempt, sig in enumerate((signal.SIGINT, signal.SIGINT, signal.SIGTERM)):
         out = tmp_path / f"run{attempt}"
         process = subprocess.Popen([*RUN, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.35, 0.95) * seconds)
+        time.sleep(rng.uniform(0.5, 0.95) * seconds)
         process.send_signal(sig)
         _, err = process.communicate(timeout=300)
         assert "Traceback" not in err and "Error" not in err, err
         if process.returncode == 0:  # it had finished already
             assert (out / "run.json").read_bytes() == report
+            continue
+        if err == "e2sim: interrupted\n":  # still starting up (a loaded machine): nothing to keep
+            assert process.returncode == 130 and not (out / "checkpoint.npz").exists()
             continue
         stopped += 1
         assert process.returncode == 130, err

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from e2sim import __version__, api
 from e2sim.report.estimate import format_estimate
-from e2sim.report.lowering import format_summary, summarize
+from e2sim.report.lowering import check_export_path, export_graph, format_summary, summarize
 from e2sim.report.run import CHECKPOINT, format_run, prepare_output_dir, write_outputs
 from e2sim.report.sweep import format_sweep, prepare_sweep_dir, write_sweep_outputs
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("workload", metavar="WORKLOAD", help="workload YAML file, or the name of an embedded one")
     lower.add_argument("--batch", type=_positive_int, metavar="N", help="batch size (default: the workload's)")
     lower.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
+    lower.add_argument("--export", action="append", default=[], metavar="PATH",
+                       help="also write the iteration's DAG to PATH: .graphml (GraphML) or .dot/.gv (Graphviz); "
+                       "repeatable; never over an existing file")  # fmt: skip
     lower.set_defaults(handler=_lower)
 
     estimate = commands.add_parser(
@@ -145,8 +148,13 @@ def _parse_densities(items: list[str]) -> dict[str, float]:
 
 
 def _lower(args: argparse.Namespace) -> int:
-    summary = summarize(api.lower(args.workload, args.batch))
+    for path in args.export:
+        check_export_path(path)
+    graph = api.lower(args.workload, args.batch)
+    summary = summarize(graph)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    for path in args.export:
+        print(f"wrote {export_graph(graph, path)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -177,11 +185,11 @@ def _run(args: argparse.Namespace) -> int:
                          progress=False if args.no_progress else None, compare_baseline=args.compare == "baseline",
                          fusion=not args.no_fusion, objective=args.objective, threads=args.threads,
                          checkpoint=checkpoint, resume=args.resume, stop=stop)  # fmt: skip
-    report = result.to_dict()
-    if out:
-        write_outputs(out, report, report.get("baseline"))
-        if not result.partial and checkpoint.exists():
-            checkpoint.unlink()  # the run is complete: nothing to resume
+        report = result.to_dict()
+        if out:  # still under the handler: a signal now cannot leave the outputs half written
+            write_outputs(out, report, report.get("baseline"))
+            if not result.partial and checkpoint.exists():
+                checkpoint.unlink()  # the run is complete: nothing to resume
     complete = not result.partial and (args.compare != "baseline" or "comparison" in report)
     if complete:  # no signal, or one that came after the work was done
         print(json.dumps(report, indent=1) if args.json else format_run(report))

@@ -29,6 +29,7 @@ class Estimate:
     objective: str = "energy"
     sparsity: Mapping[str, TensorSparsity] = field(default_factory=dict)
     storage: Mapping[str, float] = field(default_factory=dict)
+    approximate: Mapping[str, Any] | None = None  # the approximate mode that priced some ops, and which
 
     @property
     def energy_j(self) -> float:
@@ -94,6 +95,7 @@ class Estimate:
             "counted": self.counted,
             "fusion": self.fusion,
             "mapping_objective": self.objective,
+            "approximate_mode": dict(self.approximate) if self.approximate is not None else None,
             "totals": {
                 "energy_j": self.energy_j, "cycles": self.cycles, "time_s": self.time_s,
                 "macs": sum(p["macs"] for p in phases.values()),
@@ -161,6 +163,8 @@ def format_estimate(report: dict[str, Any]) -> str:
         f"energy {_si(t['energy_j'], 'J')}, time {_si(t['time_s'], 's')} ({t['cycles']:,.0f} cycles, "
         f"{t['stall_cycles'] / max(t['cycles'], 1):.1%} stalled), {t['macs']:,.0f} MACs, "
         f"DRAM {t['dram_bytes'] / 1e6:,.3f} MB",
+        *([f"priced on the approximate mode ({a['multiplier']}, {a['supply_voltage_v']:g} V): "
+           f"{len(a['ops'])} forward conv/linear ops"] if (a := report.get("approximate_mode")) else []),
         "energy by component: " + ", ".join(f"{k} {_si(v, 'J')}" for k, v in report["energy_breakdown_j"].items()),
         f"mappings minimise {report['mapping_objective']}; "
         + ("fusion and residency across the iteration" if report["fusion"] else "layer by layer (no fusion)"),

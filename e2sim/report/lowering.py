@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from e2sim.graph.ir import PHASES, TrainingGraph
@@ -104,3 +105,59 @@ def format_summary(summary: dict[str, Any]) -> str:
     )  # fmt: skip
     note = "bytes: every operand tensor once per op (reads + writes), before any on-chip reuse."
     return "\n".join([head, "", *by_phase, "", *by_layer, "", note])
+
+
+EXPORT_FORMATS = {".graphml": "GraphML", ".dot": "DOT", ".gv": "DOT"}
+
+
+def check_export_path(path: str | Path) -> Path:
+    """``path`` if a graph can be written there: a known suffix, no file yet, an existing folder."""
+    path = Path(path)
+    if path.suffix.lower() not in EXPORT_FORMATS:
+        raise FileExistsError(f"{path}: unknown graph format {path.suffix!r} (known: {', '.join(EXPORT_FORMATS)})")
+    if path.exists():
+        raise FileExistsError(f"{path}: exists; choose a new file")
+    if not path.parent.is_dir():
+        raise FileExistsError(f"{path}: no folder {path.parent}")
+    return path
+
+
+def export_graph(graph: TrainingGraph, path: str | Path) -> Path:
+    """Write the iteration's DAG (op and tensor nodes, read and write edges) to ``path``: GraphML
+    (``.graphml``) or Graphviz DOT (``.dot``, ``.gv``), with each node's attributes (ops: layer,
+    kind, phase, MACs, element-wise ops, the policy that added it; tensors: role, dims, bits,
+    bytes; in DOT ops are boxes and tensors ellipses). Refuses a path that exists (nothing a user wrote is replaced)."""
+    import networkx as nx
+
+    path = check_export_path(path)
+    fmt = EXPORT_FORMATS[path.suffix.lower()]
+    dag = nx.DiGraph(name=f"{graph.workload} batch {graph.batch_size}")
+    for op in graph.ops:
+        dag.add_node(op.name, type="op", layer=op.layer, layer_kind=op.layer_kind, kind=op.kind, phase=op.phase,
+                     macs=op.macs, elementwise_ops=op.elementwise_ops, policy=graph.contributed.get(op.name, ""),
+                     optional=op.name in graph.optional)  # fmt: skip
+    for name, t in graph.tensors.items():
+        dag.add_node(name, type="tensor", layer=t.layer, role=t.role, dims="x".join(map(str, t.shape)), bits=t.bits,
+                     bytes=t.bytes, alias_of=t.alias_of or "")  # fmt: skip
+    dag.add_edges_from((t, op.name) for op in graph.ops for t in op.reads)
+    dag.add_edges_from((op.name, t) for op in graph.ops for t in op.writes)
+    if fmt == "GraphML":
+        nx.write_graphml(dag, path)
+    else:
+        for _, data in dag.nodes(data=True):
+            data["shape"] = "box" if data["type"] == "op" else "ellipse"
+        nx.nx_pydot.write_dot(_quoted(dag), path)
+    return path
+
+
+def _quoted(dag):
+    """A copy whose node names and attribute values DOT reads back as written (pydot needs quotes
+    around names with dots and values with spaces or punctuation)."""
+    import networkx as nx
+
+    out = nx.DiGraph()
+    names = {n: f'"{n}"' for n in dag.nodes}
+    for node, data in dag.nodes(data=True):
+        out.add_node(names[node], **{k: f'"{v}"' for k, v in data.items()})
+    out.add_edges_from((names[a], names[b]) for a, b in dag.edges)
+    return out

@@ -13,7 +13,7 @@ from typing import Any
 
 from e2sim.studies.points import warm_up
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "E2SIM_THREADS")
 
 
 # glibc returns every large temporary array to the OS at once (mmap) unless told otherwise; pricing

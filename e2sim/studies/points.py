@@ -19,6 +19,7 @@ from e2sim.config.errors import SpecError
 from e2sim.config.sweep import Axis, PointDocuments, SweepSpec, check_documents, point_documents
 from e2sim.config.workload import Workload
 from e2sim.hw.accelerator import Accelerator
+from e2sim.process import thread_budget
 from e2sim.studies.single import map_ahead, prepare, price, run_once, train_shared
 
 DONE, FAILED, INFEASIBLE, PRUNED, RUNG = "done", "failed", "infeasible", "pruned", "rung"
@@ -164,23 +165,33 @@ def evaluate(task: Task) -> list[Outcome]:
     pricing = (task.fusion, task.mapper_objective)
     start = time.perf_counter()
     if task.kind == "run":
-        try:
-            if task.stop_after is not None:
-                result = train_shared(_prepared(task.workload, None), task.hardware, task.epochs, None, False,
-                                      task.checkpoint, task.stop_after)  # fmt: skip
-                accuracy = result.epochs[min(task.stop_after, len(result.epochs)) - 1].test_accuracy
-                seconds = (time.perf_counter() - start) / len(task.keys)
-                return [Outcome(key, RUNG, {"accuracy": accuracy, "epochs": task.stop_after}, None, seconds)
-                        for key in task.keys]  # fmt: skip
-            results = run_once(_prepared(task.workload, None), task.hardware, task.epochs, None, False, pricing,
-                               task.checkpoint)  # fmt: skip
-        except (SpecError, FloatingPointError, ValueError) as exc:
+        with thread_budget():  # as e2sim run: one BLAS thread, the kernels on this worker's share of the cores
+            return _evaluate_run(task, pricing, start)
+    return _evaluate_estimates(task, pricing, start)
+
+
+def _evaluate_run(task: Task, pricing: tuple[bool, str], start: float) -> list[Outcome]:
+    try:
+        if task.stop_after is not None:
+            result = train_shared(_prepared(task.workload, None), task.hardware, task.epochs, None, False,
+                                  task.checkpoint, task.stop_after)  # fmt: skip
+            accuracy = result.epochs[min(task.stop_after, len(result.epochs)) - 1].test_accuracy
             seconds = (time.perf_counter() - start) / len(task.keys)
-            return [Outcome(key, FAILED, None, _reason(exc), seconds) for key in task.keys]
+            return [Outcome(key, RUNG, {"accuracy": accuracy, "epochs": task.stop_after}, None, seconds)
+                    for key in task.keys]  # fmt: skip
+        results = run_once(_prepared(task.workload, None), task.hardware, task.epochs, None, False, pricing,
+                           task.checkpoint)  # fmt: skip
+    except (SpecError, FloatingPointError, ValueError) as exc:
         seconds = (time.perf_counter() - start) / len(task.keys)
-        return [Outcome(key, DONE, {**_metrics(r.priced), "accuracy": r.training.final_test_accuracy,
-                                    "iterations": r.training.iterations}, None, seconds)
-                for key, r in zip(task.keys, results, strict=True)]  # fmt: skip
+        return [Outcome(key, FAILED, None, _reason(exc), seconds) for key in task.keys]
+    seconds = (time.perf_counter() - start) / len(task.keys)
+    return [Outcome(key, DONE, {**_metrics(r.priced), "accuracy": r.training.final_test_accuracy,
+                                "iterations": r.training.iterations}, None, seconds)
+            for key, r in zip(task.keys, results, strict=True)]  # fmt: skip
+
+
+def _evaluate_estimates(task: Task, pricing: tuple[bool, str], start: float) -> list[Outcome]:
+    """The task's workload lowered once, its ops mapped on all its accelerators together, then each priced."""
     outcomes = []
     try:
         prepared = _prepared(task.workload, task.batch)

@@ -99,9 +99,14 @@ def price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts
         arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
     priced = account_ops(ops, graph.tensors, accelerator, table, arithmetic, counts, graph.inputs, pricing, densities)
+    mode = None
+    if approximate:
+        mode = {"multiplier": accelerator.approximate.multiplier.label,
+                "supply_voltage_v": accelerator.approximate.supply_voltage_v,
+                "ops": sorted(arithmetic.approximate_ops)}  # fmt: skip
     return Estimate(spec.name, accelerator, graph.batch_size, forward_only, priced.rows, graph.tensors, table,
                     counts is not None, priced.placements, pricing[0], pricing[1], priced.sparsity,
-                    priced.storage)  # fmt: skip
+                    priced.storage, mode)  # fmt: skip
 
 
 def map_ahead(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accelerator], pricing: Pricing) -> None:

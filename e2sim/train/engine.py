@@ -5,6 +5,7 @@ active policies (``e2sim.policies.base``) wrap kernels and passes; the engine na
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -84,6 +85,7 @@ class GraphExecutor:
         self.layers = {layer.name: layer for layer in graph.model.layers}
         loss = next(op for op in graph.model_ops if op.layer_kind == "loss" and op.phase == "fwd")
         self.logits, (self.loss, self.probs) = loss.reads[0], loss.writes
+        self.timings: dict[tuple[str, str], float] | None = None  # a dict: seconds per (layer kind, phase)
         self.handlers: list[tuple[Op, Layer, Kernel]] = []
         for op in graph.model_ops:
             layer = self.layers[op.layer]
@@ -136,7 +138,13 @@ class GraphExecutor:
         updates write ``.next`` tensors, so running them after every backward op is equivalent)."""
         for index, (op, layer, kernel) in enumerate(self.handlers):
             if (op.phase == "update") == updates:
-                self._run(step, op, layer, kernel, derive_seed(seed, index), hooks)
+                if self.timings is None:
+                    self._run(step, op, layer, kernel, derive_seed(seed, index), hooks)
+                else:  # a profile (benchmarks/train_step.py --profile)
+                    start = time.perf_counter()
+                    self._run(step, op, layer, kernel, derive_seed(seed, index), hooks)
+                    key = (op.layer_kind, op.phase)
+                    self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
                 if step.counter is not None:
                     step.counter.ran(op.name)
 
