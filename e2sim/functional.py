@@ -139,19 +139,23 @@ def _matmul_block(a, b, integer: bool, bounds: tuple[float, float], out=None) ->
 
 def _im2col(x, r, s, stride, ph, pw, p, q, cols) -> np.ndarray:
     """``conv_kernels.im2col``, its rows split over the kernel threads when it is large."""
-    parts = split(cols.shape[0], kernel_threads(), 1) if cols.size >= PARALLEL_ELEMENTS else [(0, cols.shape[0])]
-    in_parallel([lambda lo=lo, hi=hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, cols, lo, hi)
-                 for lo, hi in parts])  # fmt: skip
+    _in_parts(cols.shape[0], cols.size,
+              lambda lo, hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, cols, lo, hi))  # fmt: skip
     return cols
 
 
 def _col2im(cols, n, c, h, w, r, s, stride, ph, pw, p, q) -> np.ndarray:
     """``conv_kernels.col2im``, its channels split over the kernel threads when it is large."""
     x = np.zeros((n, c, h, w), cols.dtype)
-    parts = split(c, kernel_threads(), 1) if cols.size >= PARALLEL_ELEMENTS else [(0, c)]
-    in_parallel([lambda lo=lo, hi=hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, lo, hi)
-                 for lo, hi in parts])  # fmt: skip
+    _in_parts(c, cols.size, lambda lo, hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, lo, hi))
     return x
+
+
+def _in_parts(total: int, elements: int, fill) -> None:
+    """``fill(lo, hi)`` over ``range(total)``: in one call, or split over the kernel threads when
+    the result has ``PARALLEL_ELEMENTS`` or more."""
+    parts = split(total, kernel_threads(), 1) if elements >= PARALLEL_ELEMENTS else [(0, total)]
+    in_parallel([lambda lo=lo, hi=hi: fill(lo, hi) for lo, hi in parts])
 
 
 def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):

@@ -7,7 +7,8 @@ thread (4.7-4.8 s either way on a quiet machine). BLAS's thread count also chang
 fp32 sums, so results depended on the machine's core count. So e2sim runs BLAS on one thread
 (results now the same on any machine; a ResNet-20 fp32 step is about 12% slower on a quiet
 2-core machine for it) and gives the budget (``--threads``, else ``E2SIM_THREADS``, else every
-core this process may use) to its numba kernels that run in parallel.
+core this process may use) to its own kernels: numba's parallel ones, and the GEMMs and im2col
+that :func:`in_parallel` splits into parts.
 
 **Signals.** While :func:`stop_on_signals` is active, SIGINT and SIGTERM set a flag that the
 training loop reads between iterations (nothing is raised inside a numba kernel); a second signal
@@ -54,8 +55,9 @@ def default_threads() -> int:
 
 @contextlib.contextmanager
 def thread_budget(threads: int | None = None) -> Iterator[int]:
-    """Inside the block BLAS runs on one thread and numba's parallel kernels on ``threads``
-    (default :func:`default_threads`, at most numba's pool size); both are restored after."""
+    """Inside the block BLAS runs on one thread, and numba's parallel kernels and
+    :func:`in_parallel` on ``threads`` (default :func:`default_threads`, at most numba's pool
+    size); everything is restored after."""
     import numba
     from threadpoolctl import threadpool_limits
 

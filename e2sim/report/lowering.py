@@ -123,24 +123,23 @@ def check_export_path(path: str | Path) -> Path:
 
 
 def export_graph(graph: TrainingGraph, path: str | Path) -> Path:
-    """Write the iteration's DAG (op and tensor nodes, read and write edges) to ``path``: GraphML
-    (``.graphml``) or Graphviz DOT (``.dot``, ``.gv``), with each node's attributes (ops: layer,
-    kind, phase, MACs, element-wise ops, the policy that added it; tensors: role, dims, bits,
-    bytes; in DOT ops are boxes and tensors ellipses). Refuses a path that exists (nothing a user wrote is replaced)."""
+    """Write the iteration's DAG (``graph.dag``: op and tensor nodes, read and write edges) to
+    ``path``: GraphML (``.graphml``) or Graphviz DOT (``.dot``, ``.gv``), with each node's attributes
+    (ops: layer, kind, phase, MACs, element-wise ops, the policy that added it; tensors: role, dims,
+    bits, bytes; in DOT ops are boxes and tensors ellipses). Refuses a path that exists."""
     import networkx as nx
 
     path = check_export_path(path)
     fmt = EXPORT_FORMATS[path.suffix.lower()]
-    dag = nx.DiGraph(name=f"{graph.workload} batch {graph.batch_size}")
-    for op in graph.ops:
-        dag.add_node(op.name, type="op", layer=op.layer, layer_kind=op.layer_kind, kind=op.kind, phase=op.phase,
-                     macs=op.macs, elementwise_ops=op.elementwise_ops, policy=graph.contributed.get(op.name, ""),
-                     optional=op.name in graph.optional)  # fmt: skip
-    for name, t in graph.tensors.items():
-        dag.add_node(name, type="tensor", layer=t.layer, role=t.role, dims="x".join(map(str, t.shape)), bits=t.bits,
-                     bytes=t.bytes, alias_of=t.alias_of or "")  # fmt: skip
-    dag.add_edges_from((t, op.name) for op in graph.ops for t in op.reads)
-    dag.add_edges_from((op.name, t) for op in graph.ops for t in op.writes)
+    dag = graph.dag.copy()
+    dag.graph["name"] = f"{graph.workload} batch {graph.batch_size}"
+    nx.set_node_attributes(dag, {op.name: {
+        "layer": op.layer, "layer_kind": op.layer_kind, "kind": op.kind, "phase": op.phase, "macs": op.macs,
+        "elementwise_ops": op.elementwise_ops, "policy": graph.contributed.get(op.name, ""),
+        "optional": op.name in graph.optional} for op in graph.ops})  # fmt: skip
+    nx.set_node_attributes(dag, {name: {
+        "layer": t.layer, "role": t.role, "dims": "x".join(map(str, t.shape)), "bits": t.bits, "bytes": t.bytes,
+        "alias_of": t.alias_of or ""} for name, t in graph.tensors.items()})  # fmt: skip
     if fmt == "GraphML":
         nx.write_graphml(dag, path)
     else:
