@@ -150,7 +150,7 @@ def main() -> None:
     if args.profile:
         for name, batch in CASES[:1] if args.quick else CASES:
             print(f"profile of {name}, batch {batch}: ms per step by layer kind and phase")
-            print(f"  {'kind':<12}{'phase':<12}{'fp32':>10}{'int8':>10}")
+            print(f"  {'kind':<20}{'phase':<12}{'fp32':>10}{'int8':>10}")
             profile(e2sim.load_workload(name), batch, args)
 
 
@@ -167,7 +167,7 @@ def profile(workload, batch: int, args) -> None:
         found[label] = {k: 1e3 * v / args.repeat for k, v in step.executor.timings.items()}
     keys = sorted(set(found["fp32"]) | set(found["int8"]), key=lambda k: -found["int8"].get(k, 0.0))
     for kind, phase in keys:
-        print(f"  {kind:<12}{phase:<12}{found['fp32'].get((kind, phase), 0.0):>10.1f}"
+        print(f"  {kind:<20}{phase:<12}{found['fp32'].get((kind, phase), 0.0):>10.1f}"
               f"{found['int8'].get((kind, phase), 0.0):>10.1f}")  # fmt: skip
 
 
