@@ -8,7 +8,7 @@ the ZedBoard and ResNet-20 on systolic-32x32 (the workloads' own batch sizes).
 from __future__ import annotations
 
 import e2sim
-from e2sim.energy.account import COMPONENTS
+from e2sim.energy.actions import COMPONENTS
 
 CASES = [("lenet5-mnist", "zedboard"), ("resnet20-cifar10", "systolic-32x32"), ("resnet20-cifar10", "eyeriss")]
 

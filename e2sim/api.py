@@ -172,7 +172,8 @@ def estimate(
     arithmetic = Arithmetic(acc, frozenset())
     priced = account_ops(ops, tensors, accelerator, table, arithmetic, None, inputs, (fusion, objective), densities)
     return Estimate(Path(workload).stem, accelerator, batch, True, priced.rows, tensors, table, False,
-                    priced.placements, fusion, objective, priced.sparsity, priced.storage)  # fmt: skip
+                    priced.placements, fusion, objective, priced.sparsity, priced.storage, None,
+                    priced.prices)  # fmt: skip
 
 
 DEFAULT_WORKLOAD = "lenet5-mnist"

@@ -6,6 +6,7 @@ between PEs), ``sram`` (on-chip buffers: the datapath's accesses, fills from DRA
 it), ``dram`` (off-chip traffic), ``vector`` (element-wise ops; each is priced as an add plus half
 a multiply at the vector unit's width, as a mix of adds, multiplies and compares), ``clock`` (the
 clock tree and control of every PE, every cycle) and ``static`` (static power × time).
+Pricing counts actions per op (:mod:`e2sim.energy.actions`); joules are counts × prices.
 
 On-chip dynamic energy (mac, rf, noc, sram, vector, clock) scales with (V / V_nominal)² at the
 spec's ``supply_voltage_v``. Ops named in ``Arithmetic.approximate_ops`` run on the accelerator's
@@ -21,28 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from e2sim.counting import OpCounter
+from e2sim.energy.actions import Action, Arithmetic, Prices, energy_of, supply_factor
 from e2sim.energy.sparsity import TensorSparsity, storage_ratio, tensor_sparsity, zero_operand_macs
 from e2sim.energy.tables import EnergyTable, load_table
 from e2sim.graph.ir import Op, Tensor, TrainingGraph
 from e2sim.hw.accelerator import Accelerator
-from e2sim.hw.approximate import ApproximateMode
 from e2sim.schedule.ops import STREAMS, OpCost, array_nests, finish_op, map_nests, plan_op
 from e2sim.schedule.residency import Placement, plan_iteration
 from e2sim.schedule.target import BufferLevel, Target
-
-COMPONENTS = ("mac", "rf", "noc", "sram", "dram", "vector", "clock", "static")
-PJ = 1e-12
-
-
-@dataclass(frozen=True)
-class Arithmetic:
-    """Number formats that price the arithmetic: accumulator width, and which phases multiply in
-    floating point (a phase is float when either of its GEMM operands has a float format)."""
-
-    accumulator_bits: int
-    float_phases: frozenset[str]
-    approximate: ApproximateMode | None = None
-    approximate_ops: frozenset[str] = frozenset()  # ops that run on the approximate mode
 
 
 @dataclass(frozen=True)
@@ -56,6 +43,7 @@ class OpReport:
     energy: Mapping[str, float]  # joules per component, all executions
     zero_macs: float = 0.0  # executed MACs with a zero operand (counted, or from stated densities)
     zero_fractions: Mapping[str, float] = field(default_factory=dict)  # measured per operand
+    actions: Mapping[Action, float] = field(default_factory=dict)  # action counts, all executions (energy's basis)
 
     @property
     def compute_cycles(self) -> float:
@@ -119,84 +107,34 @@ def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dic
     return runs, runs * fraction, runs * min(fraction, 1.0), macs
 
 
-@dataclass(frozen=True)
-class Prices:
-    """Energy per action of one accelerator (pJ), at its supply voltage, looked up once per pricing."""
-
-    hw: Accelerator
-    table: EnergyTable
-    arithmetic: Arithmetic
-    dynamic: float  # on-chip dynamic energy at the spec's supply relative to the table's voltage
-    sram_per_bit: Mapping[str, float]
-    dram_per_bit: float
-    vector_op: float
-    noc_per_bit: float
-    hop_per_bit: float
-    clock_per_cycle: float
-    rf_per_bit: float
-    _macs: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, hw: Accelerator, table: EnergyTable, arithmetic: Arithmetic) -> Prices:
-        v = hw.vector
-        return cls(
-            hw, table, arithmetic, supply_factor(hw, table),
-            {n: table.sram_pj(b.size_kb, b.word_bits) / b.word_bits for n, b in hw.buffers.items()},
-            table.dram_pj_per_bit(hw.dram.type),
-            table.add_pj(v.bits, v.float) + table.mult_pj(v.bits, v.bits, v.float) / 2,
-            table["noc_16b_pj"] / 16, table["pe_hop_16b_pj"] / 16, table["clock_pj_per_pe_cycle"] * hw.pe_array.pes,
-            table.rf_pj(1),
-        )  # fmt: skip
-
-    def mac(self, key: str, floating: bool, mode: ApproximateMode | None) -> tuple[float, float]:
-        """(pJ of one MAC of operand widths ``key`` ("8x8") with its passes, of its multiplies alone)."""
-        found = self._macs.get((key, floating, mode))
-        if found is None:
-            (a_width, a_passes), (b_width, b_passes) = (self.hw.pe_array.executed_width(int(b)) for b in key.split("x"))
-            table, acc = self.table, self.arithmetic.accumulator_bits
-            if mode is None:
-                multiply, add = table.mult_pj(a_width, b_width, floating), table.add_pj(acc, floating)
-            else:
-                multiply, add = table.approx_mult_pj(a_width, b_width, mode.multiplier), table.add_pj(acc, False)
-            found = self._macs[key, floating, mode] = ((multiply + add) * a_passes * b_passes,
-                                                       multiply * a_passes * b_passes)  # fmt: skip
-        return found
-
-
-def op_energy(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float, prices: Prices,
-              zero_macs: float = 0.0) -> dict[str, float]:  # fmt: skip
-    """Joules per component of ``compute``/``data`` nominal executions of ``op`` (see OpReport):
-    each MAC runs on the unit its operands fit, in as many passes as needed. With zero gating, the
-    ``zero_macs`` spend no multiply and no operand register read."""
+def op_actions(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float, prices: Prices,
+               zero_macs: float = 0.0) -> dict[Action, float]:  # fmt: skip
+    """What ``compute``/``data`` nominal executions of ``op`` did (see OpReport), as action counts:
+    each MAC runs on the unit its operands fit, in as many passes as its price includes. With zero
+    gating, the ``zero_macs`` spend no multiply (counted as negative ``gated-mult`` actions) and no
+    operand register read."""
     hw, arithmetic = prices.hw, prices.arithmetic
-    floating = op.phase in arithmetic.float_phases
-    mode = arithmetic.approximate if op.name in arithmetic.approximate_ops else None
-    mac = sum(n * prices.mac(key, floating, mode)[0] for key, n in macs.items())
-    rf = cost.rf_bits * prices.rf_per_bit * compute
+    fmt = "fp" if op.phase in arithmetic.float_phases else "int"
+    approx = op.name in arithmetic.approximate_ops and arithmetic.approximate is not None
+    actions: dict[Action, float] = {}
+    for key, n in macs.items():
+        actions[Action("mac", "mac", f"{key} {fmt}", approx)] = n
+    rf = cost.rf_bits * compute
     if hw.sparsity.zero_gating and zero_macs and macs:
         key = max(macs, key=macs.get)  # the op's main operand widths
-        mac -= zero_macs * prices.mac(key, floating, mode)[1]
-        rf -= zero_macs * prices.rf_per_bit * sum(int(b) for b in key.split("x"))
-    sram = sum(bits * prices.sram_per_bit[name] for name, bits in cost.sram_bits.items())
+        actions[Action("mac", "gated-mult", f"{key} {fmt}", approx)] = -zero_macs
+        rf -= zero_macs * sum(int(b) for b in key.split("x"))
+    actions[Action("rf", "bit", "", approx)] = rf
+    actions[Action("noc", "bit", "", approx)] = cost.noc_bits * data
+    actions[Action("noc", "hop-bit", "", approx)] = cost.hop_bits * data
+    for name, bits in cost.sram_bits.items():
+        actions[Action("sram", "bit", name, approx)] = bits * data
+    actions[Action("dram", "bit")] = cost.dram_bytes * 8 * data
+    actions[Action("vector", "op", "", approx)] = op.elementwise_ops * compute
     cycles = cost.compute_cycles * compute + cost.stall_cycles * data
-    dynamic = prices.dynamic if mode is None else supply_factor(hw, prices.table, mode.supply_voltage_v)
-    noc = cost.noc_bits * prices.noc_per_bit + cost.hop_bits * prices.hop_per_bit
-    return {
-        "mac": mac * dynamic * PJ,
-        "rf": rf * dynamic * PJ,
-        "noc": noc * data * dynamic * PJ,
-        "sram": sram * data * dynamic * PJ,
-        "dram": cost.dram_bytes * 8 * prices.dram_per_bit * data * PJ,
-        "vector": op.elementwise_ops * prices.vector_op * compute * dynamic * PJ,
-        "clock": prices.clock_per_cycle * cycles * dynamic * PJ,
-        "static": hw.static_power_mw * 1e-3 * cycles / (hw.clock_mhz * 1e6),
-    }
-
-
-def supply_factor(hw: Accelerator, table: EnergyTable, voltage: float | None = None) -> float:
-    """On-chip dynamic energy at ``voltage`` (default: the spec's supply) relative to the table's."""
-    volts = voltage if voltage is not None else hw.supply_voltage_v
-    return table.voltage_factor(volts) if volts is not None else 1.0
+    actions[Action("clock", "pe-cycle", "", approx)] = cycles * hw.pe_array.pes
+    actions[Action("static", "cycle")] = cycles
+    return {a: n for a, n in actions.items() if n}
 
 
 def target_of(hw: Accelerator, table: EnergyTable, objective: str = "energy") -> Target:
@@ -239,6 +177,7 @@ class Pricing:
     objective: str
     sparsity: Mapping[str, TensorSparsity] = field(default_factory=dict)
     storage: Mapping[str, float] = field(default_factory=dict)  # stored / raw DRAM bytes of compressed tensors
+    prices: Mapping[Action, float] = field(default_factory=dict)  # pJ of each action counted
 
 
 def account(
@@ -272,11 +211,13 @@ def account(
         if hw.sparsity.skip_zero_cycles and zeros:
             plan = dataclasses.replace(plan, compute_cycles=plan.compute_cycles * (1 - zeros / sum(counted.values())))
         cost = finish_op(plan, settled, hw, target)
-        energy = op_energy(op, cost, counted, compute, data, prices, zeros)
+        actions = op_actions(op, cost, counted, compute, data, prices, zeros)
+        energy = energy_of(actions, prices)
         count = counter.ops.get(op.name) if counter is not None else None
         fractions = count.zero_fractions() if count is not None else {}
-        reports.append(OpReport(op, runs, compute, data, counted, cost, energy, zeros, fractions))
-    return Pricing(tuple(reports), placements, fusion, objective, found, storage)
+        reports.append(OpReport(op, runs, compute, data, counted, cost, energy, zeros, fractions, actions))
+    used = sorted({a for r in reports for a in r.actions})
+    return Pricing(tuple(reports), placements, fusion, objective, found, storage, {a: prices.pj(a) for a in used})
 
 
 def operand_tensors(op: Op, cost: OpCost) -> dict[str, str]:

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2sim.energy.account import COMPONENTS, OpReport, operand_tensors
+from e2sim.energy.account import OpReport, operand_tensors
+from e2sim.energy.actions import COMPONENTS, Action
 from e2sim.energy.sparsity import TensorSparsity
 from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import PHASES, Tensor
@@ -30,6 +31,7 @@ class Estimate:
     sparsity: Mapping[str, TensorSparsity] = field(default_factory=dict)
     storage: Mapping[str, float] = field(default_factory=dict)
     approximate: Mapping[str, Any] | None = None  # the approximate mode that priced some ops, and which
+    prices: Mapping[Action, float] = field(default_factory=dict)  # pJ of each counted action
 
     @property
     def energy_j(self) -> float:
@@ -42,6 +44,19 @@ class Estimate:
     @property
     def time_s(self) -> float:
         return self.cycles / (self.hardware.clock_mhz * 1e6)
+
+    def actions(self) -> dict[Action, float]:
+        """Count of every action over all ops (energy = Σ count × ``prices``)."""
+        total: dict[Action, float] = {}
+        for r in self.rows:
+            for action, count in r.actions.items():
+                total[action] = total.get(action, 0.0) + count
+        return dict(sorted(total.items()))
+
+    def action_rows(self) -> list[dict[str, Any]]:
+        """One JSON row per action: its count, price and energy."""
+        return [{"action": str(a), "component": a.component, "count": n, "pj_each": self.prices[a],
+                 "energy_j": n * self.prices[a] * 1e-12} for a, n in self.actions().items()]  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with stable keys."""
@@ -104,6 +119,7 @@ class Estimate:
                 "dram_bytes": sum(o["dram_bytes"] for o in ops),
             },
             "energy_breakdown_j": breakdown,
+            "actions": self.action_rows(),
             "phases": phases,
             "layers": list(layers.values()),
             "ops": ops,
@@ -163,8 +179,14 @@ def format_estimate(report: dict[str, Any]) -> str:
         f"energy {_si(t['energy_j'], 'J')}, time {_si(t['time_s'], 's')} ({t['cycles']:,.0f} cycles, "
         f"{t['stall_cycles'] / max(t['cycles'], 1):.1%} stalled), {t['macs']:,.0f} MACs, "
         f"DRAM {t['dram_bytes'] / 1e6:,.3f} MB",
-        *([f"priced on the approximate mode ({a['multiplier']}, {a['supply_voltage_v']:g} V): "
-           f"{len(a['ops'])} forward conv/linear ops"] if (a := report.get("approximate_mode")) else []),
+        *(
+            [
+                f"priced on the approximate mode ({a['multiplier']}, {a['supply_voltage_v']:g} V): "
+                f"{len(a['ops'])} forward conv/linear ops"
+            ]
+            if (a := report.get("approximate_mode"))
+            else []
+        ),
         "energy by component: " + ", ".join(f"{k} {_si(v, 'J')}" for k, v in report["energy_breakdown_j"].items()),
         f"mappings minimise {report['mapping_objective']}; "
         + ("fusion and residency across the iteration" if report["fusion"] else "layer by layer (no fusion)"),

@@ -106,7 +106,7 @@ def price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts
                 "ops": sorted(arithmetic.approximate_ops)}  # fmt: skip
     return Estimate(spec.name, accelerator, graph.batch_size, forward_only, priced.rows, graph.tensors, table,
                     counts is not None, priced.placements, pricing[0], pricing[1], priced.sparsity,
-                    priced.storage, mode)  # fmt: skip
+                    priced.storage, mode, priced.prices)  # fmt: skip
 
 
 def map_ahead(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accelerator], pricing: Pricing) -> None:
