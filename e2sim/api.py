@@ -16,26 +16,23 @@ from e2sim.config.errors import SpecError
 from e2sim.config.loading import read_hardware_spec, read_workload_spec, topology_path
 from e2sim.config.policy import PolicySpec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
-from e2sim.config.scalesim import read_scalesim_cfg, read_scalesim_topology
+from e2sim.config.scalesim import read_scalesim_cfg
 from e2sim.config.sweep import SweepSpec, read_sweep_spec
 from e2sim.config.workload import Workload, with_policy
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
-from e2sim.energy.account import Arithmetic
-from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
-from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
 from e2sim.process import StopRequest, stop_on_signals, thread_budget
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
 from e2sim.studies.single import (
-    account_ops,
     activate_checked,
     check_hardware,
     prepare,
     price,
+    price_topology,
     price_training,
     run_once,
 )
@@ -160,20 +157,8 @@ def estimate(
         prepared = prepare(workload, batch_size)
         return price(prepared.workload, prepared.graph, accelerator, counts, forward_only, approximate,
                       (fusion, objective), densities)  # fmt: skip
-    bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
-    acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
-    for key, value in (("operand_bits", bits), ("accumulator_bits", acc)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 64:
-            raise SpecError.single(str(workload), key, f"must be a bit width from 2 to 64, got {value!r}")
-    batch = 1 if batch_size is None else batch_size
-    ops, tensors = ops_from_topology(read_scalesim_topology(topology), batch, bits)
-    inputs = frozenset(t for op in ops for t in op.reads)
-    table = load_table(accelerator.technology, accelerator.energy_overrides)
-    arithmetic = Arithmetic(acc, frozenset())
-    priced = account_ops(ops, tensors, accelerator, table, arithmetic, None, inputs, (fusion, objective), densities)
-    return Estimate(Path(workload).stem, accelerator, batch, True, priced.rows, tensors, table, False,
-                    priced.placements, fusion, objective, priced.sparsity, priced.storage, None,
-                    priced.prices)  # fmt: skip
+    return price_topology(topology, accelerator, 1 if batch_size is None else batch_size, operand_bits,
+                          accumulator_bits, (fusion, objective), densities)  # fmt: skip
 
 
 DEFAULT_WORKLOAD = "lenet5-mnist"

@@ -28,6 +28,7 @@ from e2sim.hw.accelerator import (
     TECHNOLOGIES,
     Accelerator,
     Buffer,
+    Calibration,
     Dram,
     PEArray,
     Sparsity,
@@ -61,9 +62,12 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
     vector = _read_vector(top.section("vector", default={}), pe_array)
     overrides = _read_overrides(top.section("energy_overrides", default={}))
     approximate = read_approximate(top.section("approximate", default=None), base_dir or Path.cwd())
+    calibration = _read_calibration(top.section("calibration", default=None))
     top.finish()
     if not log.problems:  # the tile check needs every field valid
         _check_smallest_tiles(Section(top.data["buffers"], "buffers", log), pe_array, buffers)
+    if calibration is not None and not log.problems:
+        _check_calibrated_values(top.section("calibration"), calibration, overrides, static_power_mw)
     log.raise_if_any()
     assumptions = ()
     if pe_array.dataflow == "rs" and not top.data["pe_array"].get("scratchpads"):
@@ -85,6 +89,7 @@ def read_hardware(data: Any, source: str, base_dir: Path | None = None) -> Accel
         supply_voltage_v,
         assumptions,
         sparsity,
+        calibration,
     )
 
 
@@ -141,6 +146,78 @@ def _read_vector(s: Section | None, pe_array: PEArray | None) -> VectorUnit | No
 
 _EXPONENT = at_most(non_negative_number, 10)
 _ENERGY_PJ = at_most(positive_number, 1e9, " pJ")
+
+
+CALIBRATABLE = (*ENERGY_ENTRIES, "static_power_mw")
+
+
+def _read_calibration(s: Section | None) -> Calibration | None:
+    """Fitted parameters with standard errors and correlations (written by ``e2sim calibrate``)."""
+    if s is None:
+        return None
+    method = s.read("method", string, default="")
+    measurements = s.read_list("measurements", string, default=())
+    params = s.section("parameters")
+    names, values, errors = [], [], []
+    if params is not None:
+        for name in list(params.data):
+            entry = params.section(name)
+            if entry is None:
+                continue
+            value = entry.read("value", at_most(non_negative_number, 1e9))
+            error = entry.read("standard_error", at_most(non_negative_number, 1e9))
+            entry.finish()
+            names.append(name)
+            values.append(value)
+            errors.append(error)
+        for name in names:
+            if name not in CALIBRATABLE:
+                params.log.add(params.key_path(name), "not a calibratable parameter (energy-table entries and "
+                               "static_power_mw)")  # fmt: skip
+        if not names:
+            s.log.add(s.key_path("parameters"), "must name at least one fitted parameter")
+    correlation = s.read_list("correlation", lambda row: tuple(_correlation_row(row)))
+    s.finish()
+    if correlation is not None and names and not _is_correlation(correlation, len(names)):
+        s.log.add(s.key_path("correlation"), f"must be a symmetric {len(names)}x{len(names)} matrix with ones on "
+                  "the diagonal and entries in [-1, 1], in the order of parameters")  # fmt: skip
+        return None
+    if None in values or None in errors or correlation is None or not names:
+        return None
+    return Calibration(tuple(names), tuple(values), tuple(errors), correlation, measurements or (), method)
+
+
+def _correlation_row(row: Any) -> list[float]:
+    if not isinstance(row, list) or not row:
+        raise Invalid("must be a list of numbers")
+    numbers = [n for n in (_finite(v) for v in row) if n is not None]
+    if len(numbers) != len(row):
+        raise Invalid("must be a list of numbers")
+    return numbers
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1e9 < value < 1e9:
+        return None
+    return float(value)
+
+
+def _is_correlation(matrix: tuple, n: int) -> bool:
+    if len(matrix) != n or any(len(row) != n for row in matrix):
+        return False
+    return all(abs(matrix[i][i] - 1) < 1e-9 and all(abs(matrix[i][j] - matrix[j][i]) < 1e-9 and -1 <= matrix[i][j] <= 1
+                                                    for j in range(n)) for i in range(n))  # fmt: skip
+
+
+def _check_calibrated_values(s: Section, calibration: Calibration, overrides, static_power_mw: float) -> None:
+    """A fitted value must be the value the spec uses (an edited override would silently void the error bars)."""
+    for name, value in zip(calibration.parameters, calibration.values, strict=True):
+        used = static_power_mw if name == "static_power_mw" else (overrides or {}).get(name)
+        where = "static_power_mw" if name == "static_power_mw" else f"energy_overrides.{name}"
+        if used is None or abs(used - value) > 1e-9 * max(abs(value), 1e-12):
+            found = "absent" if used is None else f"{used:g}"
+            s.log.add(f"calibration.parameters.{name}.value", f"is {value:g} but the spec's {where} is {found}: "
+                      "the error bars belong to the fitted value")  # fmt: skip
 
 
 def _read_overrides(s: Section | None) -> FrozenDict | None:

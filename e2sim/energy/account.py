@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from e2sim.counting import OpCounter
 from e2sim.energy.actions import Action, Arithmetic, Prices, energy_of, supply_factor
+from e2sim.energy.parameters import price_gradients
 from e2sim.energy.sparsity import TensorSparsity, storage_ratio, tensor_sparsity, zero_operand_macs
 from e2sim.energy.tables import EnergyTable, load_table
 from e2sim.graph.ir import Op, Tensor, TrainingGraph
@@ -178,6 +179,7 @@ class Pricing:
     sparsity: Mapping[str, TensorSparsity] = field(default_factory=dict)
     storage: Mapping[str, float] = field(default_factory=dict)  # stored / raw DRAM bytes of compressed tensors
     prices: Mapping[Action, float] = field(default_factory=dict)  # pJ of each action counted
+    gradients: Mapping[Action, tuple[float, ...]] = field(default_factory=dict)  # ∂pJ/∂ fitted parameter (calibrated)
 
 
 def account(
@@ -217,7 +219,10 @@ def account(
         fractions = count.zero_fractions() if count is not None else {}
         reports.append(OpReport(op, runs, compute, data, counted, cost, energy, zeros, fractions, actions))
     used = sorted({a for r in reports for a in r.actions})
-    return Pricing(tuple(reports), placements, fusion, objective, found, storage, {a: prices.pj(a) for a in used})
+    fit = hw.calibration
+    gradients = price_gradients(hw, arithmetic, used, fit.parameters, fit.values) if fit is not None else {}
+    return Pricing(tuple(reports), placements, fusion, objective, found, storage, {a: prices.pj(a) for a in used},
+                   gradients)  # fmt: skip
 
 
 def operand_tensors(op: Op, cost: OpCost) -> dict[str, str]:

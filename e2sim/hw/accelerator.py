@@ -96,6 +96,23 @@ class Sparsity:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Energy-table entries and spec parameters fitted to measurements (``e2sim calibrate``): their
+    values, standard errors and correlations, from which estimates propagate error bars."""
+
+    parameters: tuple[str, ...]  # energy-table entry names, or ``static_power_mw``
+    values: tuple[float, ...]
+    standard_errors: tuple[float, ...]
+    correlation: tuple[tuple[float, ...], ...]
+    measurements: tuple[str, ...] = ()  # the measurements fitted
+    method: str = ""
+
+    def covariance(self) -> list[list[float]]:
+        s, r = self.standard_errors, self.correlation
+        return [[s[i] * s[j] * r[i][j] for j in range(len(s))] for i in range(len(s))]
+
+
+@dataclass(frozen=True)
 class Accelerator:
     """A parameterized training accelerator.
 
@@ -118,6 +135,7 @@ class Accelerator:
     supply_voltage_v: float | None = None  # operating voltage (None: the energy table's nominal)
     assumptions: tuple[tuple[str, str], ...] = ()  # (key, value and why) for values the source did not state
     sparsity: Sparsity = Sparsity()
+    calibration: Calibration | None = None  # fitted parameters with their uncertainty
 
     @property
     def has_global_buffer(self) -> bool:

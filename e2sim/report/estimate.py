@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2sim.energy.account import OpReport, operand_tensors
-from e2sim.energy.actions import COMPONENTS, Action
+from e2sim.energy.actions import COMPONENTS, Action, Arithmetic
+from e2sim.energy.parameters import energy_sigma_j
 from e2sim.energy.sparsity import TensorSparsity
 from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import PHASES, Tensor
@@ -32,6 +33,29 @@ class Estimate:
     storage: Mapping[str, float] = field(default_factory=dict)
     approximate: Mapping[str, Any] | None = None  # the approximate mode that priced some ops, and which
     prices: Mapping[Action, float] = field(default_factory=dict)  # pJ of each counted action
+    gradients: Mapping[Action, tuple[float, ...]] = field(default_factory=dict)  # ∂pJ/∂ fitted parameter
+    arithmetic: Arithmetic | None = None  # the number formats that priced the MACs
+
+    @property
+    def energy_sigma_j(self) -> float | None:
+        """1σ of the energy from a calibrated spec's fit (linear propagation through the action
+        counts; the mapping is held); None on an uncalibrated spec."""
+        fit = self.hardware.calibration
+        if fit is None:
+            return None
+        return energy_sigma_j(self.actions(), self.gradients, fit.covariance())
+
+    def uncertainty(self) -> dict[str, Any] | None:
+        """The error bars' provenance for reports, or None on an uncalibrated spec."""
+        fit = self.hardware.calibration
+        if fit is None:
+            return None
+        return {"energy_j_sigma": self.energy_sigma_j, "time_s_sigma": 0.0,
+                "method": "linear propagation of the fit's covariance through the action counts (mapping held); "
+                          "no fitted parameter changes time",
+                "parameters": [{"name": n, "value": v, "standard_error": e}
+                               for n, v, e in zip(fit.parameters, fit.values, fit.standard_errors, strict=True)],
+                "measurements": list(fit.measurements)}  # fmt: skip
 
     @property
     def energy_j(self) -> float:
@@ -119,6 +143,7 @@ class Estimate:
                 "dram_bytes": sum(o["dram_bytes"] for o in ops),
             },
             "energy_breakdown_j": breakdown,
+            **({"uncertainty": u} if (u := self.uncertainty()) is not None else {}),
             "actions": self.action_rows(),
             "phases": phases,
             "layers": list(layers.values()),
@@ -150,6 +175,12 @@ class Estimate:
         return rows
 
 
+def _sigma(report: dict[str, Any]) -> str:
+    """`` ± σ`` of a calibrated spec's energy, or nothing."""
+    u = report.get("uncertainty")
+    return "" if u is None else f" ± {_si(u['energy_j_sigma'], 'J')} (1σ from the fit; time has no fitted parameter)"
+
+
 def _si(value: float, unit: str) -> str:
     for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p")):
         if abs(value) >= factor or factor == 1e-12:
@@ -176,7 +207,7 @@ def format_estimate(report: dict[str, Any]) -> str:
     head = [
         f"{report['workload']} on {hw['name']} ({hw['pe_array']}, {hw['clock_mhz']:g} MHz, {hw['technology']}): "
         f"{what} at batch {report['batch_size']}",
-        f"energy {_si(t['energy_j'], 'J')}, time {_si(t['time_s'], 's')} ({t['cycles']:,.0f} cycles, "
+        f"energy {_si(t['energy_j'], 'J')}{_sigma(report)}, time {_si(t['time_s'], 's')} ({t['cycles']:,.0f} cycles, "
         f"{t['stall_cycles'] / max(t['cycles'], 1):.1%} stalled), {t['macs']:,.0f} MACs, "
         f"DRAM {t['dram_bytes'] / 1e6:,.3f} MB",
         *(

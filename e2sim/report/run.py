@@ -97,6 +97,7 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
         "iterations": result.iterations,
         "energy": {
             "total_j": priced["totals"]["energy_j"],
+            **({"uncertainty": priced["uncertainty"]} if "uncertainty" in priced else {}),
             "breakdown_j": priced["energy_breakdown_j"],
             "phases": priced["phases"],
             "layers": priced["layers"],
@@ -120,6 +121,11 @@ def run_report(result: TrainResult, estimate: Estimate, policy: PolicySpec, seed
         report["partial"] = {"signal": stop.signal, "epoch": stop.epoch, "iteration": stop.iteration,
                              "completed_epochs": len(result.epochs)}  # fmt: skip
     return report
+
+
+def _sigma(energy: dict[str, Any]) -> str:
+    u = energy.get("uncertainty")
+    return "" if u is None else f" ± {u['energy_j_sigma']:.2g} J (1σ from the calibration fit)"
 
 
 def _sparsity_rows(priced: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,7 +176,8 @@ def format_run(report: dict[str, Any]) -> str:
     lines += [
         f"test accuracy {acc['final']:.2%} (best {acc['best']:.2%})" if acc["final"] is not None
         else "test accuracy: no epoch completed",
-        f"training energy {energy['total_j']:.4g} J, simulated time {report['hardware_time']['time_s']:.4g} s, "
+        f"training energy {energy['total_j']:.4g} J{_sigma(energy)}, "
+        f"simulated time {report['hardware_time']['time_s']:.4g} s, "
         f"{report['macs']['counted']:,.0f} MACs executed, {report['macs']['skipped']:,.0f} skipped",
         "energy by component: " + ", ".join(f"{k} {v:.3g} J" for k, v in energy["breakdown_j"].items()),
         "energy by phase: " + ", ".join(f"{k} {v['energy_j']:.3g} J" for k, v in energy["phases"].items()),
