@@ -6,7 +6,8 @@ The names below load on first use (``e2sim.run`` imports the training stack then
 __version__ = "0.2.0"
 
 _FROM = {
-    "e2sim.api": ("RunResult", "estimate", "load_hw", "load_workload", "lower", "run", "sweep", "train_workload"),
+    "e2sim.api": ("RunResult", "calibrate", "estimate", "load_hw", "load_measurements", "load_workload", "lower", "run",
+                  "sweep", "train_workload", "validate"),
     "e2sim.config.errors": ("Problem", "SpecError"),
     "e2sim.graph": ("TrainingGraph",),
 }

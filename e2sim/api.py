@@ -7,13 +7,14 @@ import dataclasses
 import hashlib
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import e2sim.policies  # noqa: F401  (registers the built-in techniques and presets)
 from e2sim import __version__
 from e2sim.config.errors import SpecError
-from e2sim.config.loading import read_hardware_spec, read_workload_spec, topology_path
+from e2sim.config.loading import embedded_names, read_hardware_spec, read_workload_spec, resolve_spec, topology_path
+from e2sim.config.measurement import Measurement
 from e2sim.config.policy import PolicySpec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg
@@ -27,6 +28,7 @@ from e2sim.process import StopRequest, stop_on_signals, thread_budget
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
+from e2sim.studies.calibrate import LOSSES, CalibrationResult, calibrate_measurements
 from e2sim.studies.single import (
     activate_checked,
     check_hardware,
@@ -38,18 +40,22 @@ from e2sim.studies.single import (
 )
 from e2sim.studies.sweep import SweepResult, run_sweep
 from e2sim.studies.sweep import status as sweep_progress
+from e2sim.studies.validate import Validation, load_measurement, validate_measurements
 from e2sim.train import loop
 from e2sim.train.data import DataError
 from e2sim.train.loop import CheckpointError, TrainResult, fingerprint
 
 __all__ = [
+    "LOSSES",
     "OBJECTIVES",
     "CheckpointError",
     "DataError",
     "RunResult",
     "SpecError",
+    "calibrate",
     "estimate",
     "load_hw",
+    "load_measurements",
     "load_policy",
     "load_workload",
     "lower",
@@ -60,6 +66,7 @@ __all__ = [
     "sweep",
     "sweep_status",
     "train_workload",
+    "validate",
 ]  # fmt: skip
 
 WorkloadLike = str | Path | Mapping | Workload
@@ -250,6 +257,35 @@ def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir,
         temporary.write_bytes(pickle.dumps(training))
         os.replace(temporary, path)
     return price_training(prepared.workload, training, accelerator, pricing).to_dict()
+
+
+MeasurementLike = str | Path | Measurement
+
+
+def load_measurements(measurements: Sequence[MeasurementLike]) -> list[Measurement]:
+    """Checked measurement files (paths, or names of the shipped ones), in order; ``["shipped"]``: every shipped one."""
+    if list(measurements) == ["shipped"]:
+        measurements = embedded_names("measurement")
+    if not measurements:
+        raise SpecError.single("validate", "MEASUREMENT", "name at least one measurement file")
+    return [m if isinstance(m, Measurement) else load_measurement(m) for m in measurements]
+
+
+def validate(measurements: Sequence[MeasurementLike], hw: HardwareLike | None = None) -> Validation:
+    """Predicted against measured for every value of ``measurements``, each on its own device (or on
+    ``hw``) at its operating point; relative errors and mean absolute percentage errors."""
+    return validate_measurements(load_measurements(measurements), load_hw(hw) if hw is not None else None)
+
+
+def calibrate(measurements: Sequence[MeasurementLike], hw: str | Path, fit: Sequence[str], loss: str = "linear",
+              out: str | Path | None = None) -> CalibrationResult:  # fmt: skip
+    """Fit the energy-table entries and ``static_power_mw`` named in ``fit`` (``NAME`` or
+    ``NAME=LOW:HIGH``) of the hardware spec ``hw`` to ``measurements``; standard errors,
+    correlations and leave-one-out errors; with ``out``, write the calibrated spec as a new file
+    (never over an existing one)."""
+    spec_path = resolve_spec(hw, "hardware")
+    return calibrate_measurements(load_measurements(measurements), load_hw(spec_path), spec_path, fit, loss,
+                                  Path(out) if out is not None else None)  # fmt: skip
 
 
 def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: int | None = None,

@@ -13,6 +13,7 @@ from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import check_export_path, export_graph, format_summary, summarize
 from e2sim.report.run import CHECKPOINT, format_run, prepare_output_dir, write_outputs
 from e2sim.report.sweep import format_sweep, prepare_sweep_dir, write_sweep_outputs
+from e2sim.report.validation import format_calibration, format_validation
 
 EXIT_BAD_INPUT = 2
 
@@ -125,6 +126,39 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="also write points.csv, points.parquet, front.csv and plots")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=_sweep)
+
+    validate = commands.add_parser(
+        "validate",
+        help="predicted against measured: published or lab measurements of real devices",
+        description="Predict every measured value of the measurement files (each on its device, at its operating "
+        "point) and report the relative errors and mean absolute percentage errors. 'shipped' names every "
+        "measurement shipped with e2sim.",
+    )
+    validate.add_argument("measurements", nargs="+", metavar="MEASUREMENT",
+                          help="measurement YAML files or names of shipped ones, or 'shipped'")  # fmt: skip
+    validate.add_argument("--hw", metavar="HW", help="price every measurement on this spec instead of its own")
+    validate.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    validate.add_argument("--out", metavar="DIR", help="also write validation.json and validation.png to DIR")
+    validate.set_defaults(handler=_validate)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit energy-table entries and static power of a spec to measurements; write a calibrated spec",
+        description="Fit the named energy-table entries (and static_power_mw) of HW to the measured power, energy "
+        "and efficiency values by bounded least squares; report each value with its standard error, the "
+        "correlations and leave-one-out errors, and write the calibrated spec as a new file.",
+    )
+    calibrate.add_argument("measurements", nargs="+", metavar="MEASUREMENT",
+                           help="measurement YAML files or names of shipped ones, or 'shipped'")  # fmt: skip
+    calibrate.add_argument("--hw", required=True, metavar="HW", help="hardware YAML or embedded name to calibrate")
+    calibrate.add_argument("--fit", action="append", required=True, metavar="ENTRY[=LOW:HIGH]",
+                           help="an energy-table entry or static_power_mw to fit, with optional bounds "
+                           "(repeatable)")  # fmt: skip
+    calibrate.add_argument("--loss", choices=api.LOSSES, default="linear",
+                           help="least-squares loss (robust ones damp outliers; default linear)")  # fmt: skip
+    calibrate.add_argument("--out", metavar="PATH", help="write the calibrated spec to PATH (a new file)")
+    calibrate.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
+    calibrate.set_defaults(handler=_calibrate)
     return parser
 
 
@@ -219,6 +253,36 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.out:
         for path in write_sweep_outputs(Path(args.out), result):
             print(f"wrote {path}")
+    return 0
+
+
+VALIDATION_FILES = ("validation.json", "validation.png")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        taken = [name for name in VALIDATION_FILES if (out / name).exists()]
+        if taken:
+            print(f"e2sim: {out}: already holds {', '.join(taken)}; choose another directory", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    result = api.validate(args.measurements, args.hw)
+    report = result.to_dict()
+    text = json.dumps(report, indent=1, sort_keys=True)
+    print(text if args.json else format_validation(report))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(text + "\n")
+        result.plot(out / "validation.png")
+        where = sys.stderr if args.json else sys.stdout
+        print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}", file=where)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    result = api.calibrate(args.measurements, args.hw, args.fit, args.loss, args.out)
+    report = result.to_dict()
+    print(json.dumps(report, indent=1, sort_keys=True) if args.json else format_calibration(report))
     return 0
 
 

@@ -13,7 +13,7 @@ from e2sim.config.workload import Workload, read_workload
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.hw.accelerator import Accelerator
 
-SPEC_DIRS = {"workload": "workloads", "hardware": "hw_specs"}
+SPEC_DIRS = {"workload": "workloads", "hardware": "hw_specs", "measurement": "measurements"}
 
 
 def embedded_dir(kind: str) -> Path:
