@@ -196,7 +196,7 @@ def write_calibrated_spec(spec_path: Path, hw: Accelerator, fit: Fit, measuremen
               f"# Method: {METHOD}."]  # fmt: skip
     body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     fitted = dict(zip(fit.names, fit.standard_errors, strict=True))
-    lines = ["energy_overrides:"]
+    lines = ["energy_overrides:"] if overrides else []
     for name, value in overrides.items():
         note = f"  # fitted by e2sim calibrate, ± {fitted[name]:.3g}" if name in fitted else ""
         lines.append(f"  {name}: {value!r}{note}")
@@ -205,7 +205,8 @@ def write_calibrated_spec(spec_path: Path, hw: Accelerator, fit: Fit, measuremen
         "parameters": {n: {"value": v, "standard_error": e}
                        for n, v, e in zip(fit.names, fit.values, fit.standard_errors, strict=True)},
         "correlation": [list(r) for r in fit.correlation]}}  # fmt: skip
-    text = "\n".join(header) + "\n" + body + "\n".join(lines) + "\n" + yaml.safe_dump(block, sort_keys=False)
+    tail = yaml.safe_dump(block, sort_keys=False, allow_unicode=True)
+    text = "\n".join([*header, body.rstrip("\n"), *lines]) + "\n" + tail
     try:
         with open(out, "x", encoding="utf-8") as f:
             f.write(text)
