@@ -85,11 +85,13 @@ class Fit:
         }  # fmt: skip
 
 
-def fit_parameters(observations: Sequence[Observation], parameters: Sequence[Parameter], loss: str = "linear") -> Fit:
-    """Fit ``parameters`` to the energy-dependent ``observations`` (more of them than parameters)."""
+def fit_parameters(observations: Sequence[Observation], parameters: Sequence[Parameter], loss: str = "linear",
+                   errors: bool = True) -> Fit:  # fmt: skip
+    """Fit ``parameters`` to the energy-dependent ``observations``: more of them than parameters, or
+    (``errors`` False: the values alone, standard errors NaN) as many."""
     used = [o for o in observations if o.energy_dependent]
     names = [p.name for p in parameters]
-    if len(used) <= len(parameters):
+    if len(used) < len(parameters) or (errors and len(used) == len(parameters)):
         n = len(parameters)
         raise SpecError.single("calibrate", "--fit", f"{n} parameters need more than {n} measured power, energy or "
                                f"efficiency values; the measurements give {len(used)}")  # fmt: skip
@@ -105,7 +107,7 @@ def fit_parameters(observations: Sequence[Observation], parameters: Sequence[Par
     result = least_squares(residuals, x0, bounds=(low, high), loss=loss, x_scale="jac", method="trf")
     jac, r = result.jac, result.fun
     dof = len(used) - len(parameters)
-    s2 = float(r @ r) / dof
+    s2 = float(r @ r) / dof if dof else math.nan
     try:
         covariance = s2 * np.linalg.inv(jac.T @ jac)
     except np.linalg.LinAlgError:
@@ -141,10 +143,10 @@ def leave_one_out(observations: Sequence[Observation], parameters: Sequence[Para
     for left in dict.fromkeys(o.measurement.name for o in observations):
         rest = [o for o in observations if o.measurement.name != left]
         mine = [o for o in observations if o.measurement.name == left]
-        if sum(o.energy_dependent for o in rest) <= len(parameters):
-            skipped.append((left, "the other measurements give too few energy-dependent values to fit"))
+        if sum(o.energy_dependent for o in rest) < len(parameters):
+            skipped.append((left, "the other measurements give fewer energy-dependent values than parameters"))
             continue
-        fit = fit_parameters(rest, parameters, loss)
+        fit = fit_parameters(rest, parameters, loss, errors=False)
         rows += [row_of(o, o.predict_at(names, fit.values)) for o in mine if o.energy_dependent]
     return LeaveOneOut(tuple(rows), tuple(skipped))
 
