@@ -3,6 +3,7 @@ measurements, bad measurement files, deterministic JSON and error bars on calibr
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -221,3 +222,38 @@ def test_a_calibration_block_must_match_the_values_the_spec_uses(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(SpecError, match=r"calibration\.correlation: must be a symmetric 1x1 matrix"):
         e2sim.load_hw(path)
+
+
+EXTREMES = (math.inf, -math.inf, math.nan, 1e308, 2**63, -0.0, 0)
+
+
+def _numbers(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, (*path, k))
+    elif isinstance(node, bool):
+        return
+    elif isinstance(node, int | float):
+        yield path
+
+
+@pytest.mark.parametrize("name", ["eyeriss-alexnet-conv", "eyeriss-vgg16-conv", "zhang2015-alexnet-vc707"])
+def test_extreme_numbers_in_a_measurement_file_are_errors_at_their_key(name, tmp_path):
+    doc = yaml.safe_load((embedded_dir("measurement") / f"{name}.yaml").read_text())
+    paths = list(_numbers(doc))
+    assert paths
+    for path in paths:
+        for value in EXTREMES:
+            changed = json.loads(json.dumps(doc))
+            node = changed
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            target = tmp_path / "m.yaml"
+            target.write_text(yaml.safe_dump(changed))
+            try:
+                load_measurement(target)
+            except SpecError as exc:
+                assert ".".join(map(str, path)) in str(exc), (path, value, str(exc))
+            else:
+                assert math.isfinite(value) and 0 < value < 1e15, (path, value)
