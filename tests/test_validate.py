@@ -257,3 +257,31 @@ def test_extreme_numbers_in_a_measurement_file_are_errors_at_their_key(name, tmp
                 assert ".".join(map(str, path)) in str(exc), (path, value, str(exc))
             else:
                 assert math.isfinite(value) and 0 < value < 1e15, (path, value)
+
+
+def test_a_layer_value_is_predicted_from_that_layer_alone(tmp_path):
+    path = tmp_path / "m.yaml"
+    doc = _doc(layers={"conv2": {"latency_ms": {"value": 5.0, "per": "batch", "source": "x"},
+                                 "power_mw": {"value": 250.0, "source": "x"}}})  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    estimate, observations = predict_measurement(load_measurement(path), None)
+    conv2 = [r for r in estimate.rows if r.op.layer == "conv2"]
+    by_quantity = {(o.measured.quantity, o.measured.layer): o.predict() for o in observations}
+    seconds = sum(r.cycles for r in conv2) / (200e6)
+    assert by_quantity["latency_ms", "conv2"] == pytest.approx(seconds * 1e3)
+    chip = sum(v for r in conv2 for k, v in r.energy.items() if k != "dram")  # includes_dram_energy: false
+    assert by_quantity["power_mw", "conv2"] == pytest.approx(chip / seconds * 1e3)
+    assert by_quantity["power_mw", None] != by_quantity["power_mw", "conv2"]
+
+
+def test_a_run_on_a_calibrated_spec_reports_its_error_bar(synthetic, tmp_path):
+    out = tmp_path / "calibrated.yaml"
+    e2sim.calibrate(synthetic, "zedboard", ["static_power_mw"], out=out)
+    workload = {"name": "tiny", "dataset": {"name": "mnist5k"}, "model": {"arch": "resnet", "depth": 8,
+                "base_channels": 4}, "training": {"batch_size": 256, "epochs": 1, "lr": 0.05, "seed": 7}}  # fmt: skip
+    report = e2sim.run(workload, out, epochs=1, progress=False).to_dict()
+    u = report["energy"]["uncertainty"]
+    assert 0 < u["energy_j_sigma"] < report["energy"]["total_j"] and u["parameters"][0]["name"] == "static_power_mw"
+    from e2sim.report.run import format_run
+
+    assert "± " in format_run(report)
