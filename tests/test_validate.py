@@ -285,3 +285,19 @@ def test_a_run_on_a_calibrated_spec_reports_its_error_bar(synthetic, tmp_path):
     from e2sim.report.run import format_run
 
     assert "± " in format_run(report)
+
+
+def test_an_inline_layer_list_prices_as_the_same_topology_csv(tmp_path):
+    rows = [line.split(",") for line in (embedded_dir("workload") / "alexnet-conv.csv").read_text().splitlines()[1:]]
+    layers = [{"name": r[0], "ifmap": [int(r[1]), int(r[2])], "filter": [int(r[3]), int(r[4])],
+               "channels": int(r[5]), "filters": int(r[6]), "stride": int(r[7])} for r in rows]  # fmt: skip
+    inline, csv = tmp_path / "inline.yaml", tmp_path / "csv.yaml"
+    inline.write_text(yaml.safe_dump(_doc(workload={"layers": layers, "operand_bits": 16})))
+    csv.write_text(yaml.safe_dump(_doc()))
+    assert [r.predicted for r in e2sim.validate([inline]).rows] == [r.predicted for r in e2sim.validate([csv]).rows]
+    layers[1]["filter"] = [99, 99]
+    layers[2]["name"] = layers[0]["name"]
+    inline.write_text(yaml.safe_dump(_doc(workload={"layers": layers})))
+    with pytest.raises(SpecError) as caught:
+        load_measurement(inline)
+    assert [p.path for p in caught.value.problems] == ["workload.layers[1].filter", "workload.layers[2].name"]

@@ -38,6 +38,7 @@ from e2sim.config.reader import (
     positive_number,
     string,
 )
+from e2sim.config.scalesim import TopologyLayer
 from e2sim.config.yaml_text import read_yaml_file
 
 QUANTITIES = ("power_mw", "latency_ms", "energy_mj", "dram_mb", "throughput_gops", "efficiency_gops_per_w")
@@ -66,8 +67,9 @@ class Measurement:
     path: str  # the file, as named
     citation: str
     device: str  # hardware spec name or path (resolved from the file's folder)
-    workload: str  # e2sim workload name/path, or topology name/path
+    workload: str  # e2sim workload name/path, or topology name/path (the file's name for inline layers)
     topology: bool
+    layers: tuple[TopologyLayer, ...] | None  # an inline layer list (forward layers, as a topology's rows)
     operand_bits: int | None
     accumulator_bits: int | None
     phase: str
@@ -93,7 +95,7 @@ def read_measurement(path: str | Path) -> Measurement:
     notes = top.read("notes", string, default="")
     device = _read_device(top.section("device"), folder)
     workload = top.section("workload")
-    spec, topology, operand_bits, accumulator_bits = _read_workload(workload, folder)
+    spec, topology, operand_bits, accumulator_bits, inline = _read_workload(workload, folder)
     phase = top.read("phase", one_of(*PHASES))
     batch = top.read("batch", at_most(positive_int, 1 << 20))
     conditions = top.section("conditions", default={})
@@ -111,8 +113,8 @@ def read_measurement(path: str | Path) -> Measurement:
     if topology and phase == "training" and not log.problems:
         log.add("phase", "a topology holds forward layers only: a training measurement needs workload.name")
     log.raise_if_any()
-    return Measurement(name, source, citation, device, spec, topology, operand_bits, accumulator_bits, phase, batch,
-                       clock, volts, dram, tuple(values), notes)  # fmt: skip
+    return Measurement(name, source, citation, device, spec or name, topology, inline, operand_bits, accumulator_bits,
+                       phase, batch, clock, volts, dram, tuple(values), notes)  # fmt: skip
 
 
 def _read_device(s: Section | None, folder: Path) -> str | None:
@@ -124,19 +126,64 @@ def _read_device(s: Section | None, folder: Path) -> str | None:
     return None if hw is None else _relative(hw, folder)
 
 
-def _read_workload(s: Section | None, folder: Path) -> tuple[Any, bool, int | None, int | None]:
+def _read_workload(s: Section | None, folder: Path) -> tuple[Any, bool, int | None, int | None, Any]:
     if s is None:
-        return None, False, None, None
+        return None, False, None, None, None
     bits = at_most(positive_int, 64)
-    if s.has("topology"):
-        topology = s.read("topology", string)
+    if s.has("topology") or s.has("layers"):
+        topology = s.read("topology", string) if s.has("topology") else None
+        inline = _read_layers(s) if s.has("layers") else None
         operand_bits = s.read("operand_bits", bits, default=None)
         accumulator_bits = s.read("accumulator_bits", bits, default=None)
         s.finish(" of a topology workload")
-        return (None if topology is None else _relative(topology, folder)), True, operand_bits, accumulator_bits
+        if s.has("topology") and s.has("layers"):
+            s.log.add(s.key_path("layers"), "give topology or layers, not both")
+        path = None if topology is None else _relative(topology, folder)
+        return path, True, operand_bits, accumulator_bits, inline
     name = s.read("name", string)
-    s.finish(" (name: an e2sim workload; or topology with operand_bits, accumulator_bits)")
-    return (None if name is None else _relative(name, folder)), False, None, None
+    s.finish(" (name: an e2sim workload; or topology or layers, with operand_bits, accumulator_bits)")
+    return (None if name is None else _relative(name, folder)), False, None, None, None
+
+
+LAYER_SIZE = at_most(positive_int, 1 << 20)
+
+
+def _read_layers(s: Section) -> tuple[TopologyLayer, ...] | None:
+    """Forward layers as a SCALE-Sim topology's rows: ``{name, ifmap: [H, W] (padding included),
+    filter: [R, S], channels, filters, stride}``, or ``{name, gemm: [M, N, K]}``."""
+    items = s.items("layers")
+    if items is None:
+        return None
+    layers, names = [], set()
+    for path, item in items:
+        layer = Section.of(item, path, s.log)
+        if layer is None:
+            continue
+        name = layer.read("name", string)
+        if layer.has("gemm"):
+            gemm = layer.read_list("gemm", LAYER_SIZE, length=3)
+            layer.finish(" of a GEMM layer")
+            found = None if gemm is None else TopologyLayer(name, gemm=gemm)
+        else:
+            ifmap = layer.read_list("ifmap", LAYER_SIZE, length=2)
+            kernel = layer.read_list("filter", LAYER_SIZE, length=2)
+            channels = layer.read("channels", LAYER_SIZE)
+            filters = layer.read("filters", LAYER_SIZE)
+            stride = layer.read("stride", at_most(positive_int, 64), default=1)
+            layer.finish(" of a conv layer (or name and gemm: [M, N, K])")
+            parts = (ifmap, kernel, channels, filters, stride)
+            found = None
+            if None not in parts:
+                if kernel[0] > ifmap[0] or kernel[1] > ifmap[1]:
+                    s.log.add(layer.key_path("filter"), "is larger than the ifmap")
+                else:
+                    found = TopologyLayer(name, conv=(*ifmap, *kernel, channels, filters, stride))
+        if name in names:
+            s.log.add(layer.key_path("name"), f"{name!r} names two layers")
+        names.add(name)
+        if found is not None and name is not None:
+            layers.append(found)
+    return tuple(layers)
 
 
 def _relative(spec: str, folder: Path) -> str:

@@ -12,7 +12,7 @@ from e2sim.config.errors import SpecError
 from e2sim.config.hardware import DENSITY_ROLES
 from e2sim.config.loading import read_workload_spec
 from e2sim.config.policy import check_policy_spec
-from e2sim.config.scalesim import read_scalesim_topology
+from e2sim.config.scalesim import TopologyLayer, read_scalesim_topology
 from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
 from e2sim.energy.account import Arithmetic, account, check_counts
@@ -111,21 +111,25 @@ def price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts
                     priced.storage, mode, priced.prices, priced.gradients, arithmetic)  # fmt: skip
 
 
-def price_topology(topology: Path, accelerator: Accelerator, batch: int, operand_bits: int | None,
-                   accumulator_bits: int | None, pricing: Pricing, densities: Mapping[str, float] | None) -> Estimate:
-    """The forward layers of a SCALE-Sim topology at ``batch`` with ``operand_bits``-bit operands
-    (default 8) and ``accumulator_bits``-bit sums (default 32), priced on ``accelerator``."""
+def price_topology(topology: Path | Sequence[TopologyLayer], accelerator: Accelerator, batch: int,
+                   operand_bits: int | None, accumulator_bits: int | None, pricing: Pricing,
+                   densities: Mapping[str, float] | None, name: str | None = None) -> Estimate:  # fmt: skip
+    """The forward layers of a SCALE-Sim topology (a CSV, or its rows) at ``batch`` with
+    ``operand_bits``-bit operands (default 8) and ``accumulator_bits``-bit sums (default 32), priced
+    on ``accelerator``."""
     bits = TOPOLOGY_BITS if operand_bits is None else operand_bits
     acc = TOPOLOGY_ACCUMULATOR_BITS if accumulator_bits is None else accumulator_bits
     for key, value in (("operand_bits", bits), ("accumulator_bits", acc)):
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 64:
             raise SpecError.single(str(topology), key, f"must be a bit width from 2 to 64, got {value!r}")
-    ops, tensors = ops_from_topology(read_scalesim_topology(topology), batch, bits)
+    rows = read_scalesim_topology(topology) if isinstance(topology, Path) else list(topology)
+    ops, tensors = ops_from_topology(rows, batch, bits)
     inputs = frozenset(t for op in ops for t in op.reads)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
     arithmetic = Arithmetic(acc, frozenset())
     priced = account_ops(ops, tensors, accelerator, table, arithmetic, None, inputs, pricing, densities)
-    return Estimate(Path(topology).stem, accelerator, batch, True, priced.rows, tensors, table, False,
+    label = name or (topology.stem if isinstance(topology, Path) else "layers")
+    return Estimate(label, accelerator, batch, True, priced.rows, tensors, table, False,
                     priced.placements, pricing[0], pricing[1], priced.sparsity, priced.storage, None,
                     priced.prices, priced.gradients, arithmetic)  # fmt: skip
 

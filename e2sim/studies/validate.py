@@ -90,7 +90,10 @@ def predict_measurement(m: Measurement, hw: Accelerator | None = None) -> tuple[
     """Price ``m``'s workload on its device (or ``hw``) and pair each measured value with its prediction."""
     device = device_of(m, hw)
     try:
-        if m.topology:
+        if m.layers is not None:
+            estimate = price_topology(m.layers, device, m.batch, m.operand_bits, m.accumulator_bits, PRICING, None,
+                                      m.name)  # fmt: skip
+        elif m.topology:
             path = topology_path(m.workload)
             if path is None or not path.exists():
                 raise SpecError.single(m.path, "workload.topology", f"no topology {m.workload!r} (a .csv path from "
