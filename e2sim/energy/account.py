@@ -108,6 +108,25 @@ def _scales(op: Op, counter: OpCounter | None) -> tuple[float, float, float, dic
     return runs, runs * fraction, runs * min(fraction, 1.0), macs
 
 
+def _fixed(approximate: bool) -> tuple[Action, ...]:
+    return (Action("rf", "bit", "", approximate), Action("noc", "bit", "", approximate),
+            Action("noc", "hop-bit", "", approximate), Action("vector", "op", "", approximate),
+            Action("clock", "pe-cycle", "", approximate))  # fmt: skip
+
+
+FIXED = {False: _fixed(False), True: _fixed(True)}
+DRAM_BIT, STATIC_CYCLE = Action("dram", "bit"), Action("static", "cycle")
+_NAMED: dict[tuple, Action] = {}  # MAC and SRAM actions, made once
+
+
+def _named(component: str, what: str, detail: str, approximate: bool) -> Action:
+    key = (component, what, detail, approximate)
+    found = _NAMED.get(key)
+    if found is None:
+        found = _NAMED[key] = Action(component, what, detail, approximate)
+    return found
+
+
 def op_actions(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, data: float, prices: Prices,
                zero_macs: float = 0.0) -> dict[Action, float]:  # fmt: skip
     """What ``compute``/``data`` nominal executions of ``op`` did (see OpReport), as action counts:
@@ -117,24 +136,25 @@ def op_actions(op: Op, cost: OpCost, macs: Mapping[str, float], compute: float, 
     hw, arithmetic = prices.hw, prices.arithmetic
     fmt = "fp" if op.phase in arithmetic.float_phases else "int"
     approx = op.name in arithmetic.approximate_ops and arithmetic.approximate is not None
+    rf_bit, noc_bit, hop_bit, vector_op, pe_cycle = FIXED[approx]
     actions: dict[Action, float] = {}
     for key, n in macs.items():
-        actions[Action("mac", "mac", f"{key} {fmt}", approx)] = n
+        actions[_named("mac", "mac", key + " " + fmt, approx)] = n
     rf = cost.rf_bits * compute
     if hw.sparsity.zero_gating and zero_macs and macs:
         key = max(macs, key=macs.get)  # the op's main operand widths
         actions[Action("mac", "gated-mult", f"{key} {fmt}", approx)] = -zero_macs
         rf -= zero_macs * sum(int(b) for b in key.split("x"))
-    actions[Action("rf", "bit", "", approx)] = rf
-    actions[Action("noc", "bit", "", approx)] = cost.noc_bits * data
-    actions[Action("noc", "hop-bit", "", approx)] = cost.hop_bits * data
+    actions[rf_bit] = rf
+    actions[noc_bit] = cost.noc_bits * data
+    actions[hop_bit] = cost.hop_bits * data
     for name, bits in cost.sram_bits.items():
-        actions[Action("sram", "bit", name, approx)] = bits * data
-    actions[Action("dram", "bit")] = cost.dram_bytes * 8 * data
-    actions[Action("vector", "op", "", approx)] = op.elementwise_ops * compute
+        actions[_named("sram", "bit", name, approx)] = bits * data
+    actions[DRAM_BIT] = cost.dram_bytes * 8 * data
+    actions[vector_op] = op.elementwise_ops * compute
     cycles = cost.compute_cycles * compute + cost.stall_cycles * data
-    actions[Action("clock", "pe-cycle", "", approx)] = cycles * hw.pe_array.pes
-    actions[Action("static", "cycle")] = cycles
+    actions[pe_cycle] = cycles * hw.pe_array.pes
+    actions[STATIC_CYCLE] = cycles
     return {a: n for a, n in actions.items() if n}
 
 

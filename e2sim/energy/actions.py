@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from e2sim.energy.tables import EnergyTable
 from e2sim.hw.accelerator import Accelerator
@@ -24,9 +25,9 @@ PJ = 1e-12
 COMPONENTS = ("mac", "rf", "noc", "sram", "dram", "vector", "clock", "static")
 
 
-@dataclass(frozen=True, order=True)
-class Action:
-    """One kind of hardware action. ``component``: where its energy is reported (mac, rf, noc,
+class Action(NamedTuple):
+    """One kind of hardware action (a named tuple: it keys every op's counts, and hashes fast).
+    ``component``: where its energy is reported (mac, rf, noc,
     sram, dram, vector, clock, static); ``what``: the action (``mac``, ``gated-mult``, ``bit``,
     ``hop-bit``, ``op``, ``pe-cycle``, ``cycle``); ``detail``: operand widths and format of a MAC
     (``8x8 int``) or the buffer of an SRAM bit; ``approximate``: on the approximate mode."""
@@ -121,8 +122,10 @@ class Prices:
 def energy_of(actions: Mapping[Action, float], prices: Prices) -> dict[str, float]:
     """Joules per component: each action's count × its price."""
     energy = dict.fromkeys(COMPONENTS, 0.0)
+    known = prices._cache
     for action, count in actions.items():
-        energy[action.component] += count * prices.pj(action) * PJ
+        pj = known.get(action)
+        energy[action[0]] += count * (prices.pj(action) if pj is None else pj) * PJ
     return energy
 
 
