@@ -284,7 +284,7 @@ def calibrate(measurements: Sequence[MeasurementLike], hw: str | Path, fit: Sequ
     correlations and leave-one-out errors; with ``out``, write the calibrated spec as a new file
     (never over an existing one)."""
     spec_path = resolve_spec(hw, "hardware")
-    return calibrate_measurements(load_measurements(measurements), load_hw(spec_path), spec_path, fit, loss,
+    return calibrate_measurements(load_measurements(measurements), load_hw(hw), spec_path, fit, loss,
                                   Path(out) if out is not None else None)  # fmt: skip
 
 

@@ -81,9 +81,10 @@ class Measurement:
     notes: str = ""
 
 
-def read_measurement(path: str | Path) -> Measurement:
-    """Read and check one measurement file; SpecError lists every problem with its key path."""
-    source = str(path)
+def read_measurement(path: str | Path, source: str | None = None) -> Measurement:
+    """Read and check one measurement file; SpecError lists every problem with its key path
+    (``source``: the file's name in messages, default its path)."""
+    source = str(path) if source is None else source
     data = read_yaml_file(path)
     log = ProblemLog(source)
     top = Section.of(data, "", log)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from e2sim.config.errors import SpecError
-from e2sim.config.loading import read_hardware_spec, resolve_spec, topology_path
+from e2sim.config.loading import embedded_dir, read_hardware_spec, resolve_spec, topology_path
 from e2sim.config.measurement import ENERGY_QUANTITIES, Measured, Measurement, read_measurement
 from e2sim.energy.actions import PJ, Action, Arithmetic
 from e2sim.energy.parameters import prices_at
@@ -28,7 +28,9 @@ PRICING = (True, "energy")  # fusion and residency on, mappings that minimise en
 
 def load_measurement(spec: str | Path) -> Measurement:
     """A measurement file by path, or the name of one shipped with e2sim."""
-    return read_measurement(resolve_spec(spec, "measurement"))
+    path = resolve_spec(spec, "measurement")
+    embedded = path.parent == embedded_dir("measurement") and not Path(spec).exists()
+    return read_measurement(path, f"measurements/{path.name} (embedded)" if embedded else str(spec))
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def device_of(m: Measurement, hw: Accelerator | None = None) -> Accelerator:
     """The measured device at the measurement's operating point (``hw`` instead of its own spec)."""
     if hw is None:
         try:
-            hw = read_hardware_spec(resolve_spec(m.device, "hardware"))
+            hw = read_hardware_spec(m.device)
         except SpecError as exc:
             raise SpecError.single(m.path, "device.hw", f"{m.device!r} does not load: {exc.problems[0]}") from None
     changes = {k: v for k, v in (("clock_mhz", m.clock_mhz), ("supply_voltage_v", m.supply_voltage_v)) if v is not None}
