@@ -1,0 +1,1 @@
+"""RENA: resource-constrained network search with the simulator in the reward."""
