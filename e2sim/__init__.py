@@ -7,7 +7,7 @@ __version__ = "0.2.0"
 
 _FROM = {
     "e2sim.api": ("RunResult", "calibrate", "estimate", "load_hw", "load_measurements", "load_workload", "lower", "run",
-                  "sweep", "train_workload", "validate"),
+                  "search", "sweep", "train_workload", "validate"),
     "e2sim.config.errors": ("Problem", "SpecError"),
     "e2sim.graph": ("TrainingGraph",),
 }

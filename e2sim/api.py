@@ -18,6 +18,7 @@ from e2sim.config.measurement import Measurement
 from e2sim.config.policy import PolicySpec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg
+from e2sim.config.search import SearchSpec, read_search_spec
 from e2sim.config.sweep import SweepSpec, read_sweep_spec
 from e2sim.config.workload import Workload, with_policy
 from e2sim.config.yaml_text import read_yaml_file
@@ -29,6 +30,8 @@ from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
 from e2sim.studies.calibrate import LOSSES, CalibrationResult, calibrate_measurements
+from e2sim.studies.execute import executor_for
+from e2sim.studies.rena.search import SearchResult, run_search
 from e2sim.studies.single import (
     activate_checked,
     check_hardware,
@@ -62,6 +65,7 @@ __all__ = [
     "prepare",
     "preset_names",
     "run",
+    "search",
     "stop_on_signals",
     "sweep",
     "sweep_status",
@@ -286,6 +290,17 @@ def calibrate(measurements: Sequence[MeasurementLike], hw: str | Path, fit: Sequ
     spec_path = resolve_spec(hw, "hardware")
     return calibrate_measurements(load_measurements(measurements), load_hw(hw), spec_path, fit, loss,
                                   Path(out) if out is not None else None)  # fmt: skip
+
+
+def search(spec: str | Path | SearchSpec, db: str | Path | None = None, workers: int | None = None,
+           scheduler: str | None = None, dask: bool = False) -> SearchResult:  # fmt: skip
+    """Run (or resume) a RENA search: children of the seed network proposed by the controller (or
+    at random), proxy-trained and priced on the sweep executor, stored in the SQLite store ``db``
+    (default: next to the spec)."""
+    if not isinstance(spec, SearchSpec):
+        spec = read_search_spec(spec)
+    store = Path(db) if db is not None else Path(spec.source).with_suffix(".sqlite")
+    return run_search(spec, store, executor_for(workers, scheduler, dask))
 
 
 def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: int | None = None,

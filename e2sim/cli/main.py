@@ -12,6 +12,7 @@ from e2sim import __version__, api
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import check_export_path, export_graph, format_summary, summarize
 from e2sim.report.run import CHECKPOINT, format_run, prepare_output_dir, write_outputs
+from e2sim.report.search import format_search, prepare_search_dir, search_report, write_search_outputs
 from e2sim.report.sweep import format_sweep, prepare_sweep_dir, write_sweep_outputs
 from e2sim.report.validation import format_calibration, format_validation
 
@@ -126,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="also write points.csv, points.parquet, front.csv and plots")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=_sweep)
+
+    search = commands.add_parser(
+        "search",
+        help="RENA: search networks for accuracy within training-energy and resource budgets",
+        description="Grow networks from the seed workload of the search file SPEC with RENA's controller (or at "
+        "random), proxy-train and price every child, store them (a killed search resumes), and report the best "
+        "networks under each constraint.",
+    )
+    search.add_argument("spec", metavar="SPEC", help="search YAML file (see searches/)")
+    search.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default 1: this one)")
+    search.add_argument("--dask", action="store_true", help="run the workers as a Dask LocalCluster")
+    search.add_argument("--scheduler", metavar="ADDRESS", help="join the Dask cluster at ADDRESS")
+    search.add_argument("--db", metavar="PATH", help="result store (default: SPEC's name .sqlite next to it)")
+    search.add_argument("--out", metavar="DIR", help="also write search.json, children.csv, plots and best-*.yaml")
+    search.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
+    search.set_defaults(handler=_search)
 
     validate = commands.add_parser(
         "validate",
@@ -253,6 +270,19 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.out:
         for path in write_sweep_outputs(Path(args.out), result):
             print(f"wrote {path}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        prepare_search_dir(out)
+    result = api.search(args.spec, args.db, args.workers, args.scheduler, args.dask)
+    report = search_report(result)
+    print(json.dumps(report, indent=1, sort_keys=True) if args.json else format_search(report))
+    if out is not None:
+        for path in write_search_outputs(out, result, report):
+            print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -183,9 +183,10 @@ def collect(spec: SweepSpec, store: Store) -> SweepResult:
     return SweepResult(spec, store.path, points, pareto_front(points, spec.objectives))
 
 
-def pareto_front(points: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> tuple[str, ...]:
+def pareto_front(points: Sequence[Mapping[str, Any]], objectives: Sequence[str],
+                 senses: Mapping[str, str] = OBJECTIVES) -> tuple[str, ...]:  # fmt: skip
     """Keys of the done points no other done point dominates (at least as good in every objective,
-    better in one); ``accuracy`` is maximised, the others minimised."""
+    better in one); each objective maximised or minimised as ``senses`` says (``accuracy``: max)."""
     def usable(p: Mapping[str, Any]) -> bool:
         return p["status"] == "done" and all(isinstance(p["metrics"].get(o), int | float)
                                              and math.isfinite(p["metrics"][o]) for o in objectives)  # fmt: skip
@@ -193,7 +194,7 @@ def pareto_front(points: Sequence[Mapping[str, Any]], objectives: Sequence[str])
     done = [p for p in points if usable(p)]
     if not done:
         return ()
-    sign = np.array([-1.0 if OBJECTIVES[o] == "max" else 1.0 for o in objectives])
+    sign = np.array([-1.0 if senses[o] == "max" else 1.0 for o in objectives])
     values = np.array([[p["metrics"][o] for o in objectives] for p in done]) * sign
     front = []
     for i, row in enumerate(values):
