@@ -97,3 +97,131 @@ def test_reinforce_converges_to_the_known_best_edit_sequence(seed):
         probability *= np.exp(score(params, features_of(state), all_edits(len(state)), wanted).log_prob)
         state = apply(state, wanted)
     assert probability > 0.9 and np.mean(rewards[-20:]) > 0.9 > np.mean(rewards[:20])
+
+
+# --- the search -------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import yaml  # noqa: E402
+
+import e2sim  # noqa: E402
+from e2sim.config.errors import SpecError  # noqa: E402
+from e2sim.config.loading import embedded_dir  # noqa: E402
+from e2sim.studies.rena.space import Limits, Unit, apply_edit, is_valid, layer_list, network_of, valid_edits  # noqa: E402
+
+TINY = {"name": "tiny-search", "seed": "rena-seed-mnist", "hardware": "zedboard", "proxy_epochs": 1,
+        "constraints": {"energy_per_iteration_j": {"max": 4.0e-3}, "parameters": {"max": 20000}},
+        "steps": 2, "children_per_step": 2, "edits_per_child": 1, "seed_value": 3}  # fmt: skip
+
+
+def write_spec(folder, **changes):
+    path = folder / "search.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def test_every_offered_edit_gives_a_valid_network_that_lowers():
+    document = yaml.safe_load((embedded_dir("workload") / "rena-seed-mnist.yaml").read_text())
+    seed = network_of(document["model"]["layers"], "seed")
+    limits = Limits(max_units=5, max_channels=32)
+    network = seed
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # a random walk through the space
+        edits = valid_edits(network, 28, 1, limits)
+        assert edits
+        for edit in edits:
+            child = apply_edit(network, edit, 1)
+            assert child != network and is_valid(child, 28, limits)
+            graph = e2sim.lower({"name": "c", "dataset": {"name": "mnist5k"},
+                                 "model": {"layers": layer_list(child, 1, 10)},
+                                 "training": {"batch_size": 4, "epochs": 1, "lr": 0.1}})  # fmt: skip
+            assert graph.macs("fwd") > 0
+        network = apply_edit(network, edits[int(rng.integers(len(edits)))], 1)
+    assert not is_valid((Unit("pool"),), 28, limits) and not is_valid(tuple([Unit("conv", 8)] * 6), 28, limits)
+
+
+def test_a_search_writes_networks_that_e2sim_run_trains(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "e2sim", "search", str(spec), "--out", str(out), "--json"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["evaluated"] >= 2 and len(report["history"]) == 2
+    assert set(report["best"]) == {"within energy_per_iteration_j", "within parameters", "within all constraints",
+                                   "highest reward"}  # fmt: skip
+    for child in report["children"]:
+        if child["status"] == "done":
+            m = child["metrics"]
+            assert 0 <= m["accuracy"] <= 1 and m["parameters"] > 0 and m["energy_per_iteration_j"] > 0
+    written = sorted(out.glob("best-*.yaml"))
+    assert written and (out / "curves.png").exists() and (out / "children.png").exists()
+    for path in written:
+        run = e2sim.run(path, "zedboard", epochs=1, progress=False)
+        assert run.training.iterations > 0
+    again = subprocess.run([sys.executable, "-m", "e2sim", "search", str(spec), "--json"], capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    assert json.loads(again.stdout) == report  # finished: everything read back from the store, nothing re-trained
+
+
+def test_a_killed_search_resumes_without_retraining_what_it_stored(tmp_path):
+    spec = write_spec(tmp_path, steps=3)
+    db = tmp_path / "search.sqlite"
+    command = [sys.executable, "-m", "e2sim", "search", str(spec), "--db", str(db), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import sqlite3
+
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        if db.exists():
+            with sqlite3.connect(db) as con:
+                try:
+                    stored = con.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+                except sqlite3.OperationalError:
+                    stored = 0
+            if stored >= 3:
+                break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert stored >= 3
+    with sqlite3.connect(db) as con:
+        before = dict(con.execute("SELECT key, finished FROM points"))
+    resumed = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    with sqlite3.connect(db) as con:
+        after = dict(con.execute("SELECT key, finished FROM points"))
+    assert all(after[k] == v for k, v in before.items())  # nothing stored was evaluated again
+    fresh = json.loads(subprocess.run([*command[:-3], "--db", str(tmp_path / "fresh.sqlite"), "--json"],
+                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    assert resumed["history"] == fresh["history"] and resumed["children"] == fresh["children"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": 0}, "steps: must be a positive integer"),
+        ({"sampler": "genetic"}, "sampler: must be one of rena, random"),
+        ({"constraints": {"energy_j": {"max": 1}}}, "constraints.energy_j: unknown key"),
+        ({"constraints": {"flops_per_byte": {"min": 1, "max": 1}}}, "constraints.flops_per_byte.max: unknown key"),
+        ({"seed": "lenet5-mnist"}, "model: a RENA seed needs an explicit model.layers list"),
+        ({"seed": "small-resnet-mnist"}, "model.layers[5]: residual is not a RENA unit"),
+        ({"hardware": "no-board"}, "no such file"),
+    ],
+)
+def test_a_bad_search_spec_is_one_line_naming_the_key(changes, message, tmp_path):
+    spec = write_spec(tmp_path, **changes)
+    done = subprocess.run([sys.executable, "-m", "e2sim", "search", str(spec)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_the_seed_must_be_made_of_units():
+    with pytest.raises(SpecError, match="RENA seed ends with"):
+        network_of([{"type": "conv", "out_channels": 4, "kernel": 3}], "x")
