@@ -26,7 +26,8 @@ def all_edits(units: int, drop=()):
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 def test_controller_gradients_equal_finite_differences(beta):
     rng = np.random.default_rng(0)
-    params = init_params(FEATURES, HIDDEN, KINDS, OPTIONS, rng)
+    initial = init_params(FEATURES, HIDDEN, KINDS, OPTIONS, rng)  # heads start at zero: perturb every parameter
+    params = {k: v + rng.normal(0.0, 0.3, v.shape) for k, v in initial.items()}
     x = rng.normal(size=(4, FEATURES))
     edits = all_edits(4, drop={(0, 1, 2), (2, 3, 0), (2, 3, 1), (2, 3, 2)})  # masked choices
     edit, advantage = Edit(1, 2, 1), 0.7
@@ -43,6 +44,7 @@ def test_controller_gradients_equal_finite_differences(beta):
             flat[index] = saved
             numeric = (up - down) / (2 * step)
             assert analytic[index] == pytest.approx(numeric, rel=1e-5, abs=1e-8), (name, index)
+        assert np.abs(analytic).max() > 1e-4, name  # every parameter matters to this loss
 
 
 def test_sampling_respects_the_mask_and_scores_its_own_draw():

@@ -42,9 +42,10 @@ def init_params(features: int, hidden: int, kinds: int, options: int, rng: np.ra
     return {
         "W": rng.normal(0.0, scale, (4 * hidden, features + hidden)),
         "b": np.concatenate([np.zeros(hidden), np.ones(hidden), np.zeros(2 * hidden)]),  # forget-gate bias 1
-        "Wk": rng.normal(0.0, 0.1, (kinds, hidden)), "bk": np.zeros(kinds),
-        "Wp": rng.normal(0.0, 0.1, (kinds, hidden)), "bp": np.zeros(kinds),
-        "Wo": rng.normal(0.0, 0.1, (kinds, options, hidden)), "bo": np.zeros((kinds, options)),
+        # heads start at zero: the first proposals are uniform over each allowed choice
+        "Wk": np.zeros((kinds, hidden)), "bk": np.zeros(kinds),
+        "Wp": np.zeros((kinds, hidden)),  # a pointer: no bias (one per kind would shift every position alike)
+        "Wo": np.zeros((kinds, options, hidden)), "bo": np.zeros((kinds, options)),
     }  # fmt: skip
 
 
@@ -127,7 +128,7 @@ def _distributions(p: Params, states: np.ndarray, tree: Mapping[int, Mapping[int
     kinds = _masked_softmax(p["Wk"] @ states[-1] + p["bk"], sorted(tree))
     if edit_kind is None:
         return kinds, None, None
-    positions = _masked_softmax(states @ p["Wp"][edit_kind] + p["bp"][edit_kind], sorted(tree[edit_kind]))
+    positions = _masked_softmax(states @ p["Wp"][edit_kind], sorted(tree[edit_kind]))
     if position is None:
         return kinds, positions, None
     options = _masked_softmax(p["Wo"][edit_kind] @ states[position] + p["bo"][edit_kind],
@@ -174,7 +175,6 @@ def loss_and_grads(p: Params, x: np.ndarray, edits: Sequence[Edit], edit: Edit, 
     dh[-1] += p["Wk"].T @ g
     g = _dlogits(positions, t, advantage, beta)
     grads["Wp"][k] += g @ states
-    grads["bp"][k] += g.sum()
     dh += np.outer(g, p["Wp"][k])
     g = _dlogits(options, o, advantage, beta)
     grads["Wo"][k] += np.outer(g, states[t])
