@@ -3,7 +3,7 @@ iteration on the ZedBoard (searches/rena-mnist.yaml): the same number of propose
 search, three seeds each. Prints, per sampler, the best proxy accuracy among the children within
 the budget (mean and spread over the seeds), the fraction of children within it, and the time.
 
-    python benchmarks/rena_search.py [--seeds 3] [--steps 6] [--children 4] [--workers 2]
+    python benchmarks/rena_search.py [--seeds 3] [--steps 10] [--children 6] [--workers 2]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--children", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--children", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     base = read_search_spec(ROOT / "searches" / "rena-mnist.yaml")
