@@ -227,3 +227,12 @@ def test_a_bad_search_spec_is_one_line_naming_the_key(changes, message, tmp_path
 def test_the_seed_must_be_made_of_units():
     with pytest.raises(SpecError, match="RENA seed ends with"):
         network_of([{"type": "conv", "out_channels": 4, "kernel": 3}], "x")
+
+
+def test_children_evaluated_in_worker_processes_equal_in_process(tmp_path):
+    spec = write_spec(tmp_path, steps=1, children_per_step=3)
+    one = e2sim.search(spec, tmp_path / "one.sqlite")
+    two = e2sim.search(spec, tmp_path / "two.sqlite", workers=2)
+    assert [(c["key"], c["status"], c["metrics"]) for c in one.children] == \
+        [(c["key"], c["status"], c["metrics"]) for c in two.children]  # fmt: skip
+    assert one.history == two.history
