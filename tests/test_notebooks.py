@@ -29,3 +29,10 @@ def test_lowering_notebook_results(monkeypatch):
     assert 1.98 < namespace["backward_over_forward"] < 2.0
     assert max(namespace["elementwise_by_kind"], key=namespace["elementwise_by_kind"].get) == "batchnorm"
     assert namespace["by_shortcut"]["projection"][0] - namespace["by_shortcut"]["zero_pad"][0] == 2 * 131_072
+
+
+def test_validation_notebook_results(monkeypatch):
+    namespace = run_notebook(ROOT / "notebooks" / "validation.ipynb", monkeypatch)
+    assert len(namespace["report"]["rows"]) >= 7
+    assert 0 < namespace["static_sigma"] < namespace["static_mw"]
+    assert 0 < namespace["sigma_mj"] < namespace["energy_mj"]
