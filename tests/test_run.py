@@ -124,6 +124,9 @@ def test_cli_run(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(n for n in OUTPUT_FILES if n != CHECKPOINT)
     assert json.loads((out / "run.json").read_text()) == report
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    earlier = (out / "run.json").read_text()
+    assert main(["run", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2  # never over an earlier run
+    assert "holds an earlier run (run.json)" in capsys.readouterr().err and (out / "run.json").read_text() == earlier
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

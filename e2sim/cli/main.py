@@ -229,6 +229,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"e2sim: {out}: holds an interrupted run ({CHECKPOINT}); continue it with --resume, or choose another "
               "directory", file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
+    if out is not None and (out / "run.json").exists() and not args.resume:
+        print(f"e2sim: {out}: holds an earlier run (run.json); choose another directory, or remove it yourself",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
     if out:
         prepare_output_dir(out)  # refuse a directory of someone else's files before training
     with api.stop_on_signals() as stop:
