@@ -124,7 +124,13 @@ def test_cli_run(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(n for n in OUTPUT_FILES if n != CHECKPOINT)
     assert json.loads((out / "run.json").read_text()) == report
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["e2sim_version"] == e2sim.__version__ and report["workload_spec"]["precision"]["weights"] == "int8"
+    assert report["hardware_spec"]["pe_array"]["rows"] == 16 and report["workload_spec"]["policy"]["name"] == "smd"
+    for table in out.glob("*.csv"):  # every CSV says what produced it
+        first = table.read_text().splitlines()[0]
+        assert first.startswith(f"# e2sim {e2sim.__version__} | workload lenet5-mnist") and "policy smd" in first
     earlier = (out / "run.json").read_text()
+
     assert main(["run", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2  # never over an earlier run
     assert "holds an earlier run (run.json)" in capsys.readouterr().err and (out / "run.json").read_text() == earlier
     foreign = tmp_path / "mine"

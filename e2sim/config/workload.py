@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -264,3 +265,20 @@ def _increasing(values: tuple[int, ...]) -> tuple[int, ...]:
     if any(b <= a for a, b in itertools.pairwise(values)):
         raise Invalid("must be increasing")
     return values
+
+
+def resolved_dict(value: Any) -> Any:
+    """A checked spec (workload, its parts, a policy) as JSON-ready data: every default filled in,
+    number formats by name, layer lists with their nested branches; no file names or key paths."""
+    from e2sim.config.formats import NumberFormat
+
+    if isinstance(value, NumberFormat):
+        return value.name
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        skip = ("source", "path") if isinstance(value, LayerSpec) else ("source",)  # key paths, file names
+        return {f.name: resolved_dict(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
+    if isinstance(value, Mapping):
+        return {str(k): resolved_dict(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [resolved_dict(v) for v in value]
+    return value

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from e2sim import __version__
 from e2sim.config.policy import PolicySpec
-from e2sim.config.workload import Workload
+from e2sim.config.workload import Workload, resolved_dict
 from e2sim.hw.accelerator import Accelerator
 from e2sim.report.estimate import Estimate
 from e2sim.train.loop import TrainResult
@@ -56,6 +57,9 @@ class RunResult:
         """The run report (JSON-able; no host timings, so the same seed gives the same bytes)."""
         report = run_report(self.training, self.priced, self.workload.policy, self.workload.training.seed,
                             self.inference)  # fmt: skip
+        report["e2sim_version"] = __version__
+        report["workload_spec"] = resolved_dict(self.workload)
+        report["hardware_spec"] = resolved_dict(self.hardware)
         if self.baseline is not None:
             report["comparison"] = compare(report, self.baseline)
             kept = ("accuracy", "epochs", "energy", "hardware_time", "macs")
@@ -237,8 +241,20 @@ EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", 
                 "approximate_test_accuracy")  # fmt: skip
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] = ()) -> None:
+def provenance_line(report: dict[str, Any]) -> str:
+    """The first line of every CSV of a run: what produced it (the resolved specs are in run.json)."""
+    hw, approximate = report["hardware"], report.get("approximate_mode")
+    mode = "none" if approximate is None else f"{approximate['multiplier']} at {approximate['supply_voltage_v']:g} V"
+    table = report["energy_table"]["table"]
+    return (f"# e2sim {report.get('e2sim_version', '?')} | workload {report['workload']} (resolved: run.json "
+            f"workload_spec) | hardware {hw['name']} ({hw['source']}) | energy table {table} | "
+            f"policy {report['policy']['name']} | approximate mode {mode}")  # fmt: skip
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] = (), header: str = "") -> None:
     with open(path, "w", newline="") as f:
+        if header:
+            f.write(header + "\n")
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(fields))
         writer.writeheader()
         writer.writerows(rows)
@@ -247,9 +263,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] =
 def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> list[Path]:
     prepare_output_dir(out)
     (out / "run.json").write_text(json.dumps(report, indent=1) + "\n")
-    _write_csv(out / "epochs.csv", report["epochs"], EPOCH_FIELDS)
-    _write_csv(out / "phases.csv", [{"phase": p, **v} for p, v in report["energy"]["phases"].items()])
-    _write_csv(out / "layers.csv", report["energy"]["layers"])
+    header = provenance_line(report)
+    _write_csv(out / "epochs.csv", report["epochs"], EPOCH_FIELDS, header)
+    phases = [{"phase": p, **v} for p, v in report["energy"]["phases"].items()]
+    _write_csv(out / "phases.csv", phases, header=header)
+    _write_csv(out / "layers.csv", report["energy"]["layers"], header=header)
     _write_csv(
         out / "ops.csv",
         [
@@ -267,14 +285,16 @@ def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | 
             }
             for o in report["ops"]
         ],
+        header=header,
     )
     if report["sparsity"]:
         _write_csv(out / "sparsity.csv", [
             {"op": s["op"], "layer": s["layer"], "phase": s["phase"], "zero_mac_fraction": s["zero_mac_fraction"],
              **{f"zero_fraction_{k}": s["zero_fractions"].get(k, "") for k in ("x", "w", "dy")}}
             for s in report["sparsity"]
-        ])  # fmt: skip
-    _write_csv(out / "tensors.csv", [{k: v for k, v in t.items() if k != "consumers"} for t in report["tensors"]])
+        ], header=header)  # fmt: skip
+    _write_csv(out / "tensors.csv", [{k: v for k, v in t.items() if k != "consumers"} for t in report["tensors"]],
+               header=header)  # fmt: skip
     _plot(out, report, baseline)
     return [out / name for name in OUTPUT_FILES if name != CHECKPOINT and (out / name).exists()]
 
