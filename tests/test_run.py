@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import e2sim
 from e2sim.cli.main import main
 from e2sim.config.policy import PolicySpec, preset
 from e2sim.policies.smd import LOAD_OP, SmdSpec, drops
-from e2sim.report.run import CHECKPOINT, OUTPUT_FILES
+from e2sim.report.run import CHECKPOINT, OUTPUT_FILES, write_outputs
 from e2sim.train.loop import train
 
 
@@ -174,3 +175,24 @@ def test_policy_stats_print_compactly():
     assert _stat_text({"per_layer": {"conv1": 0.123456}, "per_epoch": [0.5, 0.25], "n": 3}) == (
         "{per_layer {conv1 0.1235}, per_epoch [0.5 0.25], n 3}"
     )
+
+
+def test_compare_and_plots_of_recorded_runs(tmp_path, capsys):
+    goldens = Path(__file__).parent / "data" / "policy_goldens"
+    png = tmp_path / "compare.png"
+    assert main(["compare", str(goldens / "baseline.json"), str(goldens / "smd.json"), str(goldens / "axtrain.json"),
+                 "--out", str(png)]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("baseline (golden-resnet8 on zedboard") and "+0.0%" in lines[1]
+    assert lines[2].startswith("smd (") and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["compare", str(goldens / "baseline.json"), "--out", str(png)]) == 2  # never over a file
+    (tmp_path / "bad.json").write_text('{"workload": "x"}')
+    assert main(["compare", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: policy: missing: not an e2sim run report" in capsys.readouterr().err
+    smd, baseline = (json.loads((goldens / f"{n}.json").read_text()) for n in ("smd", "baseline"))
+    write_outputs(tmp_path / "out", smd, baseline)  # baseline in every plot
+    axtrain = json.loads((goldens / "axtrain.json").read_text())
+    write_outputs(tmp_path / "ax", axtrain, None)  # with the approximate-mode accuracy curve
+    for folder in ("out", "ax"):
+        for name in ("accuracy.png", "energy.png", "energy_vs_accuracy.png"):
+            assert (tmp_path / folder / name).stat().st_size > 5_000

@@ -11,7 +11,14 @@ from pathlib import Path
 from e2sim import __version__, api
 from e2sim.report.estimate import format_estimate
 from e2sim.report.lowering import check_export_path, export_graph, format_summary, summarize
-from e2sim.report.run import CHECKPOINT, format_run, prepare_output_dir, write_outputs
+from e2sim.report.run import (
+    CHECKPOINT,
+    format_run,
+    plot_energy_accuracy,
+    prepare_output_dir,
+    read_run_report,
+    write_outputs,
+)
 from e2sim.report.search import format_search, prepare_search_dir, search_report, write_search_outputs
 from e2sim.report.sweep import format_sweep, prepare_sweep_dir, write_sweep_outputs
 from e2sim.report.validation import format_calibration, format_validation
@@ -127,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="also write points.csv, points.parquet, front.csv and plots")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=_sweep)
+
+    compare = commands.add_parser(
+        "compare",
+        help="energy against accuracy of several runs (run.json files) in one table and one figure",
+        description="Read the run.json of several `e2sim run --out` directories and compare their final accuracy "
+        "and training energy (savings against the first).",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run.json files, or directories holding one")
+    compare.add_argument("--out", metavar="PNG", help="also plot energy against accuracy to PNG (a new file)")
+    compare.set_defaults(handler=_compare)
 
     search = commands.add_parser(
         "search",
@@ -274,6 +291,24 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.out:
         for path in write_sweep_outputs(Path(args.out), result):
             print(f"wrote {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    runs = [read_run_report(Path(path)) for path in args.runs]
+    if args.out and Path(args.out).exists():
+        print(f"e2sim: {args.out}: exists; compare writes a new file", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    first = runs[0][0]["energy"]["total_j"]
+    print(f"{'run':<40}{'accuracy':>10}{'energy (J)':>14}{'saving':>9}")
+    for report, label in runs:
+        accuracy = report["accuracy"]["final"]
+        text = "-" if accuracy is None else f"{accuracy:.2%}"
+        saving = 1 - report["energy"]["total_j"] / first if first else float("nan")
+        print(f"{label[:39]:<40}{text:>10}{report['energy']['total_j']:>14.4g}{saving:>+9.1%}")
+    if args.out:
+        plot_energy_accuracy([(r, label) for r, label in runs], Path(args.out))
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from e2sim import __version__
+from e2sim.config.errors import SpecError
 from e2sim.config.policy import PolicySpec
 from e2sim.config.workload import Workload, resolved_dict
 from e2sim.hw.accelerator import Accelerator
@@ -299,19 +300,30 @@ def write_outputs(out: Path, report: dict[str, Any], baseline: dict[str, Any] | 
     return [out / name for name in OUTPUT_FILES if name != CHECKPOINT and (out / name).exists()]
 
 
+COLORS = {"run": "tab:green", "baseline": "tab:gray", "approximate": "tab:purple"}
+
+
 def _plot(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> None:
+    """accuracy.png (per epoch; the baseline and the approximate-mode accuracy when there),
+    energy.png (by component and phase; the baseline's bars beside the run's) and
+    energy_vs_accuracy.png, in one colour per run throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     label = f"{report['policy']['name']}"
+    runs = [(report, label, COLORS["run"])] + ([(baseline, "baseline", COLORS["baseline"])] if baseline else [])
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r, name in ((report, label), (baseline, "baseline")):
-        if r is not None:
-            ax.plot(
-                [e["epoch"] for e in r["epochs"]], [100 * a for a in r["accuracy"]["per_epoch"]], marker="o", label=name
-            )
+    for r, name, color in runs:
+        epochs = [e["epoch"] for e in r["epochs"]]
+        ax.plot(epochs, [100 * a for a in r["accuracy"]["per_epoch"]], marker="o", color=color, label=name)
+        approximate = [e.get("approximate_test_accuracy") for e in r["epochs"]]
+        if r is report and any(a is not None for a in approximate):
+            ax.plot(epochs, [100 * a if a is not None else float("nan") for a in approximate], marker="s", ls="--",
+                    color=COLORS["approximate"], label=f"{name} on the approximate mode")  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{report['workload']}: accuracy per epoch")
     ax.legend()
     fig.tight_layout()
@@ -319,23 +331,65 @@ def _plot(out: Path, report: dict[str, Any], baseline: dict[str, Any] | None) ->
     plt.close(fig)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    components = report["energy"]["breakdown_j"]
-    left.bar(list(components), list(components.values()), color="tab:blue")
+    width = 0.8 / len(runs)
+    for k, (r, name, color) in enumerate(runs):
+        components = r["energy"]["breakdown_j"]
+        offset = (k - (len(runs) - 1) / 2) * width
+        left.bar([i + offset for i in range(len(components))], list(components.values()), width, color=color,
+                 label=name)  # fmt: skip
+        phases = r["energy"]["phases"]
+        right.bar([i + offset for i in range(len(phases))], [v["energy_j"] for v in phases.values()], width,
+                  color=color, label=name)  # fmt: skip
+    left.set_xticks(range(len(report["energy"]["breakdown_j"])), list(report["energy"]["breakdown_j"]), rotation=30)
+    right.set_xticks(range(len(report["energy"]["phases"])), list(report["energy"]["phases"]))
     left.set(ylabel="energy (J)", title="energy by component")
-    phases = report["energy"]["phases"]
-    right.bar(list(phases), [v["energy_j"] for v in phases.values()], color="tab:orange")
     right.set(ylabel="energy (J)", title="energy by phase")
+    if baseline:
+        left.legend()
     fig.suptitle(f"{report['workload']} ({label}) on {report['hardware']['name']}")
     fig.tight_layout()
     fig.savefig(out / "energy.png", dpi=120)
     plt.close(fig)
+    plot_energy_accuracy([(r, name) for r, name, _ in runs], out / "energy_vs_accuracy.png",
+                         [color for _, _, color in runs])  # fmt: skip
+
+
+RUN_KEYS = ("workload", "policy", "accuracy", "energy", "hardware")
+
+
+def read_run_report(path: Path) -> tuple[dict[str, Any], str]:
+    """A run report (``run.json``, or a directory holding one) and a label for it: policy, workload,
+    hardware and the folder. A file that is not a run report is a one-line error."""
+    file = path / "run.json" if path.is_dir() else path
+    try:
+        report = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError.single(str(file), "", f"cannot be read as a run report ({type(exc).__name__})") from None
+    missing = [k for k in RUN_KEYS if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise SpecError.single(str(file), missing[0], "missing: not an e2sim run report")
+    folder = file.parent.name or "."
+    label = f"{report['policy']['name']} ({report['workload']} on {report['hardware']['name']}, {folder})"
+    return report, label
+
+
+def plot_energy_accuracy(runs: list[tuple[dict[str, Any], str]], path: Path, colors: list[str] | None = None) -> None:
+    """Final test accuracy against training energy, one labelled point per run report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r, name, color in ((report, label, "tab:green"), (baseline, "baseline", "tab:gray")):
-        if r is not None and r["accuracy"]["final"] is not None:
-            ax.scatter(r["energy"]["total_j"], 100 * r["accuracy"]["final"], s=80, color=color, label=name)
+    for k, (r, name) in enumerate(runs):
+        if r["accuracy"]["final"] is None:
+            continue
+        color = colors[k] if colors else f"C{k}"
+        ax.scatter(r["energy"]["total_j"], 100 * r["accuracy"]["final"], s=80, color=color, label=name)
+        ax.annotate(name, (r["energy"]["total_j"], 100 * r["accuracy"]["final"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)  # fmt: skip
     ax.set(xlabel="training energy (J)", ylabel="final test accuracy (%)", title="energy vs accuracy")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "energy_vs_accuracy.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
