@@ -53,8 +53,8 @@ def _embedded_csv(name: str) -> Path | None:
 
 def read_workload_spec(spec: str | Path | Mapping) -> Workload:
     """Read and check a workload from a file, an embedded name or an already-parsed mapping."""
-    data, source, _ = spec_document(spec, "workload")
-    return read_workload(data, source)
+    data, source, folder = spec_document(spec, "workload")
+    return read_workload(data, source, folder)
 
 
 def read_hardware_spec(spec: str | Path | Mapping) -> Accelerator:

@@ -146,17 +146,18 @@ class PointDocuments:
     hardware: dict
     hardware_source: str
     hardware_folder: Path
+    workload_folder: Path | None = None  # where files the workload names (an ONNX model) are
 
 
 def base_documents(spec: SweepSpec, workload: Any = None) -> PointDocuments:
     """The base workload (or ``workload``) and hardware as mappings, the sweep's policy applied."""
     wl = workload if workload is not None else spec.workload
-    w_data, w_source, _ = spec_document(_relative(wl, spec.folder, "workload"), "workload")
+    w_data, w_source, w_folder = spec_document(_relative(wl, spec.folder, "workload"), "workload")
     h_data, h_source, h_folder = spec_document(_relative(spec.hardware, spec.folder, "hardware"), "hardware")
     w_data, h_data = copy.deepcopy(dict(w_data)), copy.deepcopy(dict(h_data))
     if spec.policy is not None:
         _set_policy(w_data, spec.policy)
-    return PointDocuments(w_data, w_source, h_data, h_source, h_folder)
+    return PointDocuments(w_data, w_source, h_data, h_source, h_folder, w_folder)
 
 
 def point_documents(spec: SweepSpec, values: Mapping[str, Any]) -> PointDocuments:
@@ -210,7 +211,7 @@ def _relative(spec: Any, folder: Path, kind: str) -> Any:
 
 def check_documents(docs: PointDocuments) -> tuple[Any, Any]:
     """(Workload, Accelerator) of a point; SpecError when either is invalid."""
-    workload = read_workload(docs.workload, docs.workload_source)
+    workload = read_workload(docs.workload, docs.workload_source, docs.workload_folder)
     hardware = read_hardware(docs.hardware, docs.hardware_source, docs.hardware_folder)
     return workload, hardware
 

@@ -6,8 +6,10 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from e2sim.config.errors import SpecError
 from e2sim.config.frozen import FrozenDict
 from e2sim.config.policy import PolicySpec, read_policy
 from e2sim.config.precision import PrecisionSpec, read_precision
@@ -111,8 +113,9 @@ class Workload:
     policy: PolicySpec
 
 
-def read_workload(data: Any, source: str) -> Workload:
-    """Check a parsed workload document; raise SpecError listing every problem."""
+def read_workload(data: Any, source: str, folder: Path | None = None) -> Workload:
+    """Check a parsed workload document; raise SpecError listing every problem. ``folder``: where
+    files it names (an ONNX model) are looked up (default: the working directory)."""
     log = ProblemLog(source)
     top = Section.of(data, "", log)
     if top is None:
@@ -120,7 +123,7 @@ def read_workload(data: Any, source: str) -> Workload:
     name = top.read("name", string)
     description = top.read("description", string, default="")
     dataset = _read_dataset(top.section("dataset"))
-    model = _read_model(top.section("model"))
+    model = _read_model(top.section("model"), dataset, folder or Path.cwd())
     training = _read_training(top.section("training"))
     precision = read_precision(top.section("precision", default={}))
     policy = read_policy(top, "policy")
@@ -143,9 +146,23 @@ def _read_dataset(s: Section | None) -> DatasetSpec | None:
     return DatasetSpec(name, path)
 
 
-def _read_model(s: Section | None) -> ModelSpec | None:
+def _read_model(s: Section | None, dataset: DatasetSpec | None, folder: Path) -> ModelSpec | None:
     if s is None:
         return None
+    if s.has("onnx") and not s.has("arch"):
+        path = s.read("onnx", string)
+        s.finish(" with onnx")
+        if path is None or dataset is None:
+            return None
+        from e2sim.config.onnx_model import read_onnx_layers
+
+        try:
+            docs = read_onnx_layers(folder / path, s.log.source, dataset.info.input_shape)
+        except SpecError as exc:
+            s.log.problems.extend(exc.problems)
+            return None
+        layers = _read_layer_list(Section({"layers": docs}, s.path, s.log), "layers")
+        return ModelSpec("layers", layers=layers or ())
     if s.has("layers") and not s.has("arch"):
         layers = _read_layer_list(s, "layers")
         s.finish(" with layers")

@@ -1,0 +1,193 @@
+"""ONNX models as e2sim layer lists (``model: {onnx: PATH}`` in a workload).
+
+The graph is walked from its data input: Conv, BatchNormalization, Relu, MaxPool, AveragePool,
+GlobalAveragePool, Flatten/Reshape (as flatten), Gemm and MatMul (+ a bias Add) become e2sim
+layers; a fork whose branches meet again in an Add becomes a ``residual`` (the longer branch its
+body, the other its shortcut, empty for an identity); a trailing Softmax is dropped (the loss
+applies it). Anything else — an op e2sim does not have, grouped or dilated convolutions,
+asymmetric padding — is a one-line error naming the node, its op type and its inputs. Weights
+are not imported (training starts from e2sim's initialisation). Needs the ``onnx`` package
+(``pip install ".[onnx]"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from e2sim.config.errors import SpecError
+
+IGNORED = ("Identity",)
+TRAILING = ("Softmax", "LogSoftmax")
+
+
+class _Graph:
+    def __init__(self, model: Any, source: str):
+        from onnx import numpy_helper
+
+        graph = model.graph
+        self.source = source
+        self.shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+        self.values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        inputs = [i for i in graph.input if i.name not in self.shapes]
+        if len(inputs) != 1:
+            self.fail("graph.input", f"needs one data input, found {len(inputs)}: {[i.name for i in inputs]}")
+        self.input = inputs[0]
+
+    def fail(self, where: str, message: str) -> None:
+        raise SpecError.single(self.source, where, message)
+
+    def fail_node(self, node: Any, message: str) -> None:
+        self.fail(f"node {node.name or node.output[0]}", f"{node.op_type} (inputs {', '.join(node.input)}): {message}")
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def read_onnx_layers(path: Path, source: str, input_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """The ``model.layers`` documents of the ONNX model at ``path`` for inputs of ``input_shape``
+    (channels, height, width: the dataset's); ``source`` names the workload in errors."""
+    try:
+        import onnx
+    except ImportError:
+        raise SpecError.single(source, "model.onnx", 'needs the onnx package: pip install ".[onnx]"') from None
+    where = f"{source}: model.onnx ({path})"
+    if not path.exists():
+        raise SpecError.single(source, "model.onnx", f"no such file: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise SpecError.single(source, "model.onnx", f"{path} cannot be read as an ONNX model "
+                               f"({type(exc).__name__})") from None  # fmt: skip
+    graph = _Graph(model, where)
+    dims = graph.input.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        graph.fail("graph.input", f"must be N x C x H x W, has {len(dims)} dimensions")
+    for axis, (dim, wanted) in enumerate(zip(list(dims)[1:], input_shape, strict=True)):
+        if dim.HasField("dim_value") and dim.dim_value != wanted:
+            graph.fail("graph.input", f"dimension {axis + 1} is {dim.dim_value}, the dataset's inputs have {wanted}")
+        if not dim.HasField("dim_value") and axis == 0:
+            graph.fail("graph.input", "the channel dimension must be fixed")
+    layers, end, join = _chain(graph, graph.input.name)
+    if join is not None:
+        graph.fail_node(join, "an Add whose inputs do not fork from one tensor")
+    if not layers or layers[-1]["type"] != "linear":
+        graph.fail("graph.output", "the model must end with its classifier (Gemm or MatMul)")
+    return layers
+
+
+def _chain(graph: _Graph, tensor: str) -> tuple[list[dict[str, Any]], str, Any]:
+    """Layers from ``tensor`` until the graph's end or a residual Add (returned as the third item)."""
+    layers: list[dict[str, Any]] = []
+    while True:
+        consumers = graph.consumers.get(tensor, [])
+        if not consumers:
+            return layers, tensor, None
+        if len(consumers) == 1:
+            node = consumers[0]
+            if _is_residual_add(graph, node):
+                return layers, tensor, node
+            layer, tensor = _convert(graph, node)
+            if layer is not None:
+                layers.append(layer)
+            continue
+        if len(consumers) != 2:
+            graph.fail_node(consumers[0], f"its input {tensor} feeds {len(consumers)} nodes (a residual fork has 2)")
+        branches = [_branch(graph, node) for node in consumers]
+        (first, first_join), (second, second_join) = branches
+        if first_join is None or first_join is not second_join:
+            graph.fail_node(consumers[0], "a fork whose branches do not meet in one Add")
+        body, shortcut = (first, second) if _size(first) >= _size(second) else (second, first)
+        layers.append({"type": "residual", "body": body, **({"shortcut": shortcut} if shortcut else {})})
+        tensor = first_join.output[0]
+
+
+def _branch(graph: _Graph, node: Any) -> tuple[list[dict[str, Any]], Any]:
+    if _is_residual_add(graph, node):
+        return [], node
+    layer, tensor = _convert(graph, node)
+    rest, _, join = _chain(graph, tensor)
+    return ([layer] if layer is not None else []) + rest, join
+
+
+def _size(layers: list[dict[str, Any]]) -> int:
+    return sum(1 + _size(layer.get("body", [])) + _size(layer.get("shortcut", [])) for layer in layers)
+
+
+def _is_residual_add(graph: _Graph, node: Any) -> bool:
+    return node.op_type == "Add" and len(node.input) == 2 and not any(i in graph.shapes for i in node.input)
+
+
+def _convert(graph: _Graph, node: Any) -> tuple[dict[str, Any] | None, str]:
+    """One node as an e2sim layer (None for a node that computes nothing) and its output tensor."""
+    op, attrs, out = node.op_type, _attrs(node), node.output[0]
+    if op in IGNORED:
+        return None, out
+    if op in TRAILING:
+        if graph.consumers.get(out):
+            graph.fail_node(node, "a softmax inside the network is not supported (only as the last node)")
+        return None, out
+    if op == "Conv":
+        weight = graph.shapes.get(node.input[1])
+        if weight is None or len(weight) != 4:
+            graph.fail_node(node, "needs a 4-D weight initializer")
+        if attrs.get("group", 1) != 1:
+            graph.fail_node(node, f"grouped convolution (group={attrs['group']}) is not supported")
+        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            graph.fail_node(node, "dilated convolution is not supported")
+        return {"type": "conv", "out_channels": int(weight[0]), "kernel": [int(weight[2]), int(weight[3])],
+                "stride": _stride(graph, node, attrs), "padding": _padding(graph, node, attrs),
+                "bias": len(node.input) > 2 and bool(node.input[2])}, out  # fmt: skip
+    if op == "BatchNormalization":
+        return {"type": "batchnorm", "eps": float(attrs.get("epsilon", 1e-5))}, out
+    if op == "Relu":
+        return {"type": "relu"}, out
+    if op in ("MaxPool", "AveragePool"):
+        kernel = [int(k) for k in attrs["kernel_shape"]]
+        return {"type": "maxpool" if op == "MaxPool" else "avgpool", "kernel": kernel,
+                "stride": _stride(graph, node, attrs), "padding": _padding(graph, node, attrs)}, out  # fmt: skip
+    if op == "GlobalAveragePool":
+        return {"type": "global_avgpool"}, out
+    if op in ("Flatten", "Reshape"):
+        return {"type": "flatten"}, out
+    if op == "Gemm":
+        weight = graph.shapes.get(node.input[1])
+        if weight is None or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            graph.fail_node(node, "only Gemm(x, W[, b]) with a weight initializer, transA 0, alpha and beta 1")
+        features = weight[0] if attrs.get("transB", 0) else weight[1]
+        bias = len(node.input) > 2 and bool(node.input[2])
+        return {"type": "linear", "out_features": int(features), "bias": bias}, out
+    if op == "MatMul":
+        weight = graph.shapes.get(node.input[1])
+        if weight is None or len(weight) != 2:
+            graph.fail_node(node, "only MatMul(x, W) with a 2-D weight initializer")
+        after = graph.consumers.get(out, [])
+        if len(after) == 1 and after[0].op_type == "Add" and any(i in graph.shapes for i in after[0].input):
+            return {"type": "linear", "out_features": int(weight[1]), "bias": True}, after[0].output[0]
+        return {"type": "linear", "out_features": int(weight[1]), "bias": False}, out
+    graph.fail_node(node, "op not supported (Conv, BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, "
+                    "Flatten, Reshape, Gemm, MatMul, Add)")  # fmt: skip
+    raise AssertionError  # unreachable: fail_node raises
+
+
+def _stride(graph: _Graph, node: Any, attrs: dict[str, Any]) -> int:
+    strides = list(attrs.get("strides", [1, 1]))
+    if len(set(strides)) != 1:
+        graph.fail_node(node, f"strides {strides}: only equal strides are supported")
+    return int(strides[0])
+
+
+def _padding(graph: _Graph, node: Any, attrs: dict[str, Any]) -> list[int]:
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        graph.fail_node(node, "auto_pad is not supported (give explicit pads)")
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if pads[0] != pads[2] or pads[1] != pads[3]:
+        graph.fail_node(node, f"pads {pads}: only symmetric padding is supported")
+    return [int(pads[0]), int(pads[1])]
