@@ -140,3 +140,17 @@ def test_bad_onnx_files_are_one_line(tmp_path):
     b.model(b.node("Gemm", [b.node("Flatten", [g], axis=1), b.weight((10, 5400))], transB=1), 10, cifar_grouped)
     with pytest.raises(SpecError, match=r"grouped convolution \(group=3\) is not supported"):
         e2sim.lower(workload(tmp_path, cifar_grouped, "cifar10"))
+
+
+def test_an_onnx_file_given_on_its_own_picks_its_dataset(tmp_path):
+    lenet = lenet5(tmp_path / "lenet5.onnx")
+    graph = e2sim.lower(lenet)
+    assert graph.batch_size == 64 and parameters(graph) == 61_706
+    b = Builder(1, 28)
+    b.input = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, "H", "W"])  # a dynamic input size
+    dynamic = b.model(b.node("Gemm", [b.node("Flatten", ["input"], axis=1), b.weight((10, 784))], transB=1), 10,
+                      tmp_path / "dynamic.onnx")  # fmt: skip
+    with pytest.raises(SpecError, match="needs a fixed N x C x H x W input size"):
+        e2sim.lower(dynamic)
+    graph = e2sim.lower(workload(tmp_path, dynamic))  # a workload gives the size: its dataset's
+    assert graph.macs("fwd") == 16 * 784 * 10

@@ -52,7 +52,12 @@ def _embedded_csv(name: str) -> Path | None:
 
 
 def read_workload_spec(spec: str | Path | Mapping) -> Workload:
-    """Read and check a workload from a file, an embedded name or an already-parsed mapping."""
+    """Read and check a workload from a file, an embedded name, an already-parsed mapping, or an
+    ONNX file (a workload made for it: see ``onnx_model.onnx_workload``)."""
+    if isinstance(spec, str | Path) and str(spec).endswith(".onnx"):
+        from e2sim.config.onnx_model import onnx_workload
+
+        return read_workload(onnx_workload(Path(spec)), str(spec))
     data, source, folder = spec_document(spec, "workload")
     return read_workload(data, source, folder)
 

@@ -191,3 +191,35 @@ def _padding(graph: _Graph, node: Any, attrs: dict[str, Any]) -> list[int]:
     if pads[0] != pads[2] or pads[1] != pads[3]:
         graph.fail_node(node, f"pads {pads}: only symmetric padding is supported")
     return [int(pads[0]), int(pads[1])]
+
+
+DATASET_BY_INPUT = {((1, 28, 28), 10): "mnist5k", ((3, 32, 32), 10): "cifar10", ((3, 32, 32), 100): "cifar100"}
+
+
+def onnx_workload(path: Path) -> dict[str, Any]:
+    """A workload document for an ONNX file given on its own: the dataset chosen by the model's
+    fixed input size and class count (MNIST 1×28×28/10 → the embedded mnist5k, CIFAR 3×32×32 →
+    cifar10 or cifar100), batch 64, one epoch, SGD at lr 0.05, fp32."""
+    import onnx
+
+    source = str(path)
+    try:
+        graph = onnx.load(source).graph
+    except Exception as exc:
+        raise SpecError.single(source, "", f"cannot be read as an ONNX model ({type(exc).__name__})") from None
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim] if len(
+        inputs) == 1 else []  # fmt: skip
+    if len(dims) != 4 or None in dims[1:]:
+        raise SpecError.single(source, "graph.input", "needs a fixed N x C x H x W input size to pick a dataset; "
+                               "give a workload with model: {onnx: ...} and its dataset instead")  # fmt: skip
+    out = graph.output[0].type.tensor_type.shape.dim
+    classes = out[-1].dim_value if out and out[-1].HasField("dim_value") else None
+    dataset = DATASET_BY_INPUT.get((tuple(dims[1:]), classes))
+    if dataset is None:
+        raise SpecError.single(source, "graph.input", f"input {tuple(dims[1:])} with {classes} classes matches no "
+                               "e2sim dataset (MNIST 1x28x28/10, CIFAR 3x32x32/10 or /100); give a "
+                               "workload")  # fmt: skip
+    return {"name": path.stem, "dataset": {"name": dataset}, "model": {"onnx": str(path.resolve())},
+            "training": {"batch_size": 64, "epochs": 1, "lr": 0.05}}
