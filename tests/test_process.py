@@ -165,3 +165,13 @@ def test_a_resnet_step_is_the_same_on_one_and_two_kernel_threads(fmt):
             GraphExecutor(graph, int8 if fmt == "int8" else None, 0.9, 5e-4).step(state, images, labels, 0.1, 7, None)
         states.append(state.arrays)
     assert all(states[0][name].tobytes() == states[1][name].tobytes() for name in states[0])
+
+
+def test_a_signal_after_the_command_finished_cannot_kill_it():
+    """The interpreter's shutdown restores fatal default handlers; once the work is done the
+    command line ignores SIGINT and SIGTERM, so a late Ctrl-C cannot turn a finished run into -2."""
+    script = ("import os, signal, sys; sys.argv = ['e2sim', 'lower', 'lenet5-mnist']; from e2sim.cli import entry; "
+              "code = entry(); os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM); "
+              "sys.exit(code)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
