@@ -126,10 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep started again runs only what is missing), then print the Pareto front.",
     )
     sweep.add_argument("spec", metavar="SPEC", help="sweep YAML file (see sweeps/)")
-    sweep.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default 1: this one)")
-    sweep.add_argument("--dask", action="store_true", help="run the workers as a Dask LocalCluster")
-    sweep.add_argument("--scheduler", metavar="ADDRESS", help="join the Dask cluster at ADDRESS")
-    sweep.add_argument("--db", metavar="PATH", help="result store (default: SPEC's name .sqlite next to it)")
+    _executor_options(sweep)
     sweep.add_argument("--status", action="store_true", help="show what is stored and what remains; run nothing")
     sweep.add_argument("--out", metavar="DIR", help="also write points.csv, points.parquet, front.csv and plots")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -153,10 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "networks under each constraint.",
     )
     search.add_argument("spec", metavar="SPEC", help="search YAML file (see searches/)")
-    search.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default 1: this one)")
-    search.add_argument("--dask", action="store_true", help="run the workers as a Dask LocalCluster")
-    search.add_argument("--scheduler", metavar="ADDRESS", help="join the Dask cluster at ADDRESS")
-    search.add_argument("--db", metavar="PATH", help="result store (default: SPEC's name .sqlite next to it)")
+    _executor_options(search)
     search.add_argument("--out", metavar="DIR", help="also write search.json, children.csv, plots and best-*.yaml")
     search.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     search.set_defaults(handler=_search)
@@ -194,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     calibrate.set_defaults(handler=_calibrate)
     return parser
+
+
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    """Where a sweep's or a search's points run, and the store they land in."""
+    parser.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default 1: this one)")
+    parser.add_argument("--dask", action="store_true", help="run the workers as a Dask LocalCluster")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="join the Dask cluster at ADDRESS")
+    parser.add_argument("--db", metavar="PATH", help="result store (default: SPEC's name .sqlite next to it)")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from e2sim.config.search import CONSTRAINTS
+
 METRICS = ("accuracy", "parameters", "flops", "flops_per_byte", "energy_per_iteration_j", "time_per_iteration_s")
 OUTPUT_FILES = ("search.json", "children.csv", "curves.png", "children.png")
 
@@ -24,14 +26,12 @@ def search_report(result: Any) -> dict[str, Any]:
     front = result.front()
     return {
         "search": spec.name, "sampler": spec.sampler, "seed_workload": spec.seed, "hardware": spec.hardware,
-        "constraints": [{"metric": n, CONSTRAINT_SENSE[n]: v} for n, v in spec.constraints],
+        "constraints": [{"metric": n, CONSTRAINTS[n]: v} for n, v in spec.constraints],
         "penalty": spec.penalty, "evaluated": len(children),
         "history": list(result.history), "best": best, "front": list(front), "children": children,
     }  # fmt: skip
 
 
-CONSTRAINT_SENSE = {"energy_per_iteration_j": "max", "time_per_iteration_s": "max", "parameters": "max",
-                    "flops": "max", "flops_per_byte": "min"}  # fmt: skip
 
 
 def format_search(report: dict[str, Any]) -> str:

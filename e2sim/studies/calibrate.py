@@ -19,7 +19,7 @@ import yaml
 
 from e2sim.config.errors import SpecError
 from e2sim.config.loading import read_hardware_spec
-from e2sim.config.measurement import Measurement
+from e2sim.config.measurement import ENERGY_QUANTITIES, Measurement
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.energy.parameters import PARAMETERS, STATIC_POWER, parameter_value
 from e2sim.hw import Accelerator
@@ -162,8 +162,8 @@ class CalibrationResult:
     written: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        energy = [r for r in self.before if r.quantity in ("power_mw", "energy_mj", "efficiency_gops_per_w")]
-        fitted = [r for r in self.fitted if r.quantity in ("power_mw", "energy_mj", "efficiency_gops_per_w")]
+        energy = [r for r in self.before if r.quantity in ENERGY_QUANTITIES]
+        fitted = [r for r in self.fitted if r.quantity in ENERGY_QUANTITIES]
         return {
             "hardware": self.hardware,
             "fit": self.fit.to_dict(),
