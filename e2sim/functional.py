@@ -15,6 +15,7 @@ stochastic rounding and never changes results in ``nearest`` or ``truncate`` mod
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -35,6 +36,8 @@ from e2sim.functional_layers import (
     batchnorm,
     batchnorm_backward,
     batchnorm_eval,
+    dropout,
+    dropout_backward,
     global_avg_pool,
     global_avg_pool_backward,
     max_pool2d,
@@ -46,6 +49,7 @@ from e2sim.functional_layers import (
 )
 from e2sim.kernels import conv as conv_kernels
 from e2sim.numerics.quantize import (
+    FLOAT32_EXACT,
     Quantized,
     derive_seed,
     exact_integer_matmul,
@@ -58,7 +62,8 @@ from e2sim.process import in_parallel, kernel_threads, split
 
 __all__ = [
     "OpCounter", "add", "avg_pool2d", "avg_pool2d_backward", "batchnorm", "batchnorm_backward",
-    "batchnorm_eval", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "global_avg_pool",
+    "batchnorm_eval", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "dropout", "dropout_backward",
+    "global_avg_pool",
     "global_avg_pool_backward", "linear", "linear_grad_input", "linear_grad_weight", "max_pool2d",
     "max_pool2d_backward", "precision", "relu", "relu_backward", "sgd_update", "softmax_cross_entropy",
 ]  # fmt: skip
@@ -137,17 +142,52 @@ def _matmul_block(a, b, integer: bool, bounds: tuple[float, float], out=None) ->
     return np.matmul(a, b, out=out)
 
 
-def _im2col(x, r, s, stride, ph, pw, p, q, cols) -> np.ndarray:
+def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
+    """The product of each group's blocks, a (G, m, k) @ b (G, k, n), as one (G·m, n) matrix; one
+    group is :func:`_matmul`. Integer groups whose sums stay below 2**24 run as one batched float32
+    GEMM (exact); wider ones group by group through ``exact_integer_matmul``."""
+    groups, m, k = a.shape
+    if groups == 1:
+        return _matmul(a[0], b[0], integer, bounds, out)
+    if integer and bounds[0] * bounds[1] * k >= FLOAT32_EXACT:
+        return np.concatenate([_matmul_block(a[g], b[g], integer, bounds) for g in range(groups)], axis=0)
+    return np.matmul(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)).reshape(groups * m, -1)
+
+
+def _groups(groups: Any, in_channels: int, out_channels: int) -> int:
+    if not isinstance(groups, int | np.integer) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups {groups} must divide the input channels ({in_channels}) and the filters "
+                         f"({out_channels})")  # fmt: skip
+    return int(groups)
+
+
+def _dilation(value: Any) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"dilation must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _conv_geometry(h: int, width: int, r: int, s: int, stride, padding, dilation):
+    """(stride, pad_h, pad_w, dilation, P, Q) of a conv; a dilated kernel spans d·(R − 1) + 1 rows."""
+    stride, (ph, pw), dilation = _stride(stride), _pair("padding", padding, 0), _dilation(dilation)
+    p = _window(h, dilation * (r - 1) + 1, stride, ph)
+    return stride, ph, pw, dilation, p, _window(width, dilation * (s - 1) + 1, stride, pw)
+
+
+def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
     """``conv_kernels.im2col``, its rows split over the kernel threads when it is large."""
     _in_parts(cols.shape[0], cols.size,
-              lambda lo, hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, cols, lo, hi))  # fmt: skip
+              lambda lo, hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, dil, cols, lo, hi))  # fmt: skip
     return cols
 
 
-def _col2im(cols, n, c, h, w, r, s, stride, ph, pw, p, q) -> np.ndarray:
+def _col2im(cols, n, c, h, w, r, s, stride, ph, pw, p, q, dil) -> np.ndarray:
     """``conv_kernels.col2im``, its channels split over the kernel threads when it is large."""
     x = np.zeros((n, c, h, w), cols.dtype)
-    _in_parts(c, cols.size, lambda lo, hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, lo, hi))
+    _in_parts(c, cols.size,
+              lambda lo, hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, dil, lo, hi))  # fmt: skip
     return x
 
 
@@ -209,34 +249,38 @@ def _round_gradient(g: np.ndarray, fmt: PrecisionSpec | None, seed: int) -> tupl
 # -- convolution ---------------------------------------------------------------------------------------
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, approx=None, counter=None, op="conv2d",
-           seed=0) -> np.ndarray:  # fmt: skip
-    """y[n,k,p,q] = Σ_c,r,s x[n,c,p·stride−ph+r, q·stride−pw+s]·w[k,c,r,s] (+ b[k]).
+def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1, approx=None, counter=None,
+           op="conv2d", seed=0) -> np.ndarray:  # fmt: skip
+    """y[n,k,p,q] = Σ_c,r,s x[n, g·C/G + c, p·stride−ph+r·d, q·stride−pw+s·d]·w[k,c,r,s] (+ b[k]), with
+    g = k // (K/G) the filter's group and d the dilation; w is (K, C/G, R, S) (depthwise: G = C).
     ``approx`` (an ApproxDatapath): compute on an accelerator's approximate mode (intN only)."""
     x, w = _array("x", x, 4), _array("w", w, 4)
     n, c, h, width = x.shape
     k, r, s = w.shape[0], w.shape[2], w.shape[3]
-    _shape("w", w, (k, c, r, s))
-    stride, (ph, pw) = _stride(stride), _pair("padding", padding, 0)
-    p, q = _window(h, r, stride, ph), _window(width, s, stride, pw)
+    groups = _groups(groups, c, k)
+    _shape("w", w, (k, c // groups, r, s))
+    stride, ph, pw, dil, p, q = _conv_geometry(h, width, r, s, stride, padding, dilation)
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
     x_values, w_values = (
         _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer), _values(wq, integer))
     )
-    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
-    macs = n * k * c * p * q * r * s
+    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, dil, _workspace((c * r * s, n * p * q)))
+    macs = n * k * (c // groups) * p * q * r * s
+    w_blocks = w_values.reshape(groups, k // groups, -1)
     sparsity = None
     if counter is not None:  # MACs whose window tap or weight is zero (padding included)
-        nonzero = _pairs(np.count_nonzero(w_values.reshape(k, -1), axis=0), np.count_nonzero(cols, axis=1))
+        nonzero = _pairs(np.count_nonzero(w_blocks, axis=1).reshape(-1), np.count_nonzero(cols, axis=1))
         sparsity = (_zeros(x=x_values, w=w_values), macs - nonzero)
     bounds = (wq.bound(), xq.bound())
+    col_blocks = cols.reshape(groups, -1, n * p * q)
     if approx is None:
-        acc = _matmul(w_values.reshape(k, -1), cols, integer, bounds)
+        acc = _grouped_matmul(w_blocks, col_blocks, integer, bounds)
     else:
-        acc, bounds = approx.matmul(w_values.reshape(k, -1), cols, wq.bits, xq.bits), (np.inf, np.inf)
+        acc = np.concatenate([approx.matmul(w_blocks[g], col_blocks[g], wq.bits, xq.bits) for g in range(groups)])
+        bounds = (np.inf, np.inf)
     scale = (wq.scale.reshape(-1, 1) * _per_column(xq.scale, p * q)) if integer else 1
-    y, saturated = _finish(acc, integer, fmt, scale, seed, c * r * s * bounds[0] * bounds[1])
+    y, saturated = _finish(acc, integer, fmt, scale, seed, c // groups * r * s * bounds[0] * bounds[1])
     y = np.ascontiguousarray(y.reshape(k, n, p, q).transpose(1, 0, 2, 3))
     reads = {"x": x.size, "w": w.size}
     if b is not None:
@@ -256,12 +300,14 @@ def _kept_channels(channels, count: int) -> np.ndarray:
     return np.sort(kept)
 
 
-def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, channels=None, counter=None,
-                      op="conv2d_grad_input", seed=0) -> np.ndarray:  # fmt: skip
+def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, groups=1, dilation=1, channels=None,
+                      counter=None, op="conv2d_grad_input", seed=0) -> np.ndarray:  # fmt: skip
     """dx = transposed convolution of dy with w (the input gradient of :func:`conv2d`).
     ``channels``: compute with these output-error channels only (the others are pruned: their
-    work is neither done nor counted, except as skipped MACs)."""
+    work is neither done nor counted, except as skipped MACs; not with groups)."""
     dy, w = _array("dy", dy, 4), _array("w", w, 4)
+    if channels is not None and groups != 1:
+        raise ValueError("channel pruning of a grouped convolution's errors is not supported")
     if channels is not None:
         kept = _kept_channels(channels, w.shape[0])
         dx = conv2d_grad_input(np.ascontiguousarray(dy[:, kept]), np.ascontiguousarray(w[kept]), input_shape, stride,
@@ -272,27 +318,36 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, chan
         return dx
     n, c, h, width = (int(d) for d in input_shape)
     k, r, s = w.shape[0], w.shape[2], w.shape[3]
-    _shape("w", w, (k, c, r, s))
-    stride, (ph, pw) = _stride(stride), _pair("padding", padding, 0)
-    p, q = _window(h, r, stride, ph), _window(width, s, stride, pw)
+    groups = _groups(groups, c, k)
+    cg, kg = c // groups, k // groups
+    _shape("w", w, (k, cg, r, s))
+    stride, ph, pw, dil, p, q = _conv_geometry(h, width, r, s, stride, padding, dilation)
     _shape("dy", dy, (n, k, p, q))
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
     w_values = _values(wq, integer)
+    macs = n * k * cg * p * q * r * s
     sparsity = None
     if counter is not None:
         nonzero = _pairs(np.count_nonzero(dy_mat, axis=1), np.count_nonzero(w_values.reshape(k, -1), axis=1))
-        sparsity = (_zeros(dy=_values(dyq, integer), w=w_values), n * k * c * p * q * r * s - nonzero)
+        sparsity = (_zeros(dy=_values(dyq, integer), w=w_values), macs - nonzero)
     bounds = (wq.bound(), dyq.bound())
-    dcols = _matmul(_values(wq, integer).reshape(k, -1).T, dy_mat, integer, bounds, _workspace((c * r * s, n * p * q)))
-    acc = _col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q)
-    scale = (wq.scale.reshape(1, -1, 1, 1) * dyq.scale.reshape(-1, 1, 1, 1)) if integer else 1
-    overlap = -(-r // stride) * -(-s // stride)  # window positions that land on one input element
-    dx, saturated = _finish(acc, integer, fmt, scale, seed, k * overlap * bounds[0] * bounds[1])
+    w_blocks = w_values.reshape(groups, kg, -1).transpose(0, 2, 1)
+    dcols = _grouped_matmul(w_blocks, dy_mat.reshape(groups, kg, -1), integer, bounds,
+                            _workspace((c * r * s, n * p * q)))  # fmt: skip
+    acc = _col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q, dil)
+    scale = 1
+    if integer:  # the weights' scale per channel of a group is the same in every group
+        w_scale = wq.scale.reshape(-1)
+        w_scale = np.tile(w_scale, groups) if groups > 1 and w_scale.size > 1 else w_scale
+        scale = w_scale.reshape(1, -1, 1, 1) * dyq.scale.reshape(-1, 1, 1, 1)
+    step = stride // math.gcd(stride, dil)  # taps of one window row that can land on one input row
+    overlap = -(-r // step) * -(-s // step)  # window positions that land on one input element
+    dx, saturated = _finish(acc, integer, fmt, scale, seed, kg * overlap * bounds[0] * bounds[1])
     saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
-    _record(counter, op, dyq, wq, n * k * c * p * q * r * s, {"dy": dy.size, "w": w.size}, {"dx": dx.size},
-            saturations, sparsity=sparsity)  # fmt: skip
+    _record(counter, op, dyq, wq, macs, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations,
+            sparsity=sparsity)  # fmt: skip
     return dx
 
 
@@ -315,46 +370,53 @@ def pruned_weight_gradient(compute, dy, weight_shape, channels, bias, counter, o
     return dw, db
 
 
-def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, bias=False, channels=None,
-                       counter=None, op="conv2d_grad_weight", seed=0):  # fmt: skip
-    """dw[k,c,r,s] = Σ_n,p,q dy[n,k,p,q]·x[n,c,p·stride−ph+r, q·stride−pw+s]; with ``bias=True``
-    returns (dw, db) where db[k] = Σ_n,p,q dy[n,k,p,q]. ``channels``: only these output channels
-    get a gradient (pruned ones are zero, their work skipped)."""
+def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, groups=1, dilation=1, bias=False,
+                       channels=None, counter=None, op="conv2d_grad_weight", seed=0):  # fmt: skip
+    """dw[k,c,r,s] = Σ_n,p,q dy[n,k,p,q]·x[n, g·C/G + c, p·stride−ph+r·d, q·stride−pw+s·d] (groups and
+    dilation as in :func:`conv2d`); with ``bias=True`` returns (dw, db) where db[k] = Σ_n,p,q dy[n,k,p,q].
+    ``channels``: only these output channels get a gradient (pruned ones are zero, their work
+    skipped; not with groups)."""
     x, dy = _array("x", x, 4), _array("dy", dy, 4)
+    if channels is not None and groups != 1:
+        raise ValueError("channel pruning of a grouped convolution's weight gradient is not supported")
     if channels is not None:
         return pruned_weight_gradient(
-            lambda kept_dy, kept_shape: conv2d_grad_weight(x, kept_dy, kept_shape, stride, padding, fmt, bias=bias,
-                                                           counter=counter, op=op, seed=seed),
+            lambda kept_dy, kept_shape: conv2d_grad_weight(x, kept_dy, kept_shape, stride, padding, fmt,
+                                                           dilation=dilation, bias=bias, counter=counter, op=op,
+                                                           seed=seed),
             dy, weight_shape, channels, bias, counter, op,
         )  # fmt: skip
-    k, c, r, s = (int(d) for d in weight_shape)
-    n, h, width = x.shape[0], x.shape[2], x.shape[3]
-    _shape("x", x, (n, c, h, width))
-    stride, (ph, pw) = _stride(stride), _pair("padding", padding, 0)
-    p, q = _window(h, r, stride, ph), _window(width, s, stride, pw)
+    k, cg, r, s = (int(d) for d in weight_shape)
+    n, c, h, width = x.shape
+    groups = _groups(groups, c, k)
+    _shape("x", x, (n, cg * groups, h, width))
+    stride, ph, pw, dil, p, q = _conv_geometry(h, width, r, s, stride, padding, dilation)
     _shape("dy", dy, (n, k, p, q))
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
     x_values = _values(xq, integer)
-    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, _workspace((c * r * s, n * p * q)))
+    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, dil, _workspace((c * r * s, n * p * q)))
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
+    macs = n * k * cg * p * q * r * s
+    dy_blocks, col_blocks = dy_mat.reshape(groups, k // groups, -1), cols.reshape(groups, -1, n * p * q)
     sparsity = None
-    if counter is not None:
-        nonzero = _pairs(np.count_nonzero(dy_mat, axis=0), np.count_nonzero(cols, axis=0))
-        sparsity = (_zeros(x=x_values, dy=_values(dyq, integer)), n * k * c * p * q * r * s - nonzero)
+    if counter is not None:  # per group: Σ over (n, p, q) of nonzero errors × nonzero taps
+        nonzero = sum(_pairs(np.count_nonzero(dy_blocks[g], axis=0), np.count_nonzero(col_blocks[g], axis=0))
+                      for g in range(groups))  # fmt: skip
+        sparsity = (_zeros(x=x_values, dy=_values(dyq, integer)), macs - nonzero)
     bounds = (dyq.bound(), xq.bound())
-    acc = _matmul(dy_mat, cols.T, integer, bounds)
+    acc = _grouped_matmul(dy_blocks, col_blocks.transpose(0, 2, 1), integer, bounds)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1
     dw, saturated = _finish(acc, integer, fmt, scale, seed, n * p * q * bounds[0] * bounds[1])
-    dw, grad_saturated = _round_gradient(dw.reshape(k, c, r, s), fmt, seed)
+    dw, grad_saturated = _round_gradient(dw.reshape(k, cg, r, s), fmt, seed)
     saturations = {"x": xq.saturated, "dy": dyq.saturated, "accumulator": saturated, "gradient": grad_saturated}
     writes = {"dw": dw.size}
     if bias:
         db, bias_saturated = _round_gradient(dyq.dequantize().sum(axis=(0, 2, 3), dtype=np.float32), fmt, seed + 1)
         saturations["bias_gradient"] = bias_saturated
         writes["db"] = k
-    _record(counter, op, xq, dyq, n * k * c * p * q * r * s, {"x": x.size, "dy": dy.size}, writes, saturations,
-            dy.size if bias else 0, sparsity)  # fmt: skip
+    _record(counter, op, xq, dyq, macs, {"x": x.size, "dy": dy.size}, writes, saturations, dy.size if bias else 0,
+            sparsity)  # fmt: skip
     return (dw, db) if bias else dw
 
 

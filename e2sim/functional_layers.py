@@ -125,6 +125,25 @@ def relu_backward(dy, y, *, counter=None, op="relu_backward") -> np.ndarray:
     return layer_kernels.relu_backward(dy, y)
 
 
+def dropout(x, drop_probability: float, seed: int, *, counter=None, op="dropout") -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout: returns (y, mask) with mask[i] = u[i] ≥ p for u uniform in [0, 1) from
+    ``seed`` (numpy's PCG64) and y = x·mask / (1 − p)."""
+    x = _array("x", x, (2, 3, 4))
+    if not 0 <= drop_probability < 1:
+        raise ValueError(f"drop_probability must be in [0, 1), got {drop_probability!r}")
+    mask = np.random.default_rng(seed).random(x.shape, dtype=np.float32) >= np.float32(drop_probability)
+    _count(counter, op, ew_ops.dropout_forward(x.size), {"x": x.size}, {"y": x.size, "mask": x.size})
+    return np.where(mask, x * np.float32(1.0 / (1.0 - drop_probability)), np.float32(0.0)), mask
+
+
+def dropout_backward(dy, mask, drop_probability: float, *, counter=None, op="dropout_backward") -> np.ndarray:
+    """dx = dy·mask / (1 − p) for the mask the forward pass drew."""
+    dy = _array("dy", dy, (2, 3, 4))
+    _shape("mask", mask, dy.shape)
+    _count(counter, op, ew_ops.dropout_backward(dy.size), {"dy": dy.size, "mask": dy.size}, {"dx": dy.size})
+    return np.where(mask, dy * np.float32(1.0 / (1.0 - drop_probability)), np.float32(0.0))
+
+
 def _pool_geometry(x_shape, kernel, stride, padding):
     r, s = _pair("kernel", kernel, 1)
     stride = r if stride is None else _stride(stride)

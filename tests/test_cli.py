@@ -33,7 +33,7 @@ def test_lower_json_has_stable_keys(capsys):
     assert report["macs"]["total"] == sum(report["macs"][p] for p in ("fwd", "bwd_data", "bwd_weight", "update"))
     assert report["batch_size"] == 2 and report["model"] == "ResNet-20"
     op = next(o for o in report["ops"] if o["name"] == "layer3.0.conv1.bwd_weight")
-    assert op["gemm"] == {"m": 64, "n": 32 * 9, "k": 2 * 8 * 8}
+    assert op["gemm"] == {"m": 64, "n": 32 * 9, "k": 2 * 8 * 8, "groups": 1}
     assert op["conv"]["stride"] == 2 and op["phase"] == "bwd_weight" and op["kind"] == "conv"
     assert sum(o["macs"] for o in report["ops"]) == report["macs"]["total"]
     assert sum(o["bytes_read"] + o["bytes_written"] for o in report["ops"]) == report["bytes"]["total"]

@@ -283,3 +283,83 @@ def test_counting_records_and_does_not_change_results():
 def test_bad_arguments_are_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# groups, dilation, stride, padding, kernel, input channels, filters
+GROUPED_CASES = [(3, 1, 1, 1, 3, 6, 9), (6, 1, 2, 1, 3, 6, 6), (2, 2, 1, 2, 3, 4, 4), (1, 2, 2, 2, 3, 3, 5),
+                 (4, 3, 1, 3, 3, 4, 8), (2, 1, 1, 0, 1, 4, 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("groups", "dil", "stride", "padding", "kernel", "c", "k"), GROUPED_CASES)
+def test_grouped_and_dilated_conv_matches_twins_and_finite_differences(groups, dil, stride, padding, kernel, c, k):
+    x, w, b = rand(2, c, 9, 8), rand(k, c // groups, kernel, kernel), rand(k)
+    conv = dict(groups=groups, dilation=dil)
+    y = F.conv2d(x, w, b, stride, padding, **conv)
+    ref = twins.conv2d(x.astype(np.float64), w, b, stride, padding, padding, dil, groups)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+    probe = rng.standard_normal(y.shape)
+    dx = F.conv2d_grad_input(probe.astype(np.float32), w, x.shape, stride, padding, **conv)
+    dw, db = F.conv2d_grad_weight(x, probe.astype(np.float32), w.shape, stride, padding, bias=True, **conv)
+    np.testing.assert_allclose(dx, twins.conv2d_grad_input(probe, w, x.shape, stride, padding, padding, dil, groups),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(dw, twins.conv2d_grad_weight(x, probe, w.shape, stride, padding, padding, dil, groups),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(db, probe.sum(axis=(0, 2, 3)), rtol=1e-5)
+    small = x[:1, :, :6, :6].astype(np.float64)  # finite differences on a smaller input
+    y_small = twins.conv2d(small, w, None, stride, padding, padding, dil, groups)
+    probe_small = rng.standard_normal(y_small.shape)
+    fx = numeric_grad(lambda v: np.sum(twins.conv2d(v, w, None, stride, padding, padding, dil, groups) * probe_small),
+                      small)  # fmt: skip
+    got = F.conv2d_grad_input(probe_small.astype(np.float32), w, small.shape, stride, padding, **conv)
+    assert rel_error(got, fx) <= 1e-4
+
+
+@pytest.mark.parametrize(("groups", "dil", "stride", "padding", "kernel", "c", "k"), GROUPED_CASES)
+def test_integer_grouped_conv_is_exact_and_counts_its_macs(groups, dil, stride, padding, kernel, c, k):
+    fmt = F.precision(**INT8)
+    x, w = integer_valued(2, c, 9, 8), integer_valued(k, c // groups, kernel, kernel)
+    x[0, 0, :3] = 0  # some zero activations for the zero-operand count
+    x.flat[0] = 127
+    xi, wi = x.astype(np.int64), w.astype(np.int64)
+    conv = dict(groups=groups, dilation=dil)
+    counter = F.OpCounter()
+    y = F.conv2d(x, w, stride=stride, padding=padding, fmt=fmt, counter=counter, op="fwd", **conv)
+    np.testing.assert_array_equal(y, twins.conv2d(xi, wi, None, stride, padding, padding, dil, groups))
+    dy = integer_valued(*y.shape)
+    dx = F.conv2d_grad_input(dy, w, x.shape, stride, padding, fmt=fmt, counter=counter, op="bwd_data", **conv)
+    np.testing.assert_array_equal(dx, twins.conv2d_grad_input(dy.astype(np.int64), wi, x.shape, stride, padding,
+                                                               padding, dil, groups))  # fmt: skip
+    wide = F.precision(**{**INT8, "gradients": "int16"})
+    acc = twins.conv2d_grad_weight(xi, dy.astype(np.int64), w.shape, stride, padding, padding, dil, groups)
+    dw = F.conv2d_grad_weight(x, dy, w.shape, stride, padding, fmt=wide, counter=counter, op="bwd_weight", **conv)
+    np.testing.assert_array_equal(dw, quantize(acc.astype(np.float32), parse_format("int16")).dequantize())
+    p, q = y.shape[2:]
+    macs = 2 * k * (c // groups) * p * q * kernel * kernel
+    nz = {name: (a != 0).astype(np.int64) for name, a in (("x", xi), ("w", wi), ("dy", dy))}
+    nonzero = {  # products with both operands non-zero (padding taps are zero operands)
+        "fwd": twins.conv2d(nz["x"], nz["w"], None, stride, padding, padding, dil, groups).sum(),
+        # the input gradient's GEMM multiplies every error of a filter with every tap of it
+        "bwd_data": np.dot(nz["dy"].sum(axis=(0, 2, 3)), nz["w"].reshape(k, -1).sum(axis=1)),
+        "bwd_weight": twins.conv2d_grad_weight(nz["x"], nz["dy"], w.shape, stride, padding, padding, dil,
+                                               groups).sum(),
+    }  # fmt: skip
+    for op in ("fwd", "bwd_data", "bwd_weight"):
+        count = counter.ops[op]
+        assert count.total_macs == macs
+        assert count.zero_macs == macs - nonzero[op], op
+
+
+def test_wide_integer_grouped_gemm_is_exact_group_by_group():
+    fmt = F.precision(weights="int16", activations="int16", errors="int16", gradients="int16", accumulator="int48")
+    x, w = integer_valued(1, 4, 6, 6, top=32767), integer_valued(4, 2, 3, 3, top=32767)
+    y = F.conv2d(x, w, padding=1, fmt=fmt, groups=2)
+    want = twins.conv2d(x.astype(np.int64), w.astype(np.int64), None, 1, 1, 1, 1, 2)
+    np.testing.assert_array_equal(y, want.astype(np.float32))  # exact sums, rounded once to float32
+    assert np.abs(want).max() > 2**24  # so the exact per-group path was needed
+
+
+def test_grouped_conv_rejects_channels_that_groups_do_not_divide():
+    with pytest.raises(ValueError, match="groups 4 must divide"):
+        F.conv2d(rand(1, 6, 5, 5), rand(8, 1, 3, 3), groups=4)
+    with pytest.raises(ValueError, match="dilation must be a positive integer"):
+        F.conv2d(rand(1, 4, 5, 5), rand(4, 4, 3, 3), dilation=0)

@@ -42,16 +42,18 @@ def test_uniform01_matches_twin():
 
 
 @pytest.mark.parametrize(
-    ("stride", "ph", "pw", "r", "s"), [(1, 0, 0, 3, 3), (2, 1, 1, 3, 3), (2, 2, 0, 5, 3), (3, 0, 1, 1, 2)]
-)
-def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s):
+    ("stride", "ph", "pw", "r", "s", "dil"),
+    [(1, 0, 0, 3, 3, 1), (2, 1, 1, 3, 3, 1), (2, 2, 0, 5, 3, 1), (3, 0, 1, 1, 2, 1), (1, 2, 2, 3, 3, 2),
+     (2, 1, 3, 2, 3, 3)],
+)  # fmt: skip
+def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s, dil):
     x = rand(2, 3, 9, 8)
-    p, q = (9 + 2 * ph - r) // stride + 1, (8 + 2 * pw - s) // stride + 1
-    cols = conv.im2col(x, r, s, stride, ph, pw, p, q, np.full((3 * r * s, 2 * p * q), np.nan, np.float32))
-    np.testing.assert_array_equal(cols, twins.im2col(x, r, s, stride, ph, pw, p, q))
+    p, q = twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil)
+    cols = conv.im2col(x, r, s, stride, ph, pw, p, q, dil, np.full((3 * r * s, 2 * p * q), np.nan, np.float32))
+    np.testing.assert_array_equal(cols, twins.im2col(x, r, s, stride, ph, pw, p, q, dil))
     c = rand(*cols.shape)
-    back = conv.col2im(c, 2, 3, 9, 8, r, s, stride, ph, pw, p, q)
-    np.testing.assert_allclose(back, twins.col2im(c, x.shape, r, s, stride, ph, pw, p, q), rtol=1e-5, atol=1e-5)
+    back = conv.col2im(c, 2, 3, 9, 8, r, s, stride, ph, pw, p, q, dil)
+    np.testing.assert_allclose(back, twins.col2im(c, x.shape, r, s, stride, ph, pw, p, q, dil), rtol=1e-5, atol=1e-5)
     # and col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
     assert np.isclose(np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), back), rtol=1e-5)
 

@@ -212,7 +212,7 @@ def test_a_killed_search_resumes_without_retraining_what_it_stored(tmp_path):
         ({"constraints": {"energy_j": {"max": 1}}}, "constraints.energy_j: unknown key"),
         ({"constraints": {"flops_per_byte": {"min": 1, "max": 1}}}, "constraints.flops_per_byte.max: unknown key"),
         ({"seed": "lenet5-mnist"}, "model: a RENA seed needs an explicit model.layers list"),
-        ({"seed": "small-resnet-mnist"}, "model.layers[5]: residual is not a RENA unit"),
+        ({"seed": "small-resnet-mnist"}, "model.layers: a RENA seed ends with global_avgpool, flatten, linear"),
         ({"hardware": "no-board"}, "no such file"),
     ],
 )

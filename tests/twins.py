@@ -60,50 +60,72 @@ def pad(x, ph, pw):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
-def windows(x, r, s, stride, p, q):
-    """x[:, :, i*stride + a, j*stride + b] for each kernel offset (a, b): yields (a, b, slice)."""
+def windows(x, r, s, stride, p, q, dil=1):
+    """x[:, :, i*stride + a*dil, j*stride + b*dil] for each kernel offset (a, b): yields (a, b, slice)."""
     for a in range(r):
         for b in range(s):
-            yield a, b, x[:, :, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride]
+            yield a, b, x[:, :, a * dil : a * dil + stride * (p - 1) + 1 : stride,
+                          b * dil : b * dil + stride * (q - 1) + 1 : stride]  # fmt: skip
 
 
-def conv2d(x, w, b, stride, ph, pw):
+def out_size(size, pad_, k, stride, dil):
+    return (size + 2 * pad_ - dil * (k - 1) - 1) // stride + 1
+
+
+def by_group(groups, dense, split_a, split_b, join=1):
+    """Run ``dense`` on each group's slices of two operands (channel axis 1 or weight axis 0)."""
+    parts = [dense(a, b) for a, b in zip(split_a, split_b, strict=True)]
+    return np.concatenate(parts, axis=join)
+
+
+def conv2d(x, w, b, stride, ph, pw, dil=1, groups=1):
+    if groups > 1:
+        y = by_group(groups, lambda xg, wg: conv2d(xg, wg, None, stride, ph, pw, dil),
+                     np.split(x, groups, axis=1), np.split(w, groups, axis=0))  # fmt: skip
+        return y if b is None else y + b[None, :, None, None]
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
-    p, q = (h + 2 * ph - r) // stride + 1, (wd + 2 * pw - s) // stride + 1
+    p, q = out_size(h, ph, r, stride, dil), out_size(wd, pw, s, stride, dil)
     y = np.zeros((n, k, p, q), np.result_type(x, w))
-    for a, bb, win in windows(pad(x, ph, pw), r, s, stride, p, q):
+    for a, bb, win in windows(pad(x, ph, pw), r, s, stride, p, q, dil):
         y += np.einsum("ncpq,kc->nkpq", win, w[:, :, a, bb])
     return y if b is None else y + b[None, :, None, None]
 
 
-def conv2d_grad_input(dy, w, input_shape, stride, ph, pw):
+def conv2d_grad_input(dy, w, input_shape, stride, ph, pw, dil=1, groups=1):
     n, c, h, wd = input_shape
+    if groups > 1:
+        shape = (n, c // groups, h, wd)
+        return by_group(groups, lambda dyg, wg: conv2d_grad_input(dyg, wg, shape, stride, ph, pw, dil),
+                        np.split(dy, groups, axis=1), np.split(w, groups, axis=0))  # fmt: skip
     k, _, r, s = w.shape
     p, q = dy.shape[2:]
     dx = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), np.result_type(dy, w))
     for a in range(r):
         for b in range(s):
-            dx[:, :, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride] += np.einsum(
-                "nkpq,kc->ncpq", dy, w[:, :, a, b]
-            )
+            dx[:, :, a * dil : a * dil + stride * (p - 1) + 1 : stride,
+               b * dil : b * dil + stride * (q - 1) + 1 : stride] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, a, b])
     return dx[:, :, ph : ph + h, pw : pw + wd]
 
 
-def conv2d_grad_weight(x, dy, weight_shape, stride, ph, pw):
+def conv2d_grad_weight(x, dy, weight_shape, stride, ph, pw, dil=1, groups=1):
     k, c, r, s = weight_shape
+    if groups > 1:
+        shape = (k // groups, c, r, s)
+        return by_group(groups, lambda xg, dyg: conv2d_grad_weight(xg, dyg, shape, stride, ph, pw, dil),
+                        np.split(x, groups, axis=1), np.split(dy, groups, axis=1), join=0)  # fmt: skip
     p, q = dy.shape[2:]
     dw = np.zeros(weight_shape, np.result_type(x, dy))
-    for a, b, win in windows(pad(x, ph, pw), r, s, stride, p, q):
+    for a, b, win in windows(pad(x, ph, pw), r, s, stride, p, q, dil):
         dw[:, :, a, b] = np.einsum("nkpq,ncpq->kc", dy, win)
     return dw
 
 
-def im2col(x, r, s, stride, ph, pw, p, q):
+def im2col(x, r, s, stride, ph, pw, p, q, dil=1):
     n, c = x.shape[:2]
     cols = np.zeros((c * r * s, n * p * q), x.dtype)
     xp = pad(x, ph, pw)
-    for a, b, win in windows(xp, r, s, stride, p, q):
+    for a, b, win in windows(xp, r, s, stride, p, q, dil):
         for ch in range(c):
             cols[(ch * r + a) * s + b] = win[:, ch].reshape(-1)
     return cols
@@ -158,14 +180,15 @@ def sgd(w, g, v, lr, momentum, weight_decay):
     return w - lr * d, v
 
 
-def col2im(cols, x_shape, r, s, stride, ph, pw, p, q):
+def col2im(cols, x_shape, r, s, stride, ph, pw, p, q, dil=1):
     n, c, h, w = x_shape
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
     for ch in range(c):
         for a in range(r):
             for b in range(s):
                 block = cols[(ch * r + a) * s + b].reshape(n, p, q)
-                xp[:, ch, a : a + stride * (p - 1) + 1 : stride, b : b + stride * (q - 1) + 1 : stride] += block
+                xp[:, ch, a * dil : a * dil + stride * (p - 1) + 1 : stride,
+                   b * dil : b * dil + stride * (q - 1) + 1 : stride] += block  # fmt: skip
     return xp[:, :, ph : ph + h, pw : pw + w]
 
 

@@ -1,13 +1,12 @@
 """ONNX models as e2sim layer lists (``model: {onnx: PATH}`` in a workload).
 
 The graph is walked from its data input: Conv, BatchNormalization, Relu, MaxPool, AveragePool,
-GlobalAveragePool, Flatten/Reshape (as flatten), Gemm and MatMul (+ a bias Add) become e2sim
-layers; a fork whose branches meet again in an Add becomes a ``residual`` (the longer branch its
-body, the other its shortcut, empty for an identity); a trailing Softmax is dropped (the loss
-applies it). Anything else — an op e2sim does not have, grouped or dilated convolutions,
-asymmetric padding — is a one-line error naming the node, its op type and its inputs. Weights
-are not imported (training starts from e2sim's initialisation). Needs the ``onnx`` package
-(``pip install ".[onnx]"``).
+GlobalAveragePool, Flatten/Reshape (as flatten), Gemm and MatMul (+ a bias Add), Dropout become
+e2sim layers (Conv with its groups and dilation); a fork whose branches meet again in an Add
+becomes a ``residual`` (the longer branch its body, the other its shortcut, empty for an
+identity); a trailing Softmax is dropped (the loss applies it). Anything else — an op e2sim does
+not have, unequal strides or dilations, asymmetric padding — is a one-line error naming the node,
+its op type and its inputs. Needs the ``onnx`` package (``pip install ".[onnx]"``).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 from e2sim.config.errors import SpecError
 
 IGNORED = ("Identity",)
+INIT = "_initializers"  # a converted layer's parameters: e2sim's short name -> ONNX initializer
 TRAILING = ("Softmax", "LogSoftmax")
 
 
@@ -54,6 +54,51 @@ def _attrs(node: Any) -> dict[str, Any]:
 def read_onnx_layers(path: Path, source: str, input_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     """The ``model.layers`` documents of the ONNX model at ``path`` for inputs of ``input_shape``
     (channels, height, width: the dataset's); ``source`` names the workload in errors."""
+    layers, _ = _convert_model(path, source, input_shape)
+    return [_without_initializers(layer) for layer in layers]
+
+
+def read_onnx_parameters(path: Path, source: str, input_shape: tuple[int, int, int],
+                         trainable: list[tuple[str, str]]) -> dict[str, Any]:  # fmt: skip
+    """The ONNX model's initializers as e2sim's initial state: for the model's trainable layers
+    ``trainable`` ((name, kind) in build order: conv, linear, batchnorm), arrays by graph tensor
+    name (``conv1.w``, ``fc1.b``, ``bn1.gamma``, ``bn1.running_stats``); float32, linear weights
+    as (out, in)."""
+    import numpy as np
+
+    layers, graph = _convert_model(path, source, input_shape)
+    found = [layer for layer in _walk(layers) if INIT in layer]
+    if [layer["type"] for layer in found] != [kind for _, kind in trainable]:
+        graph.fail("graph", "its trainable layers do not match the model built from it")
+    arrays: dict[str, Any] = {}
+    for (name, kind), layer in zip(trainable, found, strict=True):
+        values = {short: graph.values[init] for short, init in layer[INIT].items()}
+        if kind == "batchnorm":
+            arrays[f"{name}.running_stats"] = np.stack([values.pop("mean"), values.pop("var")])
+        if "w.T" in values:
+            values["w"] = values.pop("w.T").T
+        for short, value in values.items():
+            arrays[f"{name}.{short}"] = np.ascontiguousarray(value, dtype=np.float32)
+    return arrays
+
+
+def _walk(layers: list[dict[str, Any]]):
+    """Layer documents in the order the model builder appends them (a residual's body, then its shortcut)."""
+    for layer in layers:
+        yield layer
+        yield from _walk(layer.get("body", []))
+        yield from _walk(layer.get("shortcut", []))
+
+
+def _without_initializers(layer: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in layer.items() if k != INIT}
+    for key in ("body", "shortcut"):
+        if key in out:
+            out[key] = [_without_initializers(x) for x in out[key]]
+    return out
+
+
+def _convert_model(path: Path, source: str, input_shape: tuple[int, int, int]) -> tuple[list[dict[str, Any]], _Graph]:
     try:
         import onnx
     except ImportError:
@@ -80,7 +125,7 @@ def read_onnx_layers(path: Path, source: str, input_shape: tuple[int, int, int])
         graph.fail_node(join, "an Add whose inputs do not fork from one tensor")
     if not layers or layers[-1]["type"] != "linear":
         graph.fail("graph.output", "the model must end with its classifier (Gemm or MatMul)")
-    return layers
+    return layers, graph
 
 
 def _chain(graph: _Graph, tensor: str) -> tuple[list[dict[str, Any]], str, Any]:
@@ -138,15 +183,21 @@ def _convert(graph: _Graph, node: Any) -> tuple[dict[str, Any] | None, str]:
         weight = graph.shapes.get(node.input[1])
         if weight is None or len(weight) != 4:
             graph.fail_node(node, "needs a 4-D weight initializer")
-        if attrs.get("group", 1) != 1:
-            graph.fail_node(node, f"grouped convolution (group={attrs['group']}) is not supported")
-        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
-            graph.fail_node(node, "dilated convolution is not supported")
+        dilations = list(attrs.get("dilations", [1, 1]))
+        if len(set(dilations)) != 1:
+            graph.fail_node(node, f"dilations {dilations}: only equal dilations are supported")
+        bias = len(node.input) > 2 and bool(node.input[2])
         return {"type": "conv", "out_channels": int(weight[0]), "kernel": [int(weight[2]), int(weight[3])],
-                "stride": _stride(graph, node, attrs), "padding": _padding(graph, node, attrs),
-                "bias": len(node.input) > 2 and bool(node.input[2])}, out  # fmt: skip
+                "stride": _stride(graph, node, attrs), "padding": _padding(graph, node, attrs), "bias": bias,
+                "groups": int(attrs.get("group", 1)), "dilation": int(dilations[0]),
+                INIT: {"w": node.input[1], **({"b": node.input[2]} if bias else {})}}, out  # fmt: skip
+    if op == "Dropout":
+        return {"type": "dropout", "drop_probability": _dropout_ratio(graph, node, attrs)}, out
     if op == "BatchNormalization":
-        return {"type": "batchnorm", "eps": float(attrs.get("epsilon", 1e-5))}, out
+        if len(node.input) != 5 or any(name not in graph.shapes for name in node.input[1:]):
+            graph.fail_node(node, "needs scale, bias, mean and variance initializers")
+        names = dict(zip(("gamma", "beta", "mean", "var"), node.input[1:], strict=True))
+        return {"type": "batchnorm", "eps": float(attrs.get("epsilon", 1e-5)), INIT: names}, out
     if op == "Relu":
         return {"type": "relu"}, out
     if op in ("MaxPool", "AveragePool"):
@@ -161,20 +212,38 @@ def _convert(graph: _Graph, node: Any) -> tuple[dict[str, Any] | None, str]:
         weight = graph.shapes.get(node.input[1])
         if weight is None or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             graph.fail_node(node, "only Gemm(x, W[, b]) with a weight initializer, transA 0, alpha and beta 1")
-        features = weight[0] if attrs.get("transB", 0) else weight[1]
+        transposed = bool(attrs.get("transB", 0))
+        features = weight[0] if transposed else weight[1]
         bias = len(node.input) > 2 and bool(node.input[2])
-        return {"type": "linear", "out_features": int(features), "bias": bias}, out
+        names = {("w" if transposed else "w.T"): node.input[1], **({"b": node.input[2]} if bias else {})}
+        return {"type": "linear", "out_features": int(features), "bias": bias, INIT: names}, out
     if op == "MatMul":
         weight = graph.shapes.get(node.input[1])
         if weight is None or len(weight) != 2:
             graph.fail_node(node, "only MatMul(x, W) with a 2-D weight initializer")
         after = graph.consumers.get(out, [])
         if len(after) == 1 and after[0].op_type == "Add" and any(i in graph.shapes for i in after[0].input):
-            return {"type": "linear", "out_features": int(weight[1]), "bias": True}, after[0].output[0]
-        return {"type": "linear", "out_features": int(weight[1]), "bias": False}, out
+            bias = next(i for i in after[0].input if i in graph.shapes)
+            return {"type": "linear", "out_features": int(weight[1]), "bias": True,
+                    INIT: {"w.T": node.input[1], "b": bias}}, after[0].output[0]  # fmt: skip
+        return {"type": "linear", "out_features": int(weight[1]), "bias": False, INIT: {"w.T": node.input[1]}}, out
     graph.fail_node(node, "op not supported (Conv, BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, "
-                    "Flatten, Reshape, Gemm, MatMul, Add)")  # fmt: skip
+                    "Flatten, Reshape, Gemm, MatMul, Add, Dropout)")  # fmt: skip
     raise AssertionError  # unreachable: fail_node raises
+
+
+def _dropout_ratio(graph: _Graph, node: Any, attrs: dict[str, Any]) -> float:
+    """The drop probability: the ``ratio`` input (opset 12+, an initializer) or attribute; 0.5 if absent."""
+    if len(node.input) > 1 and node.input[1]:
+        value = graph.values.get(node.input[1])
+        if value is None or value.size != 1:
+            graph.fail_node(node, "the ratio must be a constant initializer")
+        ratio = float(value.reshape(-1)[0])
+    else:
+        ratio = float(attrs.get("ratio", 0.5))
+    if not 0 <= ratio < 1:
+        graph.fail_node(node, f"ratio {ratio} must be in [0, 1)")
+    return ratio
 
 
 def _stride(graph: _Graph, node: Any, attrs: dict[str, Any]) -> int:
@@ -199,7 +268,8 @@ DATASET_BY_INPUT = {((1, 28, 28), 10): "mnist5k", ((3, 32, 32), 10): "cifar10", 
 def onnx_workload(path: Path) -> dict[str, Any]:
     """A workload document for an ONNX file given on its own: the dataset chosen by the model's
     fixed input size and class count (MNIST 1×28×28/10 → the embedded mnist5k, CIFAR 3×32×32 →
-    cifar10 or cifar100), batch 64, one epoch, SGD at lr 0.05, fp32."""
+    cifar10 or cifar100; any other size → synthetic data of that size), batch 64, one epoch, SGD
+    at lr 0.05, fp32."""
     import onnx
 
     source = str(path)
@@ -217,9 +287,9 @@ def onnx_workload(path: Path) -> dict[str, Any]:
     out = graph.output[0].type.tensor_type.shape.dim
     classes = out[-1].dim_value if out and out[-1].HasField("dim_value") else None
     dataset = DATASET_BY_INPUT.get((tuple(dims[1:]), classes))
-    if dataset is None:
-        raise SpecError.single(source, "graph.input", f"input {tuple(dims[1:])} with {classes} classes matches no "
-                               "e2sim dataset (MNIST 1x28x28/10, CIFAR 3x32x32/10 or /100); give a "
-                               "workload")  # fmt: skip
-    return {"name": path.stem, "dataset": {"name": dataset}, "model": {"onnx": str(path.resolve())},
+    if dataset is None and not classes:
+        raise SpecError.single(source, "graph.output", "needs a fixed class count to pick a dataset; give a workload "
+                               "with model: {onnx: ...} and its dataset instead")  # fmt: skip
+    data = {"name": dataset} if dataset else {"name": "synthetic", "input_shape": dims[1:], "num_classes": classes}
+    return {"name": path.stem, "dataset": data, "model": {"onnx": str(path.resolve())},
             "training": {"batch_size": 64, "epochs": 1, "lr": 0.05}}

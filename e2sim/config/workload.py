@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -45,8 +46,10 @@ DATASETS: Mapping[str, DatasetInfo] = FrozenDict(
         "mnist": DatasetInfo((1, 28, 28), 10, embedded=False),
         "cifar10": DatasetInfo((3, 32, 32), 10, embedded=False),
         "cifar100": DatasetInfo((3, 32, 32), 100, embedded=False),
+        "synthetic": DatasetInfo((0, 0, 0), 0, embedded=True),  # shape and classes from the spec
     }
 )
+MAX_SYNTHETIC_SIDE = 4096
 MAX_RESNET_DEPTH = 2000  # ResNet-1202 is the deepest CIFAR ResNet published
 RESNET_DEPTHS = f"6n+2 from 8 to {MAX_RESNET_DEPTH} (8, 20, 32, 44, 56, 74, 110, ...)"
 VGG_DEPTHS = (11, 13, 16, 19)
@@ -55,12 +58,28 @@ SCHEDULES = ("constant", "step", "cosine")
 
 
 @dataclass(frozen=True)
+class SyntheticData:
+    """Random images (standard normal, already normalised) with uniformly random labels, drawn from
+    ``seed``: for the cost of models whose dataset e2sim does not read (ImageNet-sized inputs) and
+    for smoke tests. Accuracy on it is chance."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    train_samples: int
+    test_samples: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     path: str | None  # directory with the dataset files (not needed for embedded datasets)
+    synthetic: SyntheticData | None = None
 
     @property
     def info(self) -> DatasetInfo:
+        if self.synthetic is not None:
+            return DatasetInfo(self.synthetic.input_shape, self.synthetic.num_classes, embedded=True)
         return DATASETS[self.name]
 
 
@@ -86,6 +105,8 @@ class ModelSpec:
     base_channels: int | None = None  # resnet: channels of the first stage
     batchnorm: bool | None = None  # vgg
     layers: tuple[LayerSpec, ...] = ()
+    onnx_weights: str | None = None  # initial weights from this ONNX file (``weights: onnx``)
+    onnx_weights_sha256: str | None = None  # its contents' digest (it keys checkpoints and caches)
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,18 @@ def _read_dataset(s: Section | None) -> DatasetSpec | None:
     if s is None:
         return None
     name = s.read("name", one_of(*DATASETS))
+    if name == "synthetic":
+        shape = s.read_list("input_shape", at_most(positive_int, MAX_SYNTHETIC_SIDE), length=3)
+        classes = s.read("num_classes", at_most(positive_int, 1_000_000))
+        train = s.read("train_samples", at_most(positive_int, 1 << 24), default=256)
+        test = s.read("test_samples", at_most(positive_int, 1 << 24), default=64)
+        seed = s.read("seed", at_most(non_negative_int, 2**63 - 1), default=0)
+        s.finish(" for name synthetic")
+        if classes is not None and classes < 2:
+            s.log.add(s.key_path("num_classes"), "must be at least 2")
+        if shape is None or classes is None or classes < 2:
+            return None
+        return DatasetSpec(name, None, SyntheticData(shape, classes, train, test, seed))
     path = s.read("path", string, default=None)
     s.finish()
     return DatasetSpec(name, path)
@@ -151,6 +184,7 @@ def _read_model(s: Section | None, dataset: DatasetSpec | None, folder: Path) ->
         return None
     if s.has("onnx") and not s.has("arch"):
         path = s.read("onnx", string)
+        weights = s.read("weights", one_of("init", "onnx"), default="init")
         s.finish(" with onnx")
         if path is None or dataset is None:
             return None
@@ -162,7 +196,11 @@ def _read_model(s: Section | None, dataset: DatasetSpec | None, folder: Path) ->
             s.log.problems.extend(exc.problems)
             return None
         layers = _read_layer_list(Section({"layers": docs}, s.path, s.log), "layers")
-        return ModelSpec("layers", layers=layers or ())
+        if weights != "onnx":
+            return ModelSpec("layers", layers=layers or ())
+        full = (folder / path).resolve()
+        digest = hashlib.sha256(full.read_bytes()).hexdigest()
+        return ModelSpec("layers", layers=layers or (), onnx_weights=str(full), onnx_weights_sha256=digest)
     if s.has("layers") and not s.has("arch"):
         layers = _read_layer_list(s, "layers")
         s.finish(" with layers")
@@ -204,6 +242,8 @@ LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable | Pair, Any]]] = FrozenDict
             "stride": (at_most(positive_int, 64), 1),
             "padding": (Pair(0), (0, 0)),
             "bias": (boolean, True),
+            "groups": (at_most(positive_int, 65_536), 1),
+            "dilation": (at_most(positive_int, 64), 1),
         },
         "linear": {"out_features": (at_most(positive_int, 1 << 20), MISSING), "bias": (boolean, True)},
         "batchnorm": {"eps": (at_most(positive_number, 1), 1e-5)},
@@ -212,6 +252,7 @@ LAYER_KEYS: Mapping[str, Mapping[str, tuple[Callable | Pair, Any]]] = FrozenDict
         "avgpool": _POOL_KEYS,
         "global_avgpool": {},
         "flatten": {},
+        "dropout": {"drop_probability": (fraction_below_one, MISSING)},
         "basic_block": {
             "out_channels": (at_most(positive_int, 65_536), MISSING),
             "stride": (at_most(positive_int, 64), 1),

@@ -10,6 +10,8 @@ BN_BWD_WEIGHT_PER_ELEMENT = 5  # x̂ (2), dγ += dy·x̂ (2), dβ += dy (1)
 SOFTMAX_CE_FWD_PER_LOGIT = 5  # max (1), subtract (1), exp (1), sum (1), normalise (1)
 SOFTMAX_CE_FWD_PER_SAMPLE = 2  # log of the label's probability (1), batch mean (1)
 SOFTMAX_CE_BWD_PER_LOGIT = 2  # subtract the one-hot label (1), scale by 1/N (1)
+DROPOUT_FWD_PER_ELEMENT = 3  # a random number (1), compare with the drop probability (1), masked scale (1)
+DROPOUT_BWD_PER_ELEMENT = 1  # masked scale of the error
 
 
 def batchnorm_forward(elements: int, channels: int) -> int:
@@ -42,6 +44,14 @@ def softmax_cross_entropy_forward(logits: int, batch: int) -> int:
 
 def softmax_cross_entropy_backward(logits: int) -> int:
     return SOFTMAX_CE_BWD_PER_LOGIT * logits
+
+
+def dropout_forward(elements: int) -> int:
+    return DROPOUT_FWD_PER_ELEMENT * elements
+
+
+def dropout_backward(elements: int) -> int:
+    return DROPOUT_BWD_PER_ELEMENT * elements
 
 
 def sgd_step(parameters: int, momentum: float, weight_decay: float) -> int:

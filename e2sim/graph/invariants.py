@@ -112,12 +112,17 @@ def _check_conv(op: Op, shape: dict) -> list[str]:
     if g is None or op.gemm is None:
         return [f"{op.name}: conv op without geometry"]
     problems = []
-    if g.p != (g.h + 2 * g.pad_h - g.r) // g.stride + 1 or g.q != (g.w + 2 * g.pad_w - g.s) // g.stride + 1:
-        problems.append(f"{op.name}: output {g.p}×{g.q} does not follow from the input, kernel, stride and padding")
-    macs = g.n * g.k * g.c * g.p * g.q * g.r * g.s
+    span_h, span_w = g.dilation * (g.r - 1) + 1, g.dilation * (g.s - 1) + 1
+    if g.p != (g.h + 2 * g.pad_h - span_h) // g.stride + 1 or g.q != (g.w + 2 * g.pad_w - span_w) // g.stride + 1:
+        problems.append(f"{op.name}: output {g.p}×{g.q} does not follow from the input, kernel, stride, padding "
+                        "and dilation")  # fmt: skip
+    if g.c % g.groups or g.k % g.groups or op.gemm.groups != g.groups:
+        problems.append(f"{op.name}: {g.groups} groups do not divide {g.c} channels and {g.k} filters, or differ "
+                        f"from its GEMM's {op.gemm.groups}")  # fmt: skip
+    macs = g.n * g.k * (g.c // g.groups) * g.p * g.q * g.r * g.s
     if op.macs != macs or op.gemm.macs != macs:
         problems.append(f"{op.name}: {op.macs} MACs (GEMM {op.gemm.macs}), geometry gives {macs}")
-    x, w, y = (g.n, g.c, g.h, g.w), (g.k, g.c, g.r, g.s), (g.n, g.k, g.p, g.q)
+    x, w, y = (g.n, g.c, g.h, g.w), (g.k, g.c // g.groups, g.r, g.s), (g.n, g.k, g.p, g.q)
     expected = {
         "fwd": ((x, w), (y,)),
         "bwd_data": ((y, w), (x,)),

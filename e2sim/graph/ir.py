@@ -55,7 +55,9 @@ class Tensor:
 
 @dataclass(frozen=True)
 class ConvShape:
-    """Forward geometry of a conv layer: batch N, K filters of C×R×S over C×H×W inputs, P×Q outputs."""
+    """Forward geometry of a conv layer: batch N, K filters of C×R×S over C×H×W inputs, P×Q outputs;
+    ``groups`` independent convolutions of K/groups filters over C/groups channels each (the
+    filters are K × C/groups × R × S), taps ``dilation`` apart."""
 
     n: int
     k: int
@@ -69,19 +71,27 @@ class ConvShape:
     stride: int
     pad_h: int
     pad_w: int
+    groups: int = 1
+    dilation: int = 1
+
+    @property
+    def macs(self) -> int:
+        return self.n * self.k * self.c // self.groups * self.p * self.q * self.r * self.s
 
 
 @dataclass(frozen=True)
 class GemmShape:
-    """The GEMM an op is equivalent to: out[M×N] = A[M×K] · B[K×N] (SCALE-Sim's M, N, K)."""
+    """The GEMM an op is equivalent to: out[M×N] = A[M×K] · B[K×N] (SCALE-Sim's M, N, K), run
+    ``groups`` times on independent operands (a grouped convolution)."""
 
     m: int
     n: int
     k: int
+    groups: int = 1
 
     @property
     def macs(self) -> int:
-        return self.m * self.n * self.k
+        return self.groups * self.m * self.n * self.k
 
 
 @dataclass(frozen=True)

@@ -43,16 +43,22 @@ class Layer:
 
 @dataclass(frozen=True, kw_only=True)
 class Conv2d(Layer):
+    """``groups``: input channels and filters split into that many independent convolutions (each
+    filter sees C/groups channels; depthwise: groups = C); ``dilation``: the kernel's taps are that
+    many rows and columns apart (it spans dilation·(R − 1) + 1 rows)."""
+
     out_channels: int
     kernel: tuple[int, int]
     stride: int
     padding: tuple[int, int]
     bias: bool
+    groups: int = 1
+    dilation: int = 1
     kind: ClassVar[str] = "conv"
     trainable: ClassVar[bool] = True
 
     def params(self) -> tuple[tuple[str, Shape], ...]:
-        weight = ("w", (self.out_channels, self.in_shapes[0][0], *self.kernel))
+        weight = ("w", (self.out_channels, self.in_shapes[0][0] // self.groups, *self.kernel))
         return (weight, ("b", (self.out_channels,))) if self.bias else (weight,)
 
 
@@ -110,6 +116,15 @@ class AvgPool(Layer):
 @dataclass(frozen=True, kw_only=True)
 class GlobalAvgPool(Layer):
     kind: ClassVar[str] = "global_avgpool"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropout(Layer):
+    """Inverted dropout while training: each element is kept with probability 1 − ``drop_probability``
+    and scaled by 1 / (1 − drop_probability); the identity in evaluation."""
+
+    drop_probability: float
+    kind: ClassVar[str] = "dropout"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -219,21 +219,23 @@ def _lower_conv(g: _Lowering, layer) -> None:
     c, h, w = layer.in_shapes[0]
     k, p, q = layer.out_shape
     r, s = layer.kernel
-    geometry = ConvShape(n, k, c, h, w, p, q, r, s, layer.stride, *layer.padding)
-    macs = n * k * c * p * q * r * s
+    groups = layer.groups
+    geometry = ConvShape(n, k, c, h, w, p, q, r, s, layer.stride, *layer.padding, groups, layer.dilation)
+    macs = geometry.macs
+    kg, cg = k // groups, c // groups  # each group's GEMMs
     params = g.params(layer)
     y = g.tensor(f"{layer.name}.y", layer.name, "activation", (n, k, p, q))
     bias_ops = n * k * p * q if layer.bias else 0
     g.op(layer, "fwd", "conv", [x, *params.values()], [y], macs, bias_ops, n * k * p * q, geometry,
-         GemmShape(n * p * q, k, c * r * s))  # fmt: skip
+         GemmShape(n * p * q, kg, cg * r * s, groups))  # fmt: skip
     dy = f"{y}.grad"
     if dx := g.grad_target(layer, 0):
         g.error(dx, layer.name, x)
         g.op(layer, "bwd_data", "conv", [dy, params["w"]], [dx], macs, 0, n * c * h * w, geometry,
-             GemmShape(n * p * q, c * r * s, k))  # fmt: skip
+             GemmShape(n * p * q, cg * r * s, kg, groups))  # fmt: skip
     grads = [g.tensor(f"{t}.grad", layer.name, "weight_grad", g.shape(t)) for t in params.values()]
-    g.op(layer, "bwd_weight", "conv", [x, dy], grads, macs, bias_ops, k * c * r * s, geometry,
-         GemmShape(k, c * r * s, n * p * q))  # fmt: skip
+    g.op(layer, "bwd_weight", "conv", [x, dy], grads, macs, bias_ops, k * cg * r * s, geometry,
+         GemmShape(kg, cg * r * s, n * p * q, groups))  # fmt: skip
     g.update_op(layer, params)
 
 
@@ -313,6 +315,23 @@ def _lower_pool(g: _Lowering, layer) -> None:
         g.op(layer, "bwd_data", "vector", reads_back, [dx], ew=bwd_ops, elements=g.tensors[x].numel)
 
 
+def _lower_dropout(g: _Lowering, layer) -> None:
+    """Inverted dropout: the forward op draws a keep mask (one bit per element, saved for the
+    backward op) and scales the kept elements; the backward op masks and scales the error."""
+    x = g.x(layer)
+    size = g.tensors[x].numel
+    y = g.tensor(f"{layer.name}.y", layer.name, "activation", g.shape(x))
+    dx = g.grad_target(layer, 0)
+    writes = [y]
+    if dx:
+        writes.append(g.tensor(f"{layer.name}.mask", layer.name, "index", g.shape(x), bits=1))
+    g.op(layer, "fwd", "vector", [x], writes, ew=ew_ops.dropout_forward(size), elements=size)
+    if dx:
+        g.error(dx, layer.name, x)
+        g.op(layer, "bwd_data", "vector", [f"{y}.grad", writes[1]], [dx], ew=ew_ops.dropout_backward(size),
+             elements=size)  # fmt: skip
+
+
 def _lower_add(g: _Lowering, layer) -> None:
     a, b = g.x(layer, 0), g.x(layer, 1)
     size = g.tensors[a].numel
@@ -356,6 +375,7 @@ _LOWER = {
     "avgpool": _lower_pool,
     "global_avgpool": _lower_pool,
     "add": _lower_add,
+    "dropout": _lower_dropout,
     "zero_pad_shortcut": _lower_zero_pad_shortcut,
     "loss": _lower_loss,
 }

@@ -14,6 +14,7 @@ from e2sim.graph.layers import (
     AvgPool,
     BatchNorm,
     Conv2d,
+    Dropout,
     Flatten,
     GlobalAvgPool,
     Layer,
@@ -160,6 +161,7 @@ _SPEC_LAYERS: dict[str, type[Layer]] = {
     "avgpool": AvgPool,
     "global_avgpool": GlobalAvgPool,
     "flatten": Flatten,
+    "dropout": Dropout,
 }
 _AUTO_NAMES = {"batchnorm": "bn", "global_avgpool": "gap", "basic_block": "block", "linear": "fc"}
 
@@ -174,8 +176,14 @@ def _infer_shape(cls: type[Layer], in_shapes: tuple[Shape, ...], a: dict) -> Sha
     if cls in (Conv2d, MaxPool, AvgPool):
         c, h, w = feature_map(x, cls.kind)
         what = "kernel" if cls is Conv2d else "window"
-        p = window_output(h, a["kernel"][0], a["stride"], a["padding"][0], what)
-        q = window_output(w, a["kernel"][1], a["stride"], a["padding"][1], what)
+        groups, dilation = a.get("groups", 1), a.get("dilation", 1)
+        if cls is Conv2d and (c % groups or a["out_channels"] % groups):
+            raise ShapeError(f"groups {groups} must divide the input channels ({c}) and out_channels "
+                             f"({a['out_channels']})")  # fmt: skip
+        span_h, span_w = (dilation * (k - 1) + 1 for k in a["kernel"])
+        what = f"kernel {a['kernel'][0]}×{a['kernel'][1]} dilated by {dilation} spans" if dilation > 1 else what
+        p = window_output(h, span_h, a["stride"], a["padding"][0], what)
+        q = window_output(w, span_w, a["stride"], a["padding"][1], what)
         if cls is not Conv2d and max(a["padding"]) * 2 > min(a["kernel"]):
             raise ShapeError("padding must be at most half the window")
         return (a["out_channels"] if cls is Conv2d else c, p, q)
@@ -191,6 +199,8 @@ def _infer_shape(cls: type[Layer], in_shapes: tuple[Shape, ...], a: dict) -> Sha
         return (feature_map(x, "global_avgpool")[0],)
     if cls is Flatten:
         return (numel(x),)
+    if cls is Dropout:
+        return x
     if cls is ZeroPadShortcut:
         c, h, w = feature_map(x, "zero_pad shortcut")
         return (a["out_channels"], -(-h // a["stride"]), -(-w // a["stride"]))

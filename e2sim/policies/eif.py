@@ -15,7 +15,7 @@ own forward (on every instance) and training are counted under its ``eif_*`` ops
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -98,8 +98,11 @@ def build_filter_model(input_shape: Shape, source: str = "policy.eif") -> Model:
     return b.finish(x, "EIF ResNet-8", 2, source, loss="eif_loss")
 
 
-def filter_graph(workload: Workload, batch: int) -> TrainingGraph:
-    """The filter network's training iteration at ``batch`` (the main network's batch)."""
+def filter_graph(workload: Workload, batch: int, momentum: float | None = None) -> TrainingGraph:
+    """The filter network's training iteration at ``batch`` (the main network's batch), with SGD
+    at ``momentum`` (the filter's own; default the workload's)."""
+    if momentum is not None:
+        workload = replace(workload, training=replace(workload.training, momentum=momentum))
     return lower_model(workload, build_filter_model(workload.dataset.info.input_shape), batch)
 
 
@@ -230,7 +233,7 @@ class Eif(Policy):
 
     def filter_graph(self, batch: int) -> TrainingGraph:
         if batch not in self.filters:
-            self.filters[batch] = filter_graph(self.workload, batch)
+            self.filters[batch] = filter_graph(self.workload, batch, self.spec.filter_momentum)
         return self.filters[batch]
 
     def extend(self, graph: TrainingGraph) -> GraphExtension:

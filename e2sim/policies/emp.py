@@ -8,6 +8,10 @@ convolution and the weight-gradient computation; their weight gradients are zero
 
 The pruned kernels wrap whichever kernel computes a conv's backward (the engine's, or PSG's sign
 gradient): it runs on the kept channels' errors, and the pruned channels' outputs are zero.
+
+Grouped and depthwise convolutions are left unpruned (the paper prunes dense convolutions; pruning
+channels unevenly across groups changes the layer's structure): they run their full backward
+pass, and the report lists them under ``unpruned_grouped_layers``.
 """
 
 from __future__ import annotations
@@ -59,11 +63,16 @@ def selection_ops(w_size: int, dy_size: int, channels: int) -> int:
     return 2 * (w_size + dy_size) + channels * max(1, math.ceil(math.log2(max(channels, 2))))
 
 
+def prunable(op: Op) -> bool:
+    """A dense (ungrouped) conv's backward op."""
+    return op.kind == "conv" and op.conv is not None and op.conv.groups == 1
+
+
 def emp_ops(graph: TrainingGraph) -> list[Op]:
-    """The selection op of every conv, reading its weights and output error."""
+    """The selection op of every dense conv, reading its weights and output error."""
     ops = []
     for op in graph.ops:
-        if op.kind == "conv" and op.phase == "bwd_weight":
+        if prunable(op) and op.phase == "bwd_weight":
             x, dy = op.reads
             w = f"{op.layer}.w"
             ew = selection_ops(graph.tensors[w].numel, graph.tensors[dy].numel, graph.tensors[w].shape[0])
@@ -77,6 +86,7 @@ class EmpStats:
     kept: int = 0
     total: int = 0
     per_layer: dict = field(default_factory=dict)
+    unpruned: list = field(default_factory=list)  # grouped convs, left as they are
 
     def add(self, layer: str, kept: int, total: int) -> None:
         self.kept += kept
@@ -88,6 +98,7 @@ class EmpStats:
         return {
             "kept_channel_fraction": self.kept / self.total if self.total else float("nan"),
             "per_layer": {name: k / t for name, (k, t) in sorted(self.per_layer.items())},
+            **({"unpruned_grouped_layers": sorted(set(self.unpruned))} if self.unpruned else {}),
         }
 
 
@@ -121,6 +132,10 @@ class Emp(RecordedPolicy):
 
     def kernel(self, op: Op, layer: Layer, inner: Kernel) -> Kernel:
         if op.layer_kind != "conv" or op.phase not in ("bwd_data", "bwd_weight"):
+            return inner
+        if not prunable(op):
+            if layer.name not in self.record.unpruned:
+                self.record.unpruned.append(layer.name)
             return inner
 
         def pruned_input_gradient(s: Step, op: Op, layer: Layer, seed: int) -> None:

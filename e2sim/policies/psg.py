@@ -79,14 +79,15 @@ class PsgStats:
 
 def psg_weight_gradient(
     x, dy, weight_shape, stride, padding, fmt: PrecisionSpec | None, spec: PsgSpec, stats: PsgStats,
-    bias: bool, counter: OpCounter | None, op: str, seed: int, layer: str,
+    bias: bool, counter: OpCounter | None, op: str, seed: int, layer: str, groups: int = 1, dilation: int = 1,
 ):  # fmt: skip
     """Returns the weight gradient to apply (scaled signs), and the bias gradient if ``bias``."""
     xp, dyp = predictor_operands(x, dy, spec, seed)
-    predicted = F.conv2d_grad_weight(xp.dequantize(), dyp.dequantize(), weight_shape, stride, padding)
+    conv = dict(groups=groups, dilation=dilation)
+    predicted = F.conv2d_grad_weight(xp.dequantize(), dyp.dequantize(), weight_shape, stride, padding, **conv)
     threshold = spec.threshold * float(np.max(np.abs(predicted))) if spec.adaptive else spec.threshold
     confident = np.abs(predicted) >= threshold
-    accurate = F.conv2d_grad_weight(x, dy, weight_shape, stride, padding, fmt, bias=bias, seed=seed)
+    accurate = F.conv2d_grad_weight(x, dy, weight_shape, stride, padding, fmt, bias=bias, seed=seed, **conv)
     dw, db = accurate if bias else (accurate, None)
     signs = np.where(confident, np.sign(predicted), np.sign(dw))
     scaled = (signs * np.mean(np.abs(predicted))).astype(np.float32)
@@ -130,7 +131,8 @@ class Psg(RecordedPolicy):
             x, dy = (s.tensors[name] for name in op.reads)
             shape = (dy.shape[1], *s.graph.tensors[op.writes[0]].shape[1:])
             out = psg_weight_gradient(x, dy, shape, layer.stride, layer.padding, s.fmt, self.spec, self.record,
-                                      layer.bias, s.counter, op.name, seed, layer.name)  # fmt: skip
+                                      layer.bias, s.counter, op.name, seed, layer.name, layer.groups,
+                                      layer.dilation)  # fmt: skip
             for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
                 s.tensors[name] = value
 

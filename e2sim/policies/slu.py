@@ -326,9 +326,11 @@ class Slu(Policy):
         self.runtime: SluRuntime | None = None
 
     def check_model(self, model: Model) -> None:
-        if not any(layer.kind == "add" for layer in model.layers):
+        blocks = sum(layer.kind == "add" for layer in model.layers)
+        if blocks < 2:
             raise SpecError.single(self.workload.source, "policy.slu", f"selective layer update gates residual "
-                                   f"blocks, and {model.name} has none (use a residual model)")  # fmt: skip
+                                   f"blocks, and {model.name} has {'none' if not blocks else 'only one'} (it gates "
+                                   "every block but the first: use a residual model with two or more)")  # fmt: skip
 
     def extend(self, graph: TrainingGraph) -> GraphExtension:
         ops, tensors, state = gate_ops(graph, self.spec, self.workload.training.momentum)

@@ -147,14 +147,16 @@ def window_extent(tile: np.ndarray, stride: int, taps: int, limit: int) -> np.nd
 
 def _halo(nest: LoopNest) -> tuple[int, int]:
     """Extra rows and columns of dy a tile of dx needs in a backward-data op (gather form: the
-    transposed convolution reads ⌈(R − σ)/σ⌉ rows of dy beyond its own on each tile boundary)."""
-    return (max(0, -(-(nest.r - nest.stride) // nest.stride)), max(0, -(-(nest.s - nest.stride) // nest.stride)))
+    transposed convolution reads ⌈(R' − σ)/σ⌉ rows of dy beyond its own on each tile boundary, R' the
+    dilated kernel's span)."""
+    return (max(0, -(-(nest.r_span - nest.stride) // nest.stride)),
+            max(0, -(-(nest.s_span - nest.stride) // nest.stride)))  # fmt: skip
 
 
 def operand_footprints(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray]:
     """Elements of one buffer tile of each operand kind."""
-    rows = window_extent(t.size["p"], nest.stride, nest.r, nest.h_pad)
-    cols = window_extent(t.size["q"], nest.stride, nest.s, nest.w_pad)
+    rows = window_extent(t.size["p"], nest.stride, nest.r_span, nest.h_pad)
+    cols = window_extent(t.size["q"], nest.stride, nest.s_span, nest.w_pad)
     extra_rows, extra_cols = _halo(nest) if nest.role == "bwd_data" else (0, 0)
     return {
         "x": t.size["n"] * t.size["c"] * rows * cols,
@@ -181,8 +183,8 @@ def operand_traffic(nest: LoopNest, t: Tiles, sliding: bool = False) -> dict[str
         last = window_extent(t.last[dim], stride, taps, limit)
         return ((t.count[dim] - 1) * full + last) * min(real, limit) / limit
 
-    rows = ones * min(nest.h, nest.h_pad) if sliding else covered("p", nest.stride, nest.r, nest.h_pad, nest.h)
-    cols = covered("q", nest.stride, nest.s, nest.w_pad, nest.w)
+    rows = ones * min(nest.h, nest.h_pad) if sliding else covered("p", nest.stride, nest.r_span, nest.h_pad, nest.h)
+    cols = covered("q", nest.stride, nest.s_span, nest.w_pad, nest.w)
     return {"x": nest.n * nest.c * rows * cols, "w": ones * nest.elements("w"), "y": ones * nest.elements("y")}
 
 

@@ -4,7 +4,8 @@ Every PE-array op of a training iteration runs over the *forward* nest of its la
 
     for n < N, k < K, c < C, p < P, q < Q, r < R, s < S:  one MAC on x[n, c, p·σ+r, q·σ+s], w[k, c, r, s], y[n, k, p, q]
 
-with σ the stride; the phase decides which of the three tensors is the output:
+with σ the stride (a dilated kernel reads x[n, c, p·σ + r·d, q·σ + s·d]); the phase decides which of
+the three tensors is the output:
 
 | role | reads (A, B) | writes | reduced over |
 |---|---|---|---|
@@ -17,7 +18,12 @@ so all three have the forward MAC count. A linear layer is the nest with P = Q =
 (``op.gemm``), so A streams through the ifmap buffer and B through the filter buffer.
 
 x-shaped operands are read through windows: a tile of ``p`` output rows and ``r`` filter rows
-covers ``(p − 1)·σ + r`` input rows (padding included; padding is never fetched).
+covers ``(p − 1)·σ + (r − 1)·d + 1`` input rows (padding included; padding is never fetched).
+
+A grouped convolution runs as ``groups`` independent nests, one after the other: the nest here is
+one group's (K/groups filters over C/groups channels), and pricing multiplies what one group costs
+by the number of groups (see ``schedule.ops``). Depthwise layers (one channel per group) therefore
+use one column (or row) of a systolic array: that is what such an array does with them.
 """
 
 from __future__ import annotations
@@ -57,6 +63,16 @@ class LoopNest:
     b_bits: int
     out_bits: int
     acc_bits: int
+    dilation: int = 1
+
+    @property
+    def r_span(self) -> int:
+        """Input rows one window covers (the kernel's rows, dilated)."""
+        return (self.r - 1) * self.dilation + 1
+
+    @property
+    def s_span(self) -> int:
+        return (self.s - 1) * self.dilation + 1
 
     @property
     def macs(self) -> int:
@@ -91,8 +107,13 @@ def gemm_of(role: str, n, k, c, pq, rs):
     return k, c * rs, n * pq
 
 
+def groups_of(op: Op) -> int:
+    """How many independent copies of its nest a PE-array op runs (a grouped convolution's groups)."""
+    return op.conv.groups if op.conv is not None else op.gemm.groups
+
+
 def nest_of(op: Op, tensors: Mapping[str, Tensor], accumulator_bits: int) -> LoopNest:
-    """The loop nest of a PE-array op (conv or gemm) with its operands' stored widths."""
+    """The loop nest of one group of a PE-array op (conv or gemm) with its operands' stored widths."""
     first, second = (tensors[name] for name in op.reads[:2])
     if op.phase == "bwd_weight":
         first, second = second, first  # A = the output error, B = the input activations
@@ -101,8 +122,10 @@ def nest_of(op: Op, tensors: Mapping[str, Tensor], accumulator_bits: int) -> Loo
     bits = (first.bits, second.bits, out.bits, accumulator_bits)
     g = op.conv
     if g is not None:
-        return LoopNest(role, g.n, g.k, g.c, g.p, g.q, g.r, g.s, g.stride, g.h, g.w,
-                        (g.p - 1) * g.stride + g.r, (g.q - 1) * g.stride + g.s, *bits)  # fmt: skip
+        d = g.dilation
+        return LoopNest(role, g.n, g.k // g.groups, g.c // g.groups, g.p, g.q, g.r, g.s, g.stride, g.h, g.w,
+                        (g.p - 1) * g.stride + (g.r - 1) * d + 1, (g.q - 1) * g.stride + (g.s - 1) * d + 1, *bits,
+                        dilation=d)  # fmt: skip
     m, n_cols, k_red = op.gemm.m, op.gemm.n, op.gemm.k
     if role == "fwd":
         batch, outs, ins = m, n_cols, k_red

@@ -19,7 +19,7 @@ from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator, PEArray
 from e2sim.schedule.mapper import Mapping as NestMapping
 from e2sim.schedule.mapper import MappingError, structure, timeline
-from e2sim.schedule.nest import LoopNest, nest_of
+from e2sim.schedule.nest import LoopNest, groups_of, nest_of
 from e2sim.schedule.rowstationary import map_row_stationary
 from e2sim.schedule.systolic import map_systolic
 from e2sim.schedule.target import Target
@@ -189,33 +189,39 @@ def _planned(op: Op, used: tuple[Tensor, ...], target: Target | None, accumulato
 
 
 def _pe_array(op: Op, tensors, pe: PEArray, target: Target, accumulator_bits: int) -> OpPlan:
+    """One group's nest mapped on the array; a grouped op runs its groups one after the other, each
+    on its own slices of the operands, so every count is one group's times the number of groups
+    (the buffer space is one group's)."""
     nest = nest_of(op, tensors, accumulator_bits)
+    groups = groups_of(op)
     m = map_nest(nest, target)
     first, second = (tensors[name] for name in op.reads[:2])
     if op.phase == "bwd_weight":
         first, second = second, first
     out = tensors[op.writes[0]]
-    a_read, b_read, psum_read = m.dram_read_bytes
-    final = nest.elements(nest.kinds[2]) * nest.out_bits / 8
-    psum_write = m.dram_write_bytes - final
+    a_read, b_read, psum_read = (groups * v for v in m.dram_read_bytes)
+    final = groups * nest.elements(nest.kinds[2]) * nest.out_bits / 8
+    psum_write = groups * m.dram_write_bytes - final
     tile = m.footprint_bytes
+    reads = [groups * v for v in m.buffer_reads]
     moves = [
-        TensorMove(first.name, "ifmap", False, a_read, a_read * 8, m.buffer_reads[0], m.refetch[0], tile[0]),
-        TensorMove(second.name, "filter", False, b_read, b_read * 8, m.buffer_reads[1], m.refetch[1], tile[1]),
+        TensorMove(first.name, "ifmap", False, a_read, a_read * 8, reads[0], m.refetch[0], tile[0]),
+        TensorMove(second.name, "filter", False, b_read, b_read * 8, reads[1], m.refetch[1], tile[1]),
         TensorMove(out.name, "ofmap", True, final, final * 8, 0.0, 1.0, tile[2]),
     ]
     for extra in (tensors[name] for name in op.writes[1:]):  # a bias gradient, summed as the op runs
         moves.append(TensorMove(extra.name, "ofmap", True, extra.bytes, extra.bytes * 8, extra.bytes * 8))
-    psum_bits = m.buffer_reads[2] + m.buffer_writes[2] - final * 8  # accumulation and spills, on chip
+    writes = groups * m.buffer_writes[2]
+    psum_bits = reads[2] + writes - final * 8  # accumulation and spills, on chip
     passes = pe.mac_passes(nest.a_bits, nest.b_bits)
     bits = (nest.a_bits, nest.b_bits, nest.acc_bits)
     return OpPlan(
-        compute_cycles=m.compute_cycles * passes, moves=tuple(moves), footprint_bytes=sum(m.footprint_bytes),
-        tiles=m.tiles, psum_bytes=(psum_write, psum_read), psum_bits=psum_bits,
-        sram_reads={"ifmap": m.buffer_reads[0] / bits[0], "filter": m.buffer_reads[1] / bits[1],
-                    "ofmap": (m.buffer_reads[2] - final * 8) / bits[2]},
-        sram_writes={"ofmap": (m.buffer_writes[2] - psum_read * 8) / bits[2]},
-        rf_bits=m.rf_bits, noc_bits=m.noc_bits, hop_bits=m.hop_bits, nest=nest, mapping=m,
+        compute_cycles=groups * m.compute_cycles * passes, moves=tuple(moves), footprint_bytes=sum(m.footprint_bytes),
+        tiles=groups * m.tiles, psum_bytes=(psum_write, psum_read), psum_bits=psum_bits,
+        sram_reads={"ifmap": reads[0] / bits[0], "filter": reads[1] / bits[1],
+                    "ofmap": (reads[2] - final * 8) / bits[2]},
+        sram_writes={"ofmap": (writes - psum_read * 8) / bits[2]},
+        rf_bits=groups * m.rf_bits, noc_bits=groups * m.noc_bits, hop_bits=groups * m.hop_bits, nest=nest, mapping=m,
     )  # fmt: skip
 
 

@@ -55,14 +55,14 @@ def _geometry(nest: LoopNest, t: Tiles) -> dict[str, np.ndarray | float]:
     n, k, c, p = (t.size[d] for d in ("n", "k", "c", "p"))
     if nest.role == "fwd":
         return {"N": n, "K": k, "C": c, "P": p, "Q": float(nest.q), "R": float(nest.r), "S": float(nest.s),
-                "stride": nest.stride, "dilation": 1, "density": 1.0}  # fmt: skip
+                "stride": nest.stride, "dilation": nest.dilation, "density": 1.0}  # fmt: skip
     if nest.role == "bwd_data":  # dx = the error, zero-dilated by the stride, against the flipped filters
         rows = np.minimum(p * nest.stride, nest.h)
         return {"N": n, "K": c, "C": k, "P": rows, "Q": float(nest.w), "R": float(nest.r), "S": float(nest.s),
-                "stride": 1, "dilation": 1, "density": 1.0 / nest.stride**2}  # fmt: skip
-    # bwd_weight: dw[k, c, r, s] = Σ_n,p,q x[n, c, p·σ + r, q·σ + s] dy[n, k, p, q]
+                "stride": 1, "dilation": nest.dilation, "density": 1.0 / nest.stride**2}  # fmt: skip
+    # bwd_weight: dw[k, c, r, s] = Σ_n,p,q x[n, c, p·σ + r·d, q·σ + s·d] dy[n, k, p, q]
     return {"N": c, "K": k, "C": n, "P": float(nest.r), "Q": float(nest.s), "R": p, "S": float(nest.q),
-            "stride": 1, "dilation": nest.stride, "density": 1.0}  # fmt: skip
+            "stride": nest.dilation, "dilation": nest.stride, "density": 1.0}  # fmt: skip
 
 
 def _options(limit: int) -> list[int]:

@@ -7,6 +7,8 @@
 - ``cifar10`` / ``cifar100``: the python pickle batches (``data_batch_1`` … ``test_batch``, or
   ``train`` / ``test``), in ``dataset.path`` or its ``cifar-10-batches-py`` / ``cifar-100-python``.
   Pickles are read with an unpickler that admits only plain data and numpy arrays.
+- ``synthetic``: standard-normal images of the spec's shape and uniform labels from its seed
+  (``SyntheticData``): costs of ImageNet-sized models, smoke tests; its accuracy is chance.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Dataset:
 def load_dataset(spec: DatasetSpec, path_override: str | Path | None = None) -> Dataset:
     """Load the dataset a workload names; ``path_override`` replaces ``dataset.path``."""
     path = path_override if path_override is not None else spec.path
+    if spec.synthetic is not None:
+        return _synthetic(spec)
     if spec.name == "mnist5k":
         (xtr, ytr), (xte, yte) = _mnist5k()
         norm, augment = NORMALIZATION["mnist"], False
@@ -68,6 +72,17 @@ def load_dataset(spec: DatasetSpec, path_override: str | Path | None = None) -> 
             (xtr, ytr), (xte, yte) = _cifar(folder, spec.name)
             norm, augment = NORMALIZATION[spec.name], True
     return Dataset(spec.name, Split(_normalize(xtr, norm), ytr), Split(_normalize(xte, norm), yte), augment)
+
+
+def _synthetic(spec: DatasetSpec) -> Dataset:
+    data = spec.synthetic
+    rng = np.random.default_rng(data.seed)
+
+    def split(count: int) -> Split:
+        images = rng.standard_normal((count, *data.input_shape), dtype=np.float32)
+        return Split(images, rng.integers(0, data.num_classes, count, dtype=np.int64))
+
+    return Dataset("synthetic", split(data.train_samples), split(data.test_samples), augment=False)
 
 
 def _normalize(images: np.ndarray, norm: tuple) -> np.ndarray:

@@ -206,7 +206,8 @@ def _conv_fwd(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     bias = t[op.reads[2]] if layer.bias else None
     t[op.writes[0]] = F.conv2d(t[op.reads[0]], t[op.reads[1]], bias, layer.stride, layer.padding, s.fmt,
-                               approx=s.approx, counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+                               groups=layer.groups, dilation=layer.dilation, approx=s.approx, counter=s.counter,
+                               op=op.name, seed=seed)  # fmt: skip
 
 
 def _conv_bwd_data(s: Step, op: Op, layer, seed: int) -> None:
@@ -214,7 +215,8 @@ def _conv_bwd_data(s: Step, op: Op, layer, seed: int) -> None:
     dy = t[op.reads[0]]
     shape = (dy.shape[0], *layer.in_shapes[0])
     t[op.writes[0]] = F.conv2d_grad_input(dy, t[op.reads[1]], shape, layer.stride, layer.padding, s.fmt,
-                                          counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+                                          groups=layer.groups, dilation=layer.dilation, counter=s.counter,
+                                          op=op.name, seed=seed)  # fmt: skip
 
 
 def _conv_bwd_weight(s: Step, op: Op, layer, seed: int) -> None:
@@ -222,8 +224,9 @@ def _conv_bwd_weight(s: Step, op: Op, layer, seed: int) -> None:
     t = s.tensors
     x, dy = t[op.reads[0]], t[op.reads[1]]
     w_shape = (dy.shape[1], *s.graph.tensors[op.writes[0]].shape[1:])
-    out = F.conv2d_grad_weight(x, dy, w_shape, layer.stride, layer.padding, s.fmt, bias=layer.bias,
-                               counter=s.counter, op=op.name, seed=seed)  # fmt: skip
+    out = F.conv2d_grad_weight(x, dy, w_shape, layer.stride, layer.padding, s.fmt, groups=layer.groups,
+                               dilation=layer.dilation, bias=layer.bias, counter=s.counter, op=op.name,
+                               seed=seed)  # fmt: skip
     for name, value in zip(op.writes, out if layer.bias else (out,), strict=True):
         t[name] = value
 
@@ -365,6 +368,25 @@ def _pass_gradient(s: Step, op: Op, layer, seed: int) -> None:
         s.counter.record(op.name, reads={"dy": s.tensors[op.reads[0]].size})
 
 
+def _dropout_fwd(s: Step, op: Op, layer, seed: int) -> None:
+    """Training: keep each element with probability 1 − p (drawn from the op's seed) and scale the
+    kept ones by 1/(1 − p); evaluation: the identity, no work."""
+    x = s.tensors[op.reads[0]]
+    if not s.training:
+        s.tensors[op.writes[0]] = x
+        return
+    y, mask = F.dropout(x, layer.drop_probability, seed, counter=s.counter, op=op.name)
+    s.tensors[op.writes[0]] = y
+    if len(op.writes) > 1:
+        s.tensors[op.writes[1]] = mask
+
+
+def _dropout_bwd(s: Step, op: Op, layer, seed: int) -> None:
+    t = s.tensors
+    t[op.writes[0]] = F.dropout_backward(t[op.reads[0]], t[op.reads[1]], layer.drop_probability, counter=s.counter,
+                                         op=op.name)  # fmt: skip
+
+
 def _zero_pad_fwd(s: Step, op: Op, layer, seed: int) -> None:
     x = s.tensors[op.reads[0]]
     n, c = x.shape[:2]
@@ -429,6 +451,7 @@ _HANDLERS: dict = {
     ("avgpool", "fwd"): _avgpool_fwd, ("avgpool", "bwd_data"): _avgpool_bwd,
     ("global_avgpool", "fwd"): _gap_fwd, ("global_avgpool", "bwd_data"): _gap_bwd,
     ("add", "fwd"): _add_fwd, ("add", "bwd_data"): _pass_gradient,
+    ("dropout", "fwd"): _dropout_fwd, ("dropout", "bwd_data"): _dropout_bwd,
     ("zero_pad_shortcut", "fwd"): _zero_pad_fwd, ("zero_pad_shortcut", "bwd_data"): _zero_pad_bwd,
     ("loss", "fwd"): _loss_fwd, ("loss", "bwd_data"): _loss_bwd,
     "grad_sum": _grad_sum,

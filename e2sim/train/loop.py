@@ -181,6 +181,8 @@ def train(
         policy.bind(graph, ENGINE)
     executor = GraphExecutor(graph, workload.precision, training.momentum, training.weight_decay, policies, datapath)
     state, history, counts, first_epoch = init_state(graph, training.seed, policies), [], OpCounter(), 1
+    if workload.model.onnx_weights is not None:
+        load_onnx_weights(state, graph, workload)
     mode = approximate if on_mode else None
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
@@ -254,6 +256,27 @@ def train(
     bar.close()
     return TrainResult(workload.name, graph, tuple(history), sum(h.iterations for h in history) + partial, counts,
                        state, stats, tuple(policies), interrupted)  # fmt: skip
+
+
+def load_onnx_weights(state: TrainState, graph: TrainingGraph, workload: Workload) -> None:
+    """Replace the initial parameters and BN running statistics by the ONNX model's initializers
+    (``model: {onnx: PATH, weights: onnx}``); a file changed since the workload was read, or an
+    initializer of the wrong shape, is a SpecError naming it."""
+    from e2sim.config.onnx_model import read_onnx_parameters
+
+    path = Path(workload.model.onnx_weights)
+    where = "model.weights"
+    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != workload.model.onnx_weights_sha256:
+        raise SpecError.single(workload.source, where, f"{path} changed since the workload was read")
+    trainable = [(layer.name, layer.kind) for layer in graph.model.layers
+                 if layer.kind in ("conv", "linear", "batchnorm")]  # fmt: skip
+    arrays = read_onnx_parameters(path, workload.source, workload.dataset.info.input_shape, trainable)
+    for name, value in arrays.items():
+        if name not in state.arrays or state.arrays[name].shape != value.shape:
+            want = state.arrays[name].shape if name in state.arrays else "no such tensor"
+            raise SpecError.single(workload.source, where, f"initializer for {name} has shape {value.shape}, "
+                                   f"the model needs {want}")  # fmt: skip
+        state.arrays[name] = value
 
 
 def save_checkpoint(
