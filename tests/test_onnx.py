@@ -307,3 +307,25 @@ def test_weights_onnx_loads_every_initializer_and_refuses_a_changed_file(tmp_pat
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
     with pytest.raises(SpecError, match="changed since the workload was read"):
         load_onnx_weights(init_state(graph, 0), graph, work)
+
+
+def test_bad_onnx_files_on_the_command_line_are_one_line_and_exit_2(tmp_path, capsys):
+    from e2sim.cli.main import main
+
+    good = lenet5(tmp_path / "good.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[:500])
+    b = Builder(1, 28)
+    b.input = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    dynamic = b.model(b.node("Gemm", [b.node("Flatten", ["input"], axis=1), b.weight((10, 784))], transB=1), 10,
+                      tmp_path / "dynamic.onnx")  # fmt: skip
+    b = Builder(1, 28)
+    sigmoid = b.model(b.node("Gemm", [b.node("Flatten", [b.node("Sigmoid", ["input"])], axis=1), b.weight((10, 784))],
+                                     transB=1), 10, tmp_path / "sigmoid.onnx")  # fmt: skip
+    cases = {truncated: "cannot be read as an ONNX model", dynamic: "needs a fixed N x C x H x W input size",
+             sigmoid: "Sigmoid (inputs input): op not supported"}  # fmt: skip
+    for path, message in cases.items():
+        for command in (["lower", str(path)], ["estimate", str(path), "--hw", "eyeriss"]):
+            code = main(command)
+            out, err = capsys.readouterr()
+            assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (command, err)
