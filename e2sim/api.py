@@ -9,12 +9,13 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import e2sim.policies  # noqa: F401  (registers the built-in techniques and presets)
 from e2sim import __version__
-from e2sim.config.errors import SpecError
+from e2sim.config.errors import CheckpointError, DataError, SpecError
 from e2sim.config.loading import embedded_names, read_hardware_spec, read_workload_spec, resolve_spec, topology_path
-from e2sim.config.measurement import Measurement
+from e2sim.config.measurement import LOSSES, Measurement
 from e2sim.config.policy import PolicySpec, preset, preset_names, read_policy
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.config.scalesim import read_scalesim_cfg
@@ -25,13 +26,11 @@ from e2sim.config.yaml_text import read_yaml_file
 from e2sim.counting import OpCounter
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.hw import Accelerator
+from e2sim.lazy import LazyModule
 from e2sim.process import StopRequest, stop_on_signals, thread_budget
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
-from e2sim.studies.calibrate import LOSSES, CalibrationResult, calibrate_measurements
-from e2sim.studies.execute import executor_for
-from e2sim.studies.rena.search import SearchResult, run_search
 from e2sim.studies.single import (
     activate_checked,
     check_hardware,
@@ -41,12 +40,22 @@ from e2sim.studies.single import (
     price_training,
     run_once,
 )
-from e2sim.studies.sweep import SweepResult, run_sweep
-from e2sim.studies.sweep import status as sweep_progress
-from e2sim.studies.validate import Validation, load_measurement, validate_measurements
-from e2sim.train import loop
-from e2sim.train.data import DataError
-from e2sim.train.loop import CheckpointError, TrainResult, fingerprint
+
+if TYPE_CHECKING:
+    from e2sim.studies.calibrate import CalibrationResult
+    from e2sim.studies.rena.search import SearchResult
+    from e2sim.studies.sweep import SweepResult
+    from e2sim.studies.validate import Validation
+    from e2sim.train.loop import TrainResult
+
+# what only some verbs need loads when one of them first runs (``e2sim lower`` and ``estimate``
+# never load the training engine, the sweep store, the search or the fitting)
+loop = LazyModule("e2sim.train.loop")
+calibration = LazyModule("e2sim.studies.calibrate")
+execution = LazyModule("e2sim.studies.execute")
+rena = LazyModule("e2sim.studies.rena.search")
+sweeps = LazyModule("e2sim.studies.sweep")
+validation = LazyModule("e2sim.studies.validate")
 
 __all__ = [
     "LOSSES",
@@ -243,7 +252,7 @@ def _cached_baseline(spec: Workload, accelerator: Accelerator, epochs, data_dir,
     comparing on another one prices it again."""
     baseline = with_policy(spec, preset("baseline"))
     mode = accelerator.approximate
-    key = hashlib.sha256(repr((fingerprint(baseline), mode, epochs, str(data_dir), __version__)).encode())
+    key = hashlib.sha256(repr((loop.fingerprint(baseline), mode, epochs, str(data_dir), __version__)).encode())
     path = cache_dir() / "trainings" / f"{baseline.name}-{key.hexdigest()[:20]}.pkl"
     prepared = prepare(baseline)
     check_hardware(prepared.workload, prepared.policies, accelerator)
@@ -272,13 +281,13 @@ def load_measurements(measurements: Sequence[MeasurementLike]) -> list[Measureme
         measurements = embedded_names("measurement")
     if not measurements:
         raise SpecError.single("validate", "MEASUREMENT", "name at least one measurement file")
-    return [m if isinstance(m, Measurement) else load_measurement(m) for m in measurements]
+    return [m if isinstance(m, Measurement) else validation.load_measurement(m) for m in measurements]
 
 
 def validate(measurements: Sequence[MeasurementLike], hw: HardwareLike | None = None) -> Validation:
     """Predicted against measured for every value of ``measurements``, each on its own device (or on
     ``hw``) at its operating point; relative errors and mean absolute percentage errors."""
-    return validate_measurements(load_measurements(measurements), load_hw(hw) if hw is not None else None)
+    return validation.validate_measurements(load_measurements(measurements), load_hw(hw) if hw is not None else None)
 
 
 def calibrate(measurements: Sequence[MeasurementLike], hw: str | Path, fit: Sequence[str], loss: str = "linear",
@@ -288,7 +297,7 @@ def calibrate(measurements: Sequence[MeasurementLike], hw: str | Path, fit: Sequ
     correlations and leave-one-out errors; with ``out``, write the calibrated spec as a new file
     (never over an existing one)."""
     spec_path = resolve_spec(hw, "hardware")
-    return calibrate_measurements(load_measurements(measurements), load_hw(hw), spec_path, fit, loss,
+    return calibration.calibrate_measurements(load_measurements(measurements), load_hw(hw), spec_path, fit, loss,
                                   Path(out) if out is not None else None)  # fmt: skip
 
 
@@ -300,7 +309,7 @@ def search(spec: str | Path | SearchSpec, db: str | Path | None = None, workers:
     if not isinstance(spec, SearchSpec):
         spec = read_search_spec(spec)
     store = Path(db) if db is not None else Path(spec.source).with_suffix(".sqlite")
-    return run_search(spec, store, executor_for(workers, scheduler, dask))
+    return rena.run_search(spec, store, execution.executor_for(workers, scheduler, dask))
 
 
 def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: int | None = None,
@@ -310,12 +319,12 @@ def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: i
     LocalCluster of ``workers`` (``dask``), or the Dask cluster at ``scheduler``. Returns every stored
     point of the sweep and its Pareto front; a killed sweep started again runs only what is missing."""
     checked = spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec)
-    return run_sweep(checked, db, workers, scheduler, dask, progress)
+    return sweeps.run_sweep(checked, db, workers, scheduler, dask, progress)
 
 
 def sweep_status(spec: str | Path | SweepSpec, db: str | Path | None = None) -> dict[str, int]:
     """Stored points per status (done, failed, infeasible, pruned), planned and remaining."""
-    return sweep_progress(spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec), db)
+    return sweeps.status(spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec), db)
 
 
 def cache_dir() -> Path:

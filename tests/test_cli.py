@@ -96,3 +96,22 @@ def test_estimate_says_when_the_approximate_mode_priced_it(capsys):
     assert main(["estimate", "lenet5-mnist", "--hw", "axtrain-65nm", "--approximate"]) == 0
     assert "priced on the approximate mode (drum-3, 0.6 V): 5 forward conv/linear ops" in capsys.readouterr().out
     assert "approximate mode" not in exact
+
+
+def test_lower_and_estimate_load_only_what_they_need():
+    """``e2sim lower`` loads neither numba nor the training stack; ``estimate`` loads numba for the
+    residency plan but not the training engine, the sweep store, the search or scipy."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom e2sim.cli.main import main\nmain({args})\n"
+             "print('LOADED:' + ','.join(m for m in ('numba', 'e2sim.functional', 'e2sim.train.loop', "
+             "'e2sim.studies.sweep', 'e2sim.studies.rena.search', 'scipy.optimize', 'optuna') if m in sys.modules))")
+    loaded = {}
+    for args in (["lower", "lenet5-mnist"], ["estimate", "lenet5-mnist", "--hw", "eyeriss"]):
+        out = subprocess.run([sys.executable, "-c", probe.format(args=args)], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+        line = next(line for line in out.splitlines() if line.startswith("LOADED:"))
+        loaded[args[0]] = set(filter(None, line[len("LOADED:") :].split(",")))
+    assert loaded["lower"] == set()
+    assert loaded["estimate"] == {"numba"}

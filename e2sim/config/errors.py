@@ -36,3 +36,11 @@ class SpecError(ValueError):
     @classmethod
     def single(cls, source: str, path: str, message: str) -> SpecError:
         return cls([Problem(source, path, message)])
+
+
+class DataError(ValueError):
+    """A dataset file is missing or corrupt; the message names the path."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (missing, corrupt, or from another workload); names the path."""

@@ -43,6 +43,7 @@ from e2sim.config.yaml_text import read_yaml_file
 
 QUANTITIES = ("power_mw", "latency_ms", "energy_mj", "dram_mb", "throughput_gops", "efficiency_gops_per_w")
 PER_QUANTITIES = ("latency_ms", "energy_mj", "dram_mb")  # measured per batch or per image
+LOSSES = ("linear", "soft_l1", "huber", "cauchy")  # calibration losses (scipy least_squares)
 ENERGY_QUANTITIES = ("power_mw", "energy_mj", "efficiency_gops_per_w")  # those the energy table moves
 PHASES = ("inference", "training")
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from e2sim.config.formats import NumberFormat
 from e2sim.kernels.quantize import NEAREST, STOCHASTIC, TRUNCATE, quantize_to_grid, round_to_float_format
+from e2sim.numerics.seeds import derive_seed  # noqa: F401  (its home before seeds.py)
 
 ROUNDING_MODES = {"nearest": NEAREST, "stochastic": STOCHASTIC, "truncate": TRUNCATE}
 GRANULARITIES = ("tensor", "channel", "sample", "batch_mean")
@@ -152,9 +153,3 @@ def exact_integer_matmul(a: np.ndarray, b: np.ndarray, bound_a: float, bound_b: 
     return total
 
 
-def derive_seed(seed: int, salt: int) -> int:
-    """An independent 64-bit seed for stream ``salt`` of ``seed`` (SplitMix64 finaliser)."""
-    z = (seed * 0x9E3779B97F4A7C15 + (salt + 1) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return z ^ (z >> 31)

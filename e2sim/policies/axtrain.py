@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import e2sim.functional as F
 from e2sim.config.errors import SpecError
 from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import Section, at_most, boolean, non_negative_number
 from e2sim.hw.accelerator import Accelerator
+from e2sim.lazy import LazyModule
 from e2sim.policies.base import Executor, Policy, Step
+
+F = LazyModule("e2sim.functional")  # the kernels load when a policy first runs one
 
 ACTIVE_RADIUS = 0.5  # the presets' ρ (ASAM's default radius for relative perturbations)
 

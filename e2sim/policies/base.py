@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -44,7 +44,9 @@ from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.graph.models import Model
 from e2sim.hw.accelerator import Accelerator
-from e2sim.numerics.approximate import ApproxDatapath
+
+if TYPE_CHECKING:
+    from e2sim.numerics.approximate import ApproxDatapath
 
 
 @dataclass

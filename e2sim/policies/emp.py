@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import e2sim.functional as F
 from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import at_most, fraction_positive, non_negative_number
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
 from e2sim.graph.layers import Layer
+from e2sim.lazy import LazyModule
 from e2sim.policies.base import Kernel, RecordedPolicy, Step
+
+F = LazyModule("e2sim.functional")  # the kernels load when a policy first runs one
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ Choices where the paper is silent (documented here and in the README):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-import e2sim.functional as F
 from e2sim.config.formats import parse_format
 from e2sim.config.frozen import FrozenDict
 from e2sim.config.precision import PrecisionSpec
@@ -31,8 +31,14 @@ from e2sim.config.reader import at_most, boolean, one_of, positive_number
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import Op
 from e2sim.graph.layers import Layer
-from e2sim.numerics.quantize import Quantized, derive_seed, quantize
+from e2sim.lazy import LazyModule
+from e2sim.numerics.seeds import derive_seed
 from e2sim.policies.base import Kernel, RecordedPolicy, Step
+
+F = LazyModule("e2sim.functional")  # the kernels load when a policy first runs one
+Q = LazyModule("e2sim.numerics.quantize")
+if TYPE_CHECKING:
+    from e2sim.numerics.quantize import Quantized
 
 _INT8 = parse_format("int8")
 
@@ -55,13 +61,13 @@ def msb_operand(q8: Quantized, bits: int) -> Quantized:
     shift = 2 ** (8 - bits)
     top = 2 ** (bits - 1) - 1
     values = np.clip(np.rint(q8.values / shift), -top, top).astype(np.float32)
-    return Quantized(values, (q8.scale * shift).astype(np.float32), 0, bits, float(top))
+    return Q.Quantized(values, (q8.scale * shift).astype(np.float32), 0, bits, float(top))
 
 
 def predictor_operands(x: np.ndarray, dy: np.ndarray, spec: PsgSpec, seed: int) -> tuple[Quantized, Quantized]:
     """Predictor inputs: x at 8 bits then its MSBs; dy at ``error_bits``."""
-    x8 = quantize(x, _INT8, "nearest", "tensor", 0, derive_seed(seed, 31))
-    dyq = quantize(dy, parse_format(f"int{spec.error_bits}"), "nearest", "tensor", 0, derive_seed(seed, 32))
+    x8 = Q.quantize(x, _INT8, "nearest", "tensor", 0, derive_seed(seed, 31))
+    dyq = Q.quantize(dy, parse_format(f"int{spec.error_bits}"), "nearest", "tensor", 0, derive_seed(seed, 32))
     return msb_operand(x8, spec.predictor_bits), dyq
 
 

@@ -33,7 +33,7 @@ from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import GemmShape, GraphExtension, Op, Tensor, TrainingGraph
 from e2sim.graph.layers import INPUT
 from e2sim.graph.models import Model
-from e2sim.numerics.quantize import derive_seed
+from e2sim.numerics.seeds import derive_seed
 from e2sim.policies.base import Engine, PassHook, Policy
 from e2sim.policies.slu_gates import GateRun, gate_backward, gate_forward, gate_parameters
 

@@ -17,7 +17,7 @@ from e2sim.config.frozen import FrozenDict
 from e2sim.config.reader import at_least_one, at_most, fraction_below_one, one_of
 from e2sim.counting import OpCounter
 from e2sim.graph.ir import GraphExtension, Op, TrainingGraph
-from e2sim.numerics.quantize import derive_seed
+from e2sim.numerics.seeds import derive_seed
 from e2sim.policies.base import KEEP, Batch, Choice, RecordedPolicy
 
 SMD_STREAM = 0x5D  # salt of the drop decisions' random stream

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e2sim import __version__
 from e2sim.config.errors import SpecError
@@ -17,7 +17,9 @@ from e2sim.config.policy import PolicySpec
 from e2sim.config.workload import Workload, resolved_dict
 from e2sim.hw.accelerator import Accelerator
 from e2sim.report.estimate import Estimate
-from e2sim.train.loop import TrainResult
+
+if TYPE_CHECKING:  # the training stack loads only for a run
+    from e2sim.train.loop import TrainResult
 
 CHECKPOINT = "checkpoint.npz"  # an unfinished run's state (after its last complete epoch), for --resume
 OUTPUT_FILES = (

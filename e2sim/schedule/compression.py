@@ -18,9 +18,10 @@ import math
 import numpy as np
 
 from e2sim.hw.accelerator import COMPRESSION_FORMATS as FORMATS
-from e2sim.kernels.sparsity import zero_runs
+from e2sim.lazy import LazyModule
 
 __all__ = ["FORMATS", "compressed_bytes", "expected_rle_pairs", "stored_bytes"]
+KERNELS = LazyModule("e2sim.kernels.sparsity")  # numba loads when a tensor is first measured
 RLE_RUN_BITS = 5
 RLE_WORD_BITS = 64
 
@@ -42,7 +43,7 @@ def stored_bytes(numel: int, bits: int, fmt: str, nonzero: float, rle_pairs: flo
 def compressed_bytes(values: np.ndarray, bits: int, fmt: str) -> int:
     """The exact size of ``values`` (as stored: zeros are exact zeros) in ``fmt``."""
     flat = np.ascontiguousarray(values).reshape(-1)
-    zeros, pairs = zero_runs(flat, 2**RLE_RUN_BITS - 1)
+    zeros, pairs = KERNELS.zero_runs(flat, 2**RLE_RUN_BITS - 1)
     return int(stored_bytes(flat.size, bits, fmt, flat.size - zeros, pairs))
 
 

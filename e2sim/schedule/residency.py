@@ -34,9 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from e2sim.graph.ir import Op, Tensor
-from e2sim.kernels.residency import hold_greedily
+from e2sim.lazy import LazyModule
 from e2sim.schedule.ops import OpPlan, TensorMove, _times_read
 from e2sim.schedule.target import Target
+
+KERNELS = LazyModule("e2sim.kernels.residency")  # numba loads when an iteration is first planned
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
     def column(k: int, kind) -> np.ndarray:
         return np.array([c[k] for c in candidates], dtype=kind)
 
-    held, tightest, room = hold_greedily(free, column(2, np.int64), column(3, np.int64), column(4, np.float64),
+    held, tightest, room = KERNELS.hold_greedily(free, column(2, np.int64), column(3, np.int64), column(4, np.float64),
                                          np.array(offsets, np.int64), np.array(where, np.int64),
                                          np.array(amount, np.float64))  # fmt: skip
     for (_, life, start, end, size, saved), keep, worst, left in zip(candidates, held, tightest, room, strict=True):

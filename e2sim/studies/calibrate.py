@@ -19,14 +19,13 @@ import yaml
 
 from e2sim.config.errors import SpecError
 from e2sim.config.loading import read_hardware_spec
-from e2sim.config.measurement import ENERGY_QUANTITIES, Measurement
+from e2sim.config.measurement import ENERGY_QUANTITIES, LOSSES, Measurement
 from e2sim.config.yaml_text import read_yaml_file
 from e2sim.energy.parameters import PARAMETERS, STATIC_POWER, parameter_value
 from e2sim.hw import Accelerator
 from e2sim.hw.energy_entries import ENERGY_ENTRIES
 from e2sim.studies.validate import Observation, Row, mape, predict_measurement, row_of, validate_measurements
 
-LOSSES = ("linear", "soft_l1", "huber", "cauchy")
 METHOD = ("bounded least squares (scipy.optimize.least_squares, trf) on log(predicted / measured) of the "
           "energy-dependent measured values, action counts held; standard errors s²(JᵀJ)⁻¹")  # fmt: skip
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from e2sim.config.errors import SpecError
 from e2sim.config.hardware import DENSITY_ROLES
@@ -23,14 +24,18 @@ from e2sim.graph import lower as lower_workload
 from e2sim.graph.models import Model
 from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_from_topology
 from e2sim.hw import Accelerator
-from e2sim.numerics.approximate import table_shortfall
+from e2sim.lazy import LazyModule
 from e2sim.policies.base import Policy, activate
 from e2sim.process import StopRequest
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.mapper import MappingError
-from e2sim.train import loop
-from e2sim.train.loop import TrainResult
+
+if TYPE_CHECKING:
+    from e2sim.train.loop import TrainResult
+
+loop = LazyModule("e2sim.train.loop")  # the training stack loads when something trains
+approximate_numerics = LazyModule("e2sim.numerics.approximate")
 
 Pricing = tuple[bool, str]  # (fusion, mapper objective)
 
@@ -76,7 +81,7 @@ def check_hardware(spec: Workload, policies: tuple[Policy, ...], hw: Accelerator
         if fmt.kind != "int":
             raise SpecError.single(hw.source, "approximate", f"the approximate mode multiplies intN operands; "
                                    f"workload {spec.name} has precision.{role} {fmt.name}")  # fmt: skip
-    shortfall = table_shortfall(mode.multiplier, max(p.weights.bits, p.activations.bits))
+    shortfall = approximate_numerics.table_shortfall(mode.multiplier, max(p.weights.bits, p.activations.bits))
     if shortfall is not None:
         raise SpecError.single(hw.source, "approximate.multiplier.table_file", shortfall)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from e2sim.config.errors import DataError
 from e2sim.config.workload import DatasetSpec
 
 NORMALIZATION = {  # per-channel mean and std of the training images, in [0, 1] units
@@ -31,10 +32,6 @@ NORMALIZATION = {  # per-channel mean and std of the training images, in [0, 1] 
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-class DataError(ValueError):
-    """A dataset file is missing or corrupt; the message names the path."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e2sim.config.errors import SpecError
+from e2sim.config.errors import CheckpointError, SpecError
 from e2sim.config.workload import TrainingSpec, Workload
 from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
@@ -27,10 +27,6 @@ from e2sim.train.engine import ENGINE, GraphExecutor, TrainState, init_state
 
 EVAL_BATCH = 500
 CHECKPOINT_VERSION = 2
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used (missing, corrupt, or from another workload); names the path."""
 
 
 @dataclass(frozen=True)
