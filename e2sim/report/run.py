@@ -180,9 +180,11 @@ def format_run(report: dict[str, Any]) -> str:
         lines.append(f"PARTIAL: stopped by {p['signal']} in epoch {p['epoch']} after {p['iteration']} of its "
                      f"iterations; {p['completed_epochs']} epochs complete (energy counts everything that "
                      "ran)")  # fmt: skip
+    synthetic = (report.get("workload_spec") or {}).get("dataset", {}).get("name") == "synthetic"
+    accuracy = (f"test accuracy {acc['final']:.2%} (best {acc['best']:.2%})" if acc["final"] is not None
+                else "test accuracy: no epoch completed")  # fmt: skip
     lines += [
-        f"test accuracy {acc['final']:.2%} (best {acc['best']:.2%})" if acc["final"] is not None
-        else "test accuracy: no epoch completed",
+        accuracy + (" on synthetic data (random labels: chance)" if synthetic else ""),
         f"training energy {energy['total_j']:.4g} J{_sigma(energy)}, "
         f"simulated time {report['hardware_time']['time_s']:.4g} s, "
         f"{report['macs']['counted']:,.0f} MACs executed, {report['macs']['skipped']:,.0f} skipped",
