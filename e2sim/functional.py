@@ -151,7 +151,10 @@ def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) 
         return _matmul(a[0], b[0], integer, bounds, out)
     if integer and bounds[0] * bounds[1] * k >= FLOAT32_EXACT:
         return np.concatenate([_matmul_block(a[g], b[g], integer, bounds) for g in range(groups)], axis=0)
-    return np.matmul(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)).reshape(groups * m, -1)
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    if k == 1:  # outer products (a depthwise conv's input gradient): numpy's batched matmul is slow here
+        return np.multiply(a, b).reshape(groups * m, -1)
+    return np.matmul(a, b).reshape(groups * m, -1)
 
 
 def _groups(groups: Any, in_channels: int, out_channels: int) -> int:

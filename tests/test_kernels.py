@@ -1,5 +1,7 @@
 """Every numba kernel against its plain-numpy twin (tests/twins.py)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import twins
@@ -23,6 +25,20 @@ def test_quantize_to_grid_matches_twin(mode):
     want = twins.quantize_to_grid(x.ravel(), inv_scale, 7, -20.0, 19.0, mode, 12345)
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1] == want[1] > 0
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_quantize_to_grid_in_parts_equals_the_whole(mode):
+    """Ranges cut anywhere (inside a scale group too) give the same values and clip counts."""
+    x = rand(5, 11).ravel() * 5
+    inv_scale = np.array([3.0, 0.5, 10.0, 1.0, 7.0])
+    whole, clipped = quantize.quantize_to_grid(x, inv_scale, 11, -20.0, 19.0, mode, 99)
+    out = np.full(x.size, np.nan, np.float32)
+    edges = [0, 3, 11, 12, 30, 54, 55]
+    counts = [quantize.quantize_to_grid_part(x, inv_scale, 11, -20.0, 19.0, mode, 99, out, lo, hi)
+              for lo, hi in itertools.pairwise(edges)]  # fmt: skip
+    np.testing.assert_array_equal(out, whole)
+    assert sum(counts) == clipped > 0
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])

@@ -44,24 +44,33 @@ def quantize_to_grid(x, inv_scale, inner, qmin, qmax, mode, seed):
     ``x`` is flat; element i belongs to scale group ``(i // inner) % inv_scale.size`` (a tensor
     axis with ``inner`` elements after it). Returns (values, number of clipped elements).
     """
-    groups = inv_scale.size
     out = np.empty(x.size, np.float32)
-    saturated = 0
-    i = 0
-    while i < x.size:
-        for g in range(groups):
-            factor = inv_scale[g]
-            for _ in range(inner):
-                r = _round(np.float64(x[i]) * factor, mode, seed, i)
-                if r > qmax:
-                    r = qmax
-                    saturated += 1
-                elif r < qmin:
-                    r = qmin
-                    saturated += 1
-                out[i] = r
-                i += 1
+    saturated = quantize_to_grid_part(x, inv_scale, inner, qmin, qmax, mode, seed, out, 0, x.size)
     return out, saturated
+
+
+@njit(cache=True, nogil=True)
+def quantize_to_grid_part(x, inv_scale, inner, qmin, qmax, mode, seed, out, start, end):
+    """Elements ``start`` to ``end`` (exclusive) of :func:`quantize_to_grid` into ``out``; returns
+    how many of them were clipped. Element i draws ``uniform01(seed, i)`` whatever the range, so
+    any split gives the same values."""
+    groups = inv_scale.size
+    saturated = 0
+    i = start
+    while i < end:
+        factor = inv_scale[(i // inner) % groups]
+        stop = min(end, (i // inner + 1) * inner)  # the end of this run of one scale group
+        while i < stop:
+            r = _round(np.float64(x[i]) * factor, mode, seed, i)
+            if r > qmax:
+                r = qmax
+                saturated += 1
+            elif r < qmin:
+                r = qmin
+                saturated += 1
+            out[i] = r
+            i += 1
+    return saturated
 
 
 @njit(cache=True)

@@ -14,8 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from e2sim.config.formats import NumberFormat
-from e2sim.kernels.quantize import NEAREST, STOCHASTIC, TRUNCATE, quantize_to_grid, round_to_float_format
+from e2sim.kernels.quantize import (
+    NEAREST,
+    STOCHASTIC,
+    TRUNCATE,
+    quantize_to_grid,
+    quantize_to_grid_part,
+    round_to_float_format,
+)
 from e2sim.numerics.seeds import derive_seed  # noqa: F401  (its home before seeds.py)
+from e2sim.process import in_parallel, kernel_threads, split
 
 ROUNDING_MODES = {"nearest": NEAREST, "stochastic": STOCHASTIC, "truncate": TRUNCATE}
 GRANULARITIES = ("tensor", "channel", "sample", "batch_mean")
@@ -87,11 +95,25 @@ def quantize(
         qmax = 2 ** (fmt.bits - 1) - 1
         qmin = -qmax
         scale, shape, inner = _dynamic_scale(x, qmax, granularity, axis)
-    values, saturated = quantize_to_grid(
-        x.ravel(), 1.0 / scale, max(inner, 1), float(qmin), float(qmax), mode, np.uint64(seed)
-    )
+    values, saturated = _to_grid(x.ravel(), 1.0 / scale, max(inner, 1), float(qmin), float(qmax), mode,
+                                 np.uint64(seed))  # fmt: skip
     scale = scale.reshape(shape).astype(np.float32)
     return Quantized(values.reshape(x.shape), scale, int(saturated), fmt.bits, float(max(-qmin, qmax)))
+
+
+PARALLEL_ELEMENTS = 1 << 18  # tensors from this size are quantized in parts, one per kernel thread
+
+
+def _to_grid(flat, inv_scale, inner, qmin, qmax, mode, seed) -> tuple[np.ndarray, int]:
+    """``quantize_to_grid``, split into contiguous ranges over the kernel threads when large (each
+    element's rounding depends only on its index, so the split changes no value)."""
+    parts = split(flat.size, kernel_threads(), PARALLEL_ELEMENTS // 2) if flat.size >= PARALLEL_ELEMENTS else []
+    if len(parts) <= 1:
+        return quantize_to_grid(flat, inv_scale, inner, qmin, qmax, mode, seed)
+    out = np.empty(flat.size, np.float32)
+    counts = in_parallel([lambda lo=lo, hi=hi: quantize_to_grid_part(flat, inv_scale, inner, qmin, qmax, mode, seed,
+                                                                      out, lo, hi) for lo, hi in parts])  # fmt: skip
+    return out, sum(counts)
 
 
 def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tuple[np.ndarray, tuple, int]:
