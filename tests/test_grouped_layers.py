@@ -169,3 +169,15 @@ def test_dropout_is_the_identity_in_evaluation_and_training_is_reproducible():
     executor = GraphExecutor(graph, None, 0.0, 0.0)
     images = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
     np.testing.assert_array_equal(executor.predict(first.state, images), executor.predict(first.state, images))
+
+
+def test_the_exported_dag_says_which_ops_are_grouped_or_dilated(tmp_path):
+    import networkx as nx
+
+    from e2sim.report.lowering import export_graph
+
+    graph = e2sim.lower(workload(SEPARABLE), batch_size=2)
+    back = nx.read_graphml(export_graph(graph, tmp_path / "it.graphml"))
+    assert back.nodes["conv2.fwd"]["groups"] == 8 and back.nodes["conv2.fwd"]["gemm"] == f"{2 * 256}x1x9"
+    assert back.nodes["conv4.bwd_weight"]["dilation"] == 2 and back.nodes["conv1.fwd"]["groups"] == 1
+    assert back.nodes["dropout1.mask"]["bits"] == 1

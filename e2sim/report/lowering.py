@@ -125,8 +125,9 @@ def check_export_path(path: str | Path) -> Path:
 def export_graph(graph: TrainingGraph, path: str | Path) -> Path:
     """Write the iteration's DAG (``graph.dag``: op and tensor nodes, read and write edges) to
     ``path``: GraphML (``.graphml``) or Graphviz DOT (``.dot``, ``.gv``), with each node's attributes
-    (ops: layer, kind, phase, MACs, element-wise ops, the policy that added it; tensors: role, dims,
-    bits, bytes; in DOT ops are boxes and tensors ellipses). Refuses a path that exists."""
+    (ops: layer, kind, phase, MACs, element-wise ops, the policy that added it, and for PE-array ops
+    the GEMM ``MxNxK`` of one group, the groups and the dilation; tensors: role, dims, bits, bytes; in
+    DOT ops are boxes and tensors ellipses). Refuses a path that exists."""
     import networkx as nx
 
     path = check_export_path(path)
@@ -136,7 +137,9 @@ def export_graph(graph: TrainingGraph, path: str | Path) -> Path:
     nx.set_node_attributes(dag, {op.name: {
         "layer": op.layer, "layer_kind": op.layer_kind, "kind": op.kind, "phase": op.phase, "macs": op.macs,
         "elementwise_ops": op.elementwise_ops, "policy": graph.contributed.get(op.name, ""),
-        "optional": op.name in graph.optional} for op in graph.ops})  # fmt: skip
+        "optional": op.name in graph.optional, "gemm": f"{op.gemm.m}x{op.gemm.n}x{op.gemm.k}" if op.gemm else "",
+        "groups": op.gemm.groups if op.gemm else 1, "dilation": op.conv.dilation if op.conv else 1}
+        for op in graph.ops})  # fmt: skip
     nx.set_node_attributes(dag, {name: {
         "layer": t.layer, "role": t.role, "dims": "x".join(map(str, t.shape)), "bits": t.bits, "bytes": t.bytes,
         "alias_of": t.alias_of or ""} for name, t in graph.tensors.items()})  # fmt: skip
