@@ -329,3 +329,29 @@ def test_bad_onnx_files_on_the_command_line_are_one_line_and_exit_2(tmp_path, ca
             code = main(command)
             out, err = capsys.readouterr()
             assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (command, err)
+
+
+def test_onnx_pools_and_reshapes_e2sim_cannot_match_are_refused(tmp_path):
+    def net(name, node):
+        b = Builder(1, 28)
+        x = node(b)
+        return b.model(b.node("Gemm", [b.node("Flatten", [x], axis=1), b.weight((10, 196))], transB=1), 10,
+                       tmp_path / f"{name}.onnx")  # fmt: skip
+
+    cases = {
+        net("ceil", lambda b: b.node("MaxPool", ["input"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)):
+            "ceil_mode=1 is not supported",
+        net("avg", lambda b: b.node("AveragePool", ["input"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)):
+            "count_include_pad=0 with padding is not supported",
+        net("flat", lambda b: b.node("Flatten", [b.node("Relu", ["input"])], axis=2)):
+            r"axis 2: only Flatten\(axis=1\)",
+    }  # fmt: skip
+    for path, message in cases.items():
+        with pytest.raises(SpecError, match=message):
+            e2sim.lower(workload(tmp_path, path))
+    b = Builder(1, 28)  # a Reshape to (batch, features) by a constant imports as flatten
+    shape = numpy_helper.from_array(np.array([-1, 784], np.int64), "shape")
+    b.inits.append(shape)
+    reshaped = b.model(b.node("Gemm", [b.node("Reshape", ["input", "shape"]), b.weight((10, 784))], transB=1), 10,
+                       tmp_path / "reshape.onnx")  # fmt: skip
+    assert e2sim.lower(workload(tmp_path, reshaped), batch_size=1).macs("fwd") == 7840

@@ -5,8 +5,9 @@ GlobalAveragePool, Flatten/Reshape (as flatten), Gemm and MatMul (+ a bias Add),
 e2sim layers (Conv with its groups and dilation); a fork whose branches meet again in an Add
 becomes a ``residual`` (the longer branch its body, the other its shortcut, empty for an
 identity); a trailing Softmax is dropped (the loss applies it). Anything else — an op e2sim does
-not have, unequal strides or dilations, asymmetric padding — is a one-line error naming the node,
-its op type and its inputs. Needs the ``onnx`` package (``pip install ".[onnx]"``).
+not have, unequal strides or dilations, asymmetric padding, ceil-mode or dilated pooling, an
+AveragePool without padding in its count, Flatten at an axis other than 1, a Reshape other than
+to (batch, features) — is a one-line error naming the node, its op type and its inputs. Needs the ``onnx`` package (``pip install ".[onnx]"``).
 """
 
 from __future__ import annotations
@@ -202,11 +203,26 @@ def _convert(graph: _Graph, node: Any) -> tuple[dict[str, Any] | None, str]:
         return {"type": "relu"}, out
     if op in ("MaxPool", "AveragePool"):
         kernel = [int(k) for k in attrs["kernel_shape"]]
+        padding = _padding(graph, node, attrs)
+        if attrs.get("ceil_mode", 0):
+            graph.fail_node(node, "ceil_mode=1 is not supported (e2sim's pooling windows round down)")
+        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            graph.fail_node(node, "dilated pooling is not supported")
+        if op == "AveragePool" and any(padding) and not attrs.get("count_include_pad", 0):
+            graph.fail_node(node, "count_include_pad=0 with padding is not supported (e2sim divides by the whole "
+                            "window)")  # fmt: skip
         return {"type": "maxpool" if op == "MaxPool" else "avgpool", "kernel": kernel,
-                "stride": _stride(graph, node, attrs), "padding": _padding(graph, node, attrs)}, out  # fmt: skip
+                "stride": _stride(graph, node, attrs), "padding": padding}, out  # fmt: skip
     if op == "GlobalAveragePool":
         return {"type": "global_avgpool"}, out
-    if op in ("Flatten", "Reshape"):
+    if op == "Flatten":
+        if attrs.get("axis", 1) != 1:
+            graph.fail_node(node, f"axis {attrs['axis']}: only Flatten(axis=1) (keep the batch) is supported")
+        return {"type": "flatten"}, out
+    if op == "Reshape":
+        shape = graph.values.get(node.input[1]) if len(node.input) > 1 else None
+        if shape is None or shape.size != 2:
+            graph.fail_node(node, "only a Reshape to (batch, features) by a constant shape is supported (as flatten)")
         return {"type": "flatten"}, out
     if op == "Gemm":
         weight = graph.shapes.get(node.input[1])
