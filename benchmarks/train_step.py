@@ -4,7 +4,9 @@ The PyTorch model is built from the same layer IR that e2sim lowers, so both tra
 network (SGD with momentum, training-mode batch norm). PyTorch is optional: install it with
 ``pip install torch==2.13.0`` (the CPU build); without it the script prints e2sim alone.
 
-    python benchmarks/train_step.py [--repeat N] [--quick]
+    python benchmarks/train_step.py [--repeat N] [--quick] [--mobilenet]
+
+``--mobilenet`` adds the shipped MobileNet for CIFAR (depthwise-separable blocks: grouped convs).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from e2sim.process import thread_budget
 from e2sim.train.engine import GraphExecutor, init_state
 
 CASES = [("lenet5-mnist", 64), ("resnet20-cifar10", 128)]
+MOBILENET = ("mobilenet-cifar10", 128)
 INT8 = dict(weights="int8", activations="int8", errors="int8", gradients="int16", accumulator="int32",
             rounding="stochastic")  # fmt: skip
 
@@ -65,7 +68,8 @@ def torch_step(graph, batch: int, threads: int):
                 key = layer.name.replace(".", "_")
                 if layer.kind == "conv":
                     self.mods[key] = nn.Conv2d(layer.in_shapes[0][0], layer.out_channels, layer.kernel, layer.stride,
-                                               layer.padding, bias=layer.bias)  # fmt: skip
+                                               layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                               bias=layer.bias)  # fmt: skip
                 elif layer.kind == "linear":
                     self.mods[key] = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
                 elif layer.kind == "batchnorm":
@@ -92,6 +96,8 @@ def torch_step(graph, batch: int, threads: int):
                     y = a.mean(dim=(2, 3))
                 elif layer.kind == "flatten":
                     y = a.flatten(1)
+                elif layer.kind == "dropout":
+                    y = nn.functional.dropout(a, layer.drop_probability, training=True)
                 elif layer.kind == "add":
                     y = a + out[layer.inputs[1]]
                 elif layer.kind == "zero_pad_shortcut":
@@ -119,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
+    parser.add_argument("--mobilenet", action="store_true", help="also the shipped MobileNet for CIFAR")
     parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
     parser.add_argument("--profile", action="store_true", help="also print ms per step by layer kind and phase")
     args = parser.parse_args()
@@ -131,7 +138,8 @@ def main() -> None:
         print("PyTorch is not installed (pip install torch==2.13.0): timing e2sim alone")
     print(f"{'model':<18}{'batch':>6}{'e2sim fp32 ms':>15}{'e2sim int8 ms':>15}{'torch fp32 ms':>15}"
           f"{'fp32 / torch':>14}{'int8 / torch':>14}")  # fmt: skip
-    for name, batch in CASES[:1] if args.quick else CASES:
+    cases = CASES[:1] if args.quick else CASES + ([MOBILENET] if args.mobilenet else [])
+    for name, batch in cases:
         workload = e2sim.load_workload(name)
         fp32_step, graph = e2sim_step(workload, batch, None)
         int8_step, _ = e2sim_step(workload, batch, precision(**INT8))
@@ -148,7 +156,7 @@ def main() -> None:
     if have_torch:
         print(f"(PyTorch with {threads} threads; goals: fp32 / torch <= 1.5, int8 / torch <= 2)")
     if args.profile:
-        for name, batch in CASES[:1] if args.quick else CASES:
+        for name, batch in cases:
             print(f"profile of {name}, batch {batch}: ms per step by layer kind and phase")
             print(f"  {'kind':<20}{'phase':<12}{'fp32':>10}{'int8':>10}")
             profile(e2sim.load_workload(name), batch, args)

@@ -181,3 +181,15 @@ def test_the_exported_dag_says_which_ops_are_grouped_or_dilated(tmp_path):
     assert back.nodes["conv2.fwd"]["groups"] == 8 and back.nodes["conv2.fwd"]["gemm"] == f"{2 * 256}x1x9"
     assert back.nodes["conv4.bwd_weight"]["dilation"] == 2 and back.nodes["conv1.fwd"]["groups"] == 1
     assert back.nodes["dropout1.mask"]["bits"] == 1
+
+
+def test_the_shipped_mobilenet_has_the_hand_counted_macs_and_parameters():
+    graph = e2sim.lower("mobilenet-cifar10", batch_size=1)
+    blocks = [(32, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8), (256, 256, 8), (256, 512, 4),
+              *[(512, 512, 4)] * 5, (512, 1024, 2), (1024, 1024, 2)]  # (C, C', output side) per block
+    macs = 32 * 3 * 9 * 32 * 32 + sum(c * 9 * p * p + c * d * p * p for c, d, p in blocks) + 1024 * 10
+    assert graph.macs("fwd") == macs == 46_354_432
+    weights = 32 * 27 + sum(c * 9 + c * d for c, d, _ in blocks) + 1024 * 10 + 10
+    batchnorm = 2 * (32 + sum(c + d for c, d, _ in blocks))
+    names = {t for op in graph.model_ops for t in op.reads if graph.tensors[t].role in ("weight", "bias")}
+    assert sum(graph.tensors[t].numel for t in names) == weights + batchnorm == 3_217_226

@@ -7,7 +7,8 @@ becomes a ``residual`` (the longer branch its body, the other its shortcut, empt
 identity); a trailing Softmax is dropped (the loss applies it). Anything else — an op e2sim does
 not have, unequal strides or dilations, asymmetric padding, ceil-mode or dilated pooling, an
 AveragePool without padding in its count, Flatten at an axis other than 1, a Reshape other than
-to (batch, features) — is a one-line error naming the node, its op type and its inputs. Needs the ``onnx`` package (``pip install ".[onnx]"``).
+to (batch, features) — is a one-line error naming the node, its op type and its inputs. Needs the
+``onnx`` package (``pip install ".[onnx]"``).
 """
 
 from __future__ import annotations
