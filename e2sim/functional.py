@@ -51,11 +51,11 @@ from e2sim.kernels import conv as conv_kernels
 from e2sim.numerics.quantize import (
     FLOAT32_EXACT,
     Quantized,
-    derive_seed,
     exact_integer_matmul,
     quantize,
     saturate_accumulator,
 )
+from e2sim.numerics.seeds import derive_seed
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
 from e2sim.process import in_parallel, kernel_threads, split

@@ -151,7 +151,7 @@ def _chain(graph: _Graph, tensor: str) -> tuple[list[dict[str, Any]], str, Any]:
         (first, first_join), (second, second_join) = branches
         if first_join is None or first_join is not second_join:
             graph.fail_node(consumers[0], "a fork whose branches do not meet in one Add")
-        body, shortcut = (first, second) if _size(first) >= _size(second) else (second, first)
+        body, shortcut = (first, second) if _size(first) >= _size(second) else (second, first)  # the longer is the body
         layers.append({"type": "residual", "body": body, **({"shortcut": shortcut} if shortcut else {})})
         tensor = first_join.output[0]
 
@@ -165,7 +165,7 @@ def _branch(graph: _Graph, node: Any) -> tuple[list[dict[str, Any]], Any]:
 
 
 def _size(layers: list[dict[str, Any]]) -> int:
-    return sum(1 + _size(layer.get("body", [])) + _size(layer.get("shortcut", [])) for layer in layers)
+    return sum(1 for _ in _walk(layers))
 
 
 def _is_residual_add(graph: _Graph, node: Any) -> bool:

@@ -112,7 +112,7 @@ def _check_conv(op: Op, shape: dict) -> list[str]:
     if g is None or op.gemm is None:
         return [f"{op.name}: conv op without geometry"]
     problems = []
-    span_h, span_w = g.dilation * (g.r - 1) + 1, g.dilation * (g.s - 1) + 1
+    span_h, span_w = g.spans
     if g.p != (g.h + 2 * g.pad_h - span_h) // g.stride + 1 or g.q != (g.w + 2 * g.pad_w - span_w) // g.stride + 1:
         problems.append(f"{op.name}: output {g.p}×{g.q} does not follow from the input, kernel, stride, padding "
                         "and dilation")  # fmt: skip

@@ -78,6 +78,11 @@ class ConvShape:
     def macs(self) -> int:
         return self.n * self.k * self.c // self.groups * self.p * self.q * self.r * self.s
 
+    @property
+    def spans(self) -> tuple[int, int]:
+        """Input rows and columns one window covers (the kernel, dilated)."""
+        return self.dilation * (self.r - 1) + 1, self.dilation * (self.s - 1) + 1
+
 
 @dataclass(frozen=True)
 class GemmShape:

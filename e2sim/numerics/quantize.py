@@ -22,7 +22,6 @@ from e2sim.kernels.quantize import (
     quantize_to_grid_part,
     round_to_float_format,
 )
-from e2sim.numerics.seeds import derive_seed  # noqa: F401  (its home before seeds.py)
 from e2sim.process import in_parallel, kernel_threads, split
 
 ROUNDING_MODES = {"nearest": NEAREST, "stochastic": STOCHASTIC, "truncate": TRUNCATE}

@@ -107,11 +107,6 @@ def gemm_of(role: str, n, k, c, pq, rs):
     return k, c * rs, n * pq
 
 
-def groups_of(op: Op) -> int:
-    """How many independent copies of its nest a PE-array op runs (a grouped convolution's groups)."""
-    return op.conv.groups if op.conv is not None else op.gemm.groups
-
-
 def nest_of(op: Op, tensors: Mapping[str, Tensor], accumulator_bits: int) -> LoopNest:
     """The loop nest of one group of a PE-array op (conv or gemm) with its operands' stored widths."""
     first, second = (tensors[name] for name in op.reads[:2])
@@ -122,10 +117,10 @@ def nest_of(op: Op, tensors: Mapping[str, Tensor], accumulator_bits: int) -> Loo
     bits = (first.bits, second.bits, out.bits, accumulator_bits)
     g = op.conv
     if g is not None:
-        d = g.dilation
+        span_h, span_w = g.spans
         return LoopNest(role, g.n, g.k // g.groups, g.c // g.groups, g.p, g.q, g.r, g.s, g.stride, g.h, g.w,
-                        (g.p - 1) * g.stride + (g.r - 1) * d + 1, (g.q - 1) * g.stride + (g.s - 1) * d + 1, *bits,
-                        dilation=d)  # fmt: skip
+                        (g.p - 1) * g.stride + span_h, (g.q - 1) * g.stride + span_w, *bits,
+                        dilation=g.dilation)  # fmt: skip
     m, n_cols, k_red = op.gemm.m, op.gemm.n, op.gemm.k
     if role == "fwd":
         batch, outs, ins = m, n_cols, k_red

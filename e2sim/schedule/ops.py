@@ -19,7 +19,7 @@ from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator, PEArray
 from e2sim.schedule.mapper import Mapping as NestMapping
 from e2sim.schedule.mapper import MappingError, structure, timeline
-from e2sim.schedule.nest import LoopNest, groups_of, nest_of
+from e2sim.schedule.nest import LoopNest, nest_of
 from e2sim.schedule.rowstationary import map_row_stationary
 from e2sim.schedule.systolic import map_systolic
 from e2sim.schedule.target import Target
@@ -193,7 +193,7 @@ def _pe_array(op: Op, tensors, pe: PEArray, target: Target, accumulator_bits: in
     on its own slices of the operands, so every count is one group's times the number of groups
     (the buffer space is one group's)."""
     nest = nest_of(op, tensors, accumulator_bits)
-    groups = groups_of(op)
+    groups = op.gemm.groups  # independent copies of the nest (a grouped convolution)
     m = map_nest(nest, target)
     first, second = (tensors[name] for name in op.reads[:2])
     if op.phase == "bwd_weight":

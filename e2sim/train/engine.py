@@ -19,7 +19,7 @@ from e2sim.graph import elementwise as ew_ops
 from e2sim.graph.ir import Op, TrainingGraph
 from e2sim.graph.layers import Layer
 from e2sim.numerics.approximate import ApproxDatapath
-from e2sim.numerics.quantize import derive_seed
+from e2sim.numerics.seeds import derive_seed
 from e2sim.policies.base import Engine, Kernel, PassHook, Policy, Step
 
 BN_RUNNING_MOMENTUM = 0.1  # running = (1 - m)·running + m·batch statistic (PyTorch's default)

@@ -19,7 +19,7 @@ from e2sim.counting import OpCount, OpCounter
 from e2sim.graph import TrainingGraph, lower
 from e2sim.hw.approximate import ApproximateMode
 from e2sim.numerics.approximate import ApproxDatapath, BitErrorStats
-from e2sim.numerics.quantize import derive_seed
+from e2sim.numerics.seeds import derive_seed
 from e2sim.policies.base import Batch, Policy, activate
 from e2sim.process import StopRequest
 from e2sim.train.data import Dataset, augment_batch, load_dataset
@@ -264,8 +264,7 @@ def load_onnx_weights(state: TrainState, graph: TrainingGraph, workload: Workloa
     where = "model.weights"
     if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != workload.model.onnx_weights_sha256:
         raise SpecError.single(workload.source, where, f"{path} changed since the workload was read")
-    trainable = [(layer.name, layer.kind) for layer in graph.model.layers
-                 if layer.kind in ("conv", "linear", "batchnorm")]  # fmt: skip
+    trainable = [(layer.name, layer.kind) for layer in graph.model.layers if layer.trainable]
     arrays = read_onnx_parameters(path, workload.source, workload.dataset.info.input_shape, trainable)
     for name, value in arrays.items():
         if name not in state.arrays or state.arrays[name].shape != value.shape:
