@@ -58,6 +58,7 @@ from e2sim.numerics.quantize import (
 from e2sim.numerics.seeds import derive_seed
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
+from e2sim.numerics.zeros import pixel_nonzeros, tap_nonzeros
 from e2sim.process import in_parallel, kernel_threads, split
 
 __all__ = [
@@ -123,6 +124,16 @@ PARALLEL_MACS = 1 << 22  # GEMMs from this size split their output columns over 
 PARALLEL_ELEMENTS = 1 << 18  # im2col/col2im from this size split their rows/channels
 
 
+PIECE_BYTES = 1 << 20  # a conv builds its columns (or their gradient) this many bytes at a time, in cache
+
+
+def _by_samples(n: int, sample_bytes: int, work) -> list:
+    """``work(lo, hi)`` over pieces of the batch of about ``PIECE_BYTES`` of columns each, on the
+    kernel threads; the results in order. The pieces depend on the sizes only, never on the threads."""
+    step = max(1, PIECE_BYTES // max(sample_bytes, 1))
+    return in_parallel([lambda lo=lo: work(lo, min(lo + step, n)) for lo in range(0, n, step)])
+
+
 def _matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
     """a @ b; exact for integer operands (see exact_integer_matmul). A large one is split into
     blocks of output columns, one per kernel thread (each column summed as in one call)."""
@@ -142,13 +153,14 @@ def _matmul_block(a, b, integer: bool, bounds: tuple[float, float], out=None) ->
     return np.matmul(a, b, out=out)
 
 
-def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
+def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None, split=True) -> np.ndarray:
     """The product of each group's blocks, a (G, m, k) @ b (G, k, n), as one (G·m, n) matrix; one
-    group is :func:`_matmul`. Integer groups whose sums stay below 2**24 run as one batched float32
-    GEMM (exact); wider ones group by group through ``exact_integer_matmul``."""
+    group is :func:`_matmul` (``split``: over the kernel threads; not inside a piece that already
+    runs on one). Integer groups whose sums stay below 2**24 run as one batched float32 GEMM
+    (exact); wider ones group by group through ``exact_integer_matmul``."""
     groups, m, k = a.shape
     if groups == 1:
-        return _matmul(a[0], b[0], integer, bounds, out)
+        return (_matmul if split else _matmul_block)(a[0], b[0], integer, bounds, out)
     if integer and bounds[0] * bounds[1] * k >= FLOAT32_EXACT:
         return np.concatenate([_matmul_block(a[g], b[g], integer, bounds) for g in range(groups)], axis=0)
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
@@ -208,7 +220,7 @@ def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int
         return acc.astype(np.float32, copy=False), 0
     if integer:
         acc, saturated = saturate_accumulator(acc, fmt.accumulator, bound)
-        return (acc * scale).astype(np.float32), saturated
+        return (acc * scale).astype(np.float32, copy=False), saturated
     rounded = quantize(acc.astype(np.float32), fmt.accumulator, fmt.rounding, seed=derive_seed(seed, 99))
     return rounded.values, rounded.saturated
 
@@ -217,6 +229,12 @@ def _per_column(sample_scale: np.ndarray, pixels: int) -> np.ndarray:
     """A per-sample scale spread over the (n, p, q) columns of a conv GEMM (or kept scalar)."""
     flat = sample_scale.reshape(-1)
     return np.repeat(flat, pixels)[None, :] if flat.size > 1 else flat.reshape(())
+
+
+def _bounds(integer: bool, a: Quantized, b: Quantized) -> tuple[float, float]:
+    """Bounds on |a| and |b| for exact integer GEMMs and their saturation scan (unused otherwise,
+    and not worth a pass over float operands)."""
+    return (a.bound(), b.bound()) if integer else (np.inf, np.inf)
 
 
 def _values(q: Quantized, integer: bool) -> np.ndarray:
@@ -268,18 +286,24 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
     x_values, w_values = (
         _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer), _values(wq, integer))
     )
-    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, dil, _workspace((c * r * s, n * p * q)))
     macs = n * k * (c // groups) * p * q * r * s
     w_blocks = w_values.reshape(groups, k // groups, -1)
     sparsity = None
     if counter is not None:  # MACs whose window tap or weight is zero (padding included)
-        nonzero = _pairs(np.count_nonzero(w_blocks, axis=1).reshape(-1), np.count_nonzero(cols, axis=1))
+        taps = tap_nonzeros(x_values, r, s, stride, ph, pw, p, q, dil)
+        nonzero = _pairs(np.count_nonzero(w_blocks, axis=1).reshape(-1), taps)
         sparsity = (_zeros(x=x_values, w=w_values), macs - nonzero)
-    bounds = (wq.bound(), xq.bound())
-    col_blocks = cols.reshape(groups, -1, n * p * q)
+    bounds = _bounds(integer, wq, xq)
     if approx is None:
-        acc = _grouped_matmul(w_blocks, col_blocks, integer, bounds)
+        def product(lo: int, hi: int) -> np.ndarray:
+            cols = _workspace((c * r * s, (hi - lo) * p * q))
+            conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
+            return _grouped_matmul(w_blocks, cols.reshape(groups, -1, cols.shape[1]), integer, bounds, split=False)
+
+        acc = np.concatenate(_by_samples(n, c * r * s * p * q * 4, product), axis=1)
     else:
+        cols = _im2col(x_values, r, s, stride, ph, pw, p, q, dil, _workspace((c * r * s, n * p * q)))
+        col_blocks = cols.reshape(groups, -1, n * p * q)
         acc = np.concatenate([approx.matmul(w_blocks[g], col_blocks[g], wq.bits, xq.bits) for g in range(groups)])
         bounds = (np.inf, np.inf)
     scale = (wq.scale.reshape(-1, 1) * _per_column(xq.scale, p * q)) if integer else 1
@@ -335,11 +359,19 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
     if counter is not None:
         nonzero = _pairs(np.count_nonzero(dy_mat, axis=1), np.count_nonzero(w_values.reshape(k, -1), axis=1))
         sparsity = (_zeros(dy=_values(dyq, integer), w=w_values), macs - nonzero)
-    bounds = (wq.bound(), dyq.bound())
+    bounds = _bounds(integer, wq, dyq)
     w_blocks = w_values.reshape(groups, kg, -1).transpose(0, 2, 1)
-    dcols = _grouped_matmul(w_blocks, dy_mat.reshape(groups, kg, -1), integer, bounds,
-                            _workspace((c * r * s, n * p * q)))  # fmt: skip
-    acc = _col2im(np.ascontiguousarray(dcols), n, c, h, width, r, s, stride, ph, pw, p, q, dil)
+    wide = integer and bounds[0] * bounds[1] * kg >= FLOAT32_EXACT  # exact sums in float64 (_grouped_matmul)
+    acc = np.zeros((n, c, h, width), np.float64 if wide else np.float32)
+
+    def add_windows(lo: int, hi: int) -> None:
+        errors = dy_mat[:, lo * p * q : hi * p * q].reshape(groups, kg, -1)
+        dcols = _grouped_matmul(w_blocks, errors, integer, bounds, _workspace((c * r * s, (hi - lo) * p * q)),
+                                split=False)  # fmt: skip
+        conv_kernels.col2im_part(np.ascontiguousarray(dcols, acc.dtype), acc[lo:hi], r, s, stride, ph, pw, p, q, dil,
+                                 0, c)  # fmt: skip
+
+    _by_samples(n, c * r * s * p * q * 4, add_windows)
     scale = 1
     if integer:  # the weights' scale per channel of a group is the same in every group
         w_scale = wq.scale.reshape(-1)
@@ -398,17 +430,29 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
     x_values = _values(xq, integer)
-    cols = _im2col(x_values, r, s, stride, ph, pw, p, q, dil, _workspace((c * r * s, n * p * q)))
     dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
     macs = n * k * cg * p * q * r * s
-    dy_blocks, col_blocks = dy_mat.reshape(groups, k // groups, -1), cols.reshape(groups, -1, n * p * q)
+    dy_blocks = dy_mat.reshape(groups, k // groups, -1)
     sparsity = None
     if counter is not None:  # per group: Σ over (n, p, q) of nonzero errors × nonzero taps
-        nonzero = sum(_pairs(np.count_nonzero(dy_blocks[g], axis=0), np.count_nonzero(col_blocks[g], axis=0))
-                      for g in range(groups))  # fmt: skip
+        pixels = pixel_nonzeros(x_values, r, s, stride, ph, pw, p, q, dil, groups)
+        nonzero = sum(_pairs(np.count_nonzero(dy_blocks[g], axis=0), pixels[g]) for g in range(groups))
         sparsity = (_zeros(x=x_values, dy=_values(dyq, integer)), macs - nonzero)
-    bounds = (dyq.bound(), xq.bound())
-    acc = _grouped_matmul(dy_blocks, col_blocks.transpose(0, 2, 1), integer, bounds)
+    bounds = _bounds(integer, dyq, xq)
+    def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
+        cols = _workspace((c * r * s, (hi - lo) * p * q))
+        conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
+        return _grouped_matmul(dy_blocks[:, :, lo * p * q : hi * p * q],
+                               cols.reshape(groups, -1, cols.shape[1]).transpose(0, 2, 1), integer, bounds,
+                               split=False)  # fmt: skip
+
+    # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
+    # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)
+    acc = np.zeros((k, cg * r * s), np.float64)
+    for part in _by_samples(n, c * r * s * p * q * 4, partial):
+        acc += part
+    if not integer or bounds[0] * bounds[1] * n * p * q < FLOAT32_EXACT:  # as one float32 GEMM gives it
+        acc = acc.astype(np.float32)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1
     dw, saturated = _finish(acc, integer, fmt, scale, seed, n * p * q * bounds[0] * bounds[1])
     dw, grad_saturated = _round_gradient(dw.reshape(k, cg, r, s), fmt, seed)
@@ -434,7 +478,7 @@ def linear(x, w, b=None, fmt=None, *, approx=None, counter=None, op="linear", se
     _shape("w", w, (f_out, f_in))
     xq, wq = _operands(fmt, seed, (x, "activations", 0), (w, "weights", 0))
     integer = _integer(xq, wq)
-    bounds = (xq.bound(), wq.bound())
+    bounds = _bounds(integer, xq, wq)
     x_values, w_values = _read(approx, seed, xq, wq) if approx is not None else (_values(xq, integer),
                                                                                    _values(wq, integer))  # fmt: skip
     sparsity = None
@@ -467,7 +511,7 @@ def linear_grad_input(dy, w, fmt=None, *, counter=None, op="linear_grad_input", 
     _shape("w", w, (f_out, f_in))
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
-    bounds = (dyq.bound(), wq.bound())
+    bounds = _bounds(integer, dyq, wq)
     dy_values, w_values = _values(dyq, integer), _values(wq, integer)
     sparsity = None
     if counter is not None:
@@ -490,7 +534,7 @@ def linear_grad_weight(x, dy, fmt=None, *, bias=False, counter=None, op="linear_
     _shape("dy", dy, (n, f_out))
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
-    bounds = (dyq.bound(), xq.bound())
+    bounds = _bounds(integer, dyq, xq)
     x_values, dy_values = _values(xq, integer), _values(dyq, integer)
     sparsity = None
     if counter is not None:

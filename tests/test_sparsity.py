@@ -13,6 +13,7 @@ import e2sim
 import e2sim.functional as F
 from e2sim.counting import OpCounter
 from e2sim.kernels.sparsity import zero_runs
+from e2sim.numerics.zeros import pixel_nonzeros, tap_nonzeros, zero_runs_split
 from e2sim.schedule.compression import compressed_bytes, stored_bytes
 
 
@@ -20,6 +21,28 @@ from e2sim.schedule.compression import compressed_bytes, stored_bytes
 def test_zero_runs_match_twin(values, max_run):
     array = np.array(values, dtype=np.float32)
     assert tuple(int(v) for v in zero_runs(array, max_run)) == twins.zero_runs(array, max_run)
+
+
+@given(st.lists(st.sampled_from([0, 0, 0, 1, -3]), max_size=300), st.integers(1, 6), st.integers(1, 7))
+def test_zero_runs_counted_in_pieces_match_twin(values, max_run, parts):
+    """Runs that cross pieces (all-zero pieces included) are joined as the one run they are."""
+    array = np.array(values, dtype=np.float32)
+    assert zero_runs_split(array, max_run, parts) == twins.zero_runs(array, max_run)
+
+
+@pytest.mark.parametrize(("stride", "pad", "dil", "groups"), [(1, 1, 1, 1), (2, 0, 1, 1), (2, 1, 2, 3), (1, 2, 3, 6),
+                                                               (3, 1, 1, 2)])  # fmt: skip
+def test_window_nonzero_counts_equal_counts_over_the_columns(stride, pad, dil, groups):
+    """The non-zeros per row and per group's column of im2col(x), from x alone."""
+    rng = np.random.default_rng(stride + 7 * dil + groups)
+    x = sparse(rng, (3, 6, 9, 8), 0.5)
+    r, s = 3, 2
+    p, q = (twins.out_size(size, pad, k, stride, dil) for size, k in ((9, r), (8, s)))
+    cols = twins.im2col(x, r, s, stride, pad, pad, p, q, dil) != 0
+    rows = tap_nonzeros(x, r, s, stride, pad, pad, p, q, dil)
+    np.testing.assert_array_equal(rows, cols.sum(axis=1))
+    per_group = pixel_nonzeros(x, r, s, stride, pad, pad, p, q, dil, groups)
+    np.testing.assert_array_equal(per_group, cols.reshape(groups, -1, cols.shape[1]).sum(axis=1))
 
 
 def sparse(rng, shape, zero):
