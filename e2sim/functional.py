@@ -59,7 +59,7 @@ from e2sim.numerics.seeds import derive_seed
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
 from e2sim.numerics.zeros import pixel_nonzeros, tap_nonzeros
-from e2sim.process import in_parallel, kernel_threads, split
+from e2sim.process import in_parallel, in_parts, kernel_threads, split
 
 __all__ = [
     "OpCounter", "add", "avg_pool2d", "avg_pool2d_backward", "batchnorm", "batchnorm_backward",
@@ -121,7 +121,6 @@ def _workspace(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
 
 
 PARALLEL_MACS = 1 << 22  # GEMMs from this size split their output columns over the kernel threads
-PARALLEL_ELEMENTS = 1 << 18  # im2col/col2im from this size split their rows/channels
 
 
 PIECE_BYTES = 1 << 20  # a conv builds its columns (or their gradient) this many bytes at a time, in cache
@@ -153,14 +152,14 @@ def _matmul_block(a, b, integer: bool, bounds: tuple[float, float], out=None) ->
     return np.matmul(a, b, out=out)
 
 
-def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None, split=True) -> np.ndarray:
+def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None, threaded=True) -> np.ndarray:
     """The product of each group's blocks, a (G, m, k) @ b (G, k, n), as one (G·m, n) matrix; one
-    group is :func:`_matmul` (``split``: over the kernel threads; not inside a piece that already
+    group is :func:`_matmul` (``threaded``: split over the kernel threads; not in a piece that already
     runs on one). Integer groups whose sums stay below 2**24 run as one batched float32 GEMM
     (exact); wider ones group by group through ``exact_integer_matmul``."""
     groups, m, k = a.shape
     if groups == 1:
-        return (_matmul if split else _matmul_block)(a[0], b[0], integer, bounds, out)
+        return (_matmul if threaded else _matmul_block)(a[0], b[0], integer, bounds, out)
     if integer and bounds[0] * bounds[1] * k >= FLOAT32_EXACT:
         return np.concatenate([_matmul_block(a[g], b[g], integer, bounds) for g in range(groups)], axis=0)
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
@@ -193,7 +192,7 @@ def _conv_geometry(h: int, width: int, r: int, s: int, stride, padding, dilation
 
 def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
     """``conv_kernels.im2col``, its rows split over the kernel threads when it is large."""
-    _in_parts(cols.shape[0], cols.size,
+    in_parts(cols.shape[0], cols.size,
               lambda lo, hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, dil, cols, lo, hi))  # fmt: skip
     return cols
 
@@ -201,16 +200,9 @@ def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
 def _col2im(cols, n, c, h, w, r, s, stride, ph, pw, p, q, dil) -> np.ndarray:
     """``conv_kernels.col2im``, its channels split over the kernel threads when it is large."""
     x = np.zeros((n, c, h, w), cols.dtype)
-    _in_parts(c, cols.size,
+    in_parts(c, cols.size,
               lambda lo, hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, dil, lo, hi))  # fmt: skip
     return x
-
-
-def _in_parts(total: int, elements: int, fill) -> None:
-    """``fill(lo, hi)`` over ``range(total)``: in one call, or split over the kernel threads when
-    the result has ``PARALLEL_ELEMENTS`` or more."""
-    parts = split(total, kernel_threads(), 1) if elements >= PARALLEL_ELEMENTS else [(0, total)]
-    in_parallel([lambda lo=lo, hi=hi: fill(lo, hi) for lo, hi in parts])
 
 
 def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):
@@ -298,7 +290,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
         def product(lo: int, hi: int) -> np.ndarray:
             cols = _workspace((c * r * s, (hi - lo) * p * q))
             conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
-            return _grouped_matmul(w_blocks, cols.reshape(groups, -1, cols.shape[1]), integer, bounds, split=False)
+            return _grouped_matmul(w_blocks, cols.reshape(groups, -1, cols.shape[1]), integer, bounds, threaded=False)
 
         acc = np.concatenate(_by_samples(n, c * r * s * p * q * 4, product), axis=1)
     else:
@@ -367,7 +359,7 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
     def add_windows(lo: int, hi: int) -> None:
         errors = dy_mat[:, lo * p * q : hi * p * q].reshape(groups, kg, -1)
         dcols = _grouped_matmul(w_blocks, errors, integer, bounds, _workspace((c * r * s, (hi - lo) * p * q)),
-                                split=False)  # fmt: skip
+                                threaded=False)  # fmt: skip
         conv_kernels.col2im_part(np.ascontiguousarray(dcols, acc.dtype), acc[lo:hi], r, s, stride, ph, pw, p, q, dil,
                                  0, c)  # fmt: skip
 
@@ -444,7 +436,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
         conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
         return _grouped_matmul(dy_blocks[:, :, lo * p * q : hi * p * q],
                                cols.reshape(groups, -1, cols.shape[1]).transpose(0, 2, 1), integer, bounds,
-                               split=False)  # fmt: skip
+                               threaded=False)  # fmt: skip
 
     # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
     # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)

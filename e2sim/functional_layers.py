@@ -11,6 +11,7 @@ import numpy as np
 
 from e2sim.graph import elementwise as ew_ops
 from e2sim.kernels import layers as layer_kernels
+from e2sim.process import in_parts
 
 # -- argument checks ---------------------------------------------------------------------------------
 
@@ -69,7 +70,11 @@ def batchnorm(x, gamma, beta, eps=1e-5, *, counter=None, op="batchnorm"):
     gamma, beta = _array("gamma", gamma, 1), _array("beta", beta, 1)
     _shape("gamma", gamma, (x.shape[1],))
     _shape("beta", beta, (x.shape[1],))
-    y, mean, inv_std = layer_kernels.batchnorm_train(_channels_view(x), gamma, beta, float(eps))
+    view = _channels_view(x)
+    y, mean, inv_std = np.empty_like(view), np.empty(x.shape[1], np.float32), np.empty(x.shape[1], np.float32)
+    eps = float(eps)
+    in_parts(x.shape[1], x.size,
+             lambda lo, hi: layer_kernels.batchnorm_train_part(view, gamma, beta, eps, y, mean, inv_std, lo, hi))
     c = x.shape[1]
     _count(counter, op, ew_ops.batchnorm_forward(x.size, c), {"x": x.size, "gamma": c, "beta": c},
            {"y": x.size, "mean": c, "inv_std": c})  # fmt: skip
@@ -93,7 +98,10 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, *, counter=None, op="batchno
     dy = _array("dy", dy, x.ndim)
     _shape("dy", dy, x.shape)
     arrays = [_array(name, a, 1) for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std))]
-    dx, dgamma, dbeta = layer_kernels.batchnorm_backward(_channels_view(dy), _channels_view(x), *arrays)
+    views = _channels_view(dy), _channels_view(x)
+    dx, dgamma, dbeta = np.empty_like(views[1]), np.empty(x.shape[1], np.float32), np.empty(x.shape[1], np.float32)
+    in_parts(x.shape[1], x.size,
+             lambda lo, hi: layer_kernels.batchnorm_backward_part(*views, *arrays, dx, dgamma, dbeta, lo, hi))
     if counter is not None:
         c = x.shape[1]
         counter.record(

@@ -90,6 +90,17 @@ def split(total: int, parts: int, smallest: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(edges))
 
 
+PARALLEL_ELEMENTS = 1 << 18  # a kernel over a tensor from this size splits its work over the kernel threads
+
+
+def in_parts(total: int, elements: int, fill: Callable[[int, int], Any]) -> list[Any]:
+    """``fill(lo, hi)`` over contiguous parts of ``range(total)`` (rows, channels, elements): one
+    part, or one per kernel thread when the work covers ``PARALLEL_ELEMENTS`` elements or more;
+    the results in order. Each part must write only its own slice of a result."""
+    parts = split(total, kernel_threads(), 1) if elements >= PARALLEL_ELEMENTS else [(0, total)]
+    return in_parallel([lambda lo=lo, hi=hi: fill(lo, hi) for lo, hi in parts])
+
+
 def in_parallel(calls: Sequence[Callable[[], Any]]) -> list[Any]:
     """The results of ``calls``, run on :func:`kernel_threads` threads. They gain only where they
     release the GIL (numba ``nogil`` kernels, BLAS); each must write its own part of a result, so

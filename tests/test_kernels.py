@@ -155,3 +155,18 @@ def test_hold_greedily_matches_twin(seed):
     t_held, t_tightest, t_room, t_free = twins.hold_greedily(free, start, end, size, offsets, where, amount)
     assert (held == t_held).all() and (tightest == t_tightest).all()
     assert np.allclose(room, t_room) and np.allclose(mine_free, t_free)
+
+
+def test_batch_norm_in_parts_equals_the_whole():
+    """Channels cut anywhere give the same bytes."""
+    x, dy = rand(4, 5, 9), rand(4, 5, 9)
+    gamma, beta = rand(5), rand(5)
+    y, mean, inv_std = layers.batchnorm_train(x, gamma, beta, 1e-5)
+    parts = [np.empty_like(y), np.empty(5, np.float32), np.empty(5, np.float32)]
+    dparts = [np.empty_like(x), np.empty(5, np.float32), np.empty(5, np.float32)]
+    for lo, hi in itertools.pairwise([0, 2, 3, 5]):
+        layers.batchnorm_train_part(x, gamma, beta, 1e-5, *parts, lo, hi)
+        layers.batchnorm_backward_part(dy, x, gamma, mean, inv_std, *dparts, lo, hi)
+    for got, want in zip(parts + dparts, (y, mean, inv_std, *layers.batchnorm_backward(dy, x, gamma, mean, inv_std)),
+                         strict=True):  # fmt: skip
+        np.testing.assert_array_equal(got, want)

@@ -9,12 +9,20 @@ from numba import njit
 @njit(cache=True)
 def batchnorm_train(x, gamma, beta, eps):
     """Batch statistics over (N, H, W) per channel. Returns y, mean, inv_std (biased variance)."""
-    n_, c_, hw = x.shape[0], x.shape[1], x.shape[2]
     y = np.empty_like(x)
-    mean = np.empty(c_, np.float32)
-    inv_std = np.empty(c_, np.float32)
+    mean = np.empty(x.shape[1], np.float32)
+    inv_std = np.empty(x.shape[1], np.float32)
+    batchnorm_train_part(x, gamma, beta, eps, y, mean, inv_std, 0, x.shape[1])
+    return y, mean, inv_std
+
+
+@njit(cache=True, nogil=True)
+def batchnorm_train_part(x, gamma, beta, eps, y, mean, inv_std, first_channel, end_channel):
+    """Channels ``first_channel`` to ``end_channel`` (exclusive) of :func:`batchnorm_train`, into
+    ``y``, ``mean`` and ``inv_std`` (each channel on its own: the split changes no value)."""
+    n_, hw = x.shape[0], x.shape[2]
     count = n_ * hw
-    for c in range(c_):
+    for c in range(first_channel, end_channel):
         total = 0.0
         for n in range(n_):
             for i in range(hw):
@@ -33,7 +41,6 @@ def batchnorm_train(x, gamma, beta, eps):
         for n in range(n_):
             for i in range(hw):
                 y[n, c, i] = a * x[n, c, i] + b
-    return y, mean, inv_std
 
 
 @njit(cache=True)
@@ -51,12 +58,19 @@ def batchnorm_eval(x, gamma, beta, running_mean, running_var, eps):
 @njit(cache=True)
 def batchnorm_backward(dy, x, gamma, mean, inv_std):
     """Returns dx, dgamma, dbeta for batch-statistics batch norm (x, dy as (N, C, HW))."""
-    n_, c_, hw = x.shape[0], x.shape[1], x.shape[2]
     dx = np.empty_like(x)
-    dgamma = np.empty(c_, np.float32)
-    dbeta = np.empty(c_, np.float32)
+    dgamma = np.empty(x.shape[1], np.float32)
+    dbeta = np.empty(x.shape[1], np.float32)
+    batchnorm_backward_part(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, 0, x.shape[1])
+    return dx, dgamma, dbeta
+
+
+@njit(cache=True, nogil=True)
+def batchnorm_backward_part(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, first_channel, end_channel):
+    """Channels ``first_channel`` to ``end_channel`` (exclusive) of :func:`batchnorm_backward`."""
+    n_, hw = x.shape[0], x.shape[2]
     count = n_ * hw
-    for c in range(c_):
+    for c in range(first_channel, end_channel):
         sum_dy = 0.0
         sum_dy_xhat = 0.0
         for n in range(n_):
@@ -72,7 +86,6 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std):
             for i in range(hw):
                 xhat = (x[n, c, i] - mean[c]) * inv_std[c]
                 dx[n, c, i] = k * (dy[n, c, i] - mean_dy - xhat * mean_dy_xhat)
-    return dx, dgamma, dbeta
 
 
 @njit(cache=True)

@@ -22,7 +22,7 @@ from e2sim.kernels.quantize import (
     quantize_to_grid_part,
     round_to_float_format,
 )
-from e2sim.process import in_parallel, kernel_threads, split
+from e2sim.process import PARALLEL_ELEMENTS, in_parallel, kernel_threads, split
 
 ROUNDING_MODES = {"nearest": NEAREST, "stochastic": STOCHASTIC, "truncate": TRUNCATE}
 GRANULARITIES = ("tensor", "channel", "sample", "batch_mean")
@@ -100,7 +100,6 @@ def quantize(
     return Quantized(values.reshape(x.shape), scale, int(saturated), fmt.bits, float(max(-qmin, qmax)))
 
 
-PARALLEL_ELEMENTS = 1 << 18  # tensors from this size are quantized in parts, one per kernel thread
 
 
 def _to_grid(flat, inv_scale, inner, qmin, qmax, mode, seed) -> tuple[np.ndarray, int]:

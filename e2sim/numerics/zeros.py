@@ -5,10 +5,9 @@ exact, at a fraction of the GEMM's cost)."""
 import numpy as np
 
 from e2sim.kernels.sparsity import zero_runs_part
-from e2sim.process import in_parallel, kernel_threads, split
+from e2sim.process import PARALLEL_ELEMENTS, in_parallel, kernel_threads, split
 
 RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
-PARALLEL_ELEMENTS = 1 << 18  # feature maps from this size are counted in pieces, one per kernel thread
 
 
 def operand_zeros(**operands: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
