@@ -56,9 +56,9 @@ from e2sim.numerics.quantize import (
     saturate_accumulator,
 )
 from e2sim.numerics.seeds import derive_seed
+from e2sim.numerics.zeros import map_zeros, pixel_nonzeros, tap_nonzeros, weight_zeros
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
-from e2sim.numerics.zeros import pixel_nonzeros, tap_nonzeros
 from e2sim.process import in_parallel, in_parts, kernel_threads, split
 
 __all__ = [
@@ -282,9 +282,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
     w_blocks = w_values.reshape(groups, k // groups, -1)
     sparsity = None
     if counter is not None:  # MACs whose window tap or weight is zero (padding included)
-        taps = tap_nonzeros(x_values, r, s, stride, ph, pw, p, q, dil)
+        stats = map_zeros(x_values)
+        taps = tap_nonzeros(stats.over_samples, r, s, stride, ph, pw, p, q, dil)
         nonzero = _pairs(np.count_nonzero(w_blocks, axis=1).reshape(-1), taps)
-        sparsity = (_zeros(x=x_values, w=w_values), macs - nonzero)
+        sparsity = (({"x": stats.zeros, "w": weight_zeros(w_values)}, {"x": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, xq)
     if approx is None:
         def product(lo: int, hi: int) -> np.ndarray:
@@ -349,8 +350,9 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
     macs = n * k * cg * p * q * r * s
     sparsity = None
     if counter is not None:
-        nonzero = _pairs(np.count_nonzero(dy_mat, axis=1), np.count_nonzero(w_values.reshape(k, -1), axis=1))
-        sparsity = (_zeros(dy=_values(dyq, integer), w=w_values), macs - nonzero)
+        stats = map_zeros(_values(dyq, integer))  # each filter's errors: Σ over (n, p, q)
+        nonzero = _pairs(stats.over_samples.sum(axis=(1, 2)), np.count_nonzero(w_values.reshape(k, -1), axis=1))
+        sparsity = (({"dy": stats.zeros, "w": weight_zeros(w_values)}, {"dy": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, dyq)
     w_blocks = w_values.reshape(groups, kg, -1).transpose(0, 2, 1)
     wide = integer and bounds[0] * bounds[1] * kg >= FLOAT32_EXACT  # exact sums in float64 (_grouped_matmul)
@@ -427,9 +429,11 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     dy_blocks = dy_mat.reshape(groups, k // groups, -1)
     sparsity = None
     if counter is not None:  # per group: Σ over (n, p, q) of nonzero errors × nonzero taps
-        pixels = pixel_nonzeros(x_values, r, s, stride, ph, pw, p, q, dil, groups)
-        nonzero = sum(_pairs(np.count_nonzero(dy_blocks[g], axis=0), pixels[g]) for g in range(groups))
-        sparsity = (_zeros(x=x_values, dy=_values(dyq, integer)), macs - nonzero)
+        x_stats, dy_stats = map_zeros(x_values, groups), map_zeros(_values(dyq, integer), groups)
+        pixels = pixel_nonzeros(x_stats.over_channels, r, s, stride, ph, pw, p, q, dil)
+        errors = dy_stats.over_channels.transpose(1, 0, 2, 3).reshape(groups, -1)  # (G, N·P·Q)
+        zeros, pairs = {"x": x_stats.zeros, "dy": dy_stats.zeros}, {"x": x_stats.pairs, "dy": dy_stats.pairs}
+        sparsity = ((zeros, pairs), macs - int(np.vdot(errors, pixels)))
     bounds = _bounds(integer, dyq, xq)
     def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
         cols = _workspace((c * r * s, (hi - lo) * p * q))

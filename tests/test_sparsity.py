@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import e2sim
 import e2sim.functional as F
 from e2sim.counting import OpCounter
-from e2sim.kernels.sparsity import zero_runs
-from e2sim.numerics.zeros import pixel_nonzeros, tap_nonzeros, zero_runs_split
+from e2sim.kernels.sparsity import map_zeros_part, zero_runs
+from e2sim.numerics.zeros import joined_runs, map_zeros, pixel_nonzeros, tap_nonzeros
 from e2sim.schedule.compression import compressed_bytes, stored_bytes
 
 
@@ -21,13 +21,6 @@ from e2sim.schedule.compression import compressed_bytes, stored_bytes
 def test_zero_runs_match_twin(values, max_run):
     array = np.array(values, dtype=np.float32)
     assert tuple(int(v) for v in zero_runs(array, max_run)) == twins.zero_runs(array, max_run)
-
-
-@given(st.lists(st.sampled_from([0, 0, 0, 1, -3]), max_size=300), st.integers(1, 6), st.integers(1, 7))
-def test_zero_runs_counted_in_pieces_match_twin(values, max_run, parts):
-    """Runs that cross pieces (all-zero pieces included) are joined as the one run they are."""
-    array = np.array(values, dtype=np.float32)
-    assert zero_runs_split(array, max_run, parts) == twins.zero_runs(array, max_run)
 
 
 @pytest.mark.parametrize(("stride", "pad", "dil", "groups"), [(1, 1, 1, 1), (2, 0, 1, 1), (2, 1, 2, 3), (1, 2, 3, 6),
@@ -39,10 +32,26 @@ def test_window_nonzero_counts_equal_counts_over_the_columns(stride, pad, dil, g
     r, s = 3, 2
     p, q = (twins.out_size(size, pad, k, stride, dil) for size, k in ((9, r), (8, s)))
     cols = twins.im2col(x, r, s, stride, pad, pad, p, q, dil) != 0
-    rows = tap_nonzeros(x, r, s, stride, pad, pad, p, q, dil)
+    stats = map_zeros(x, groups)
+    assert (stats.zeros, stats.pairs) == twins.zero_runs(x, 31)
+    rows = tap_nonzeros(stats.over_samples, r, s, stride, pad, pad, p, q, dil)
     np.testing.assert_array_equal(rows, cols.sum(axis=1))
-    per_group = pixel_nonzeros(x, r, s, stride, pad, pad, p, q, dil, groups)
+    per_group = pixel_nonzeros(stats.over_channels, r, s, stride, pad, pad, p, q, dil)
     np.testing.assert_array_equal(per_group, cols.reshape(groups, -1, cols.shape[1]).sum(axis=1))
+
+
+@given(st.lists(st.sampled_from([0, 0, 0, 1, -3]), min_size=24, max_size=24), st.integers(1, 5), st.integers(0, 4))
+def test_map_zeros_in_pieces_match_twins(values, max_run, cut):
+    """One pass over a feature map cut between any two samples: zeros, run-length pairs (runs
+    across the cut joined) and the non-zero sums over samples and over each group's channels."""
+    x = np.array(values, dtype=np.float32).reshape(4, 6, 1)
+    pieces, sums, over_channels = [], [], np.zeros((4, 3, 1), np.int64)
+    for lo, hi in ((0, cut), (cut, 4)):
+        sums.append(np.zeros((6, 1), np.int64))
+        pieces.append(map_zeros_part(x, 3, max_run, sums[-1], over_channels, lo, hi))
+    assert joined_runs(pieces, max_run) == twins.zero_runs(x, max_run)
+    np.testing.assert_array_equal(sums[0] + sums[1], (x != 0).sum(axis=0))
+    np.testing.assert_array_equal(over_channels, (x != 0).reshape(4, 3, 2, 1).sum(axis=2))
 
 
 def sparse(rng, shape, zero):

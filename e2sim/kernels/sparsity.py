@@ -24,28 +24,45 @@ def zero_runs(values, max_run):
 
 
 @njit(cache=True, nogil=True)
-def zero_runs_part(values, max_run, first, end):
-    """``values[first:end]`` as a piece of a longer sequence, for :func:`zero_runs` split over threads:
-    (zeros, zeros before its first non-zero, pairs from its first to its last non-zero, zeros after
-    its last non-zero). The pairs inside start from a non-zero, so they do not depend on what came
-    before; the leading and trailing zeros join the runs of the neighbouring pieces."""
+def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
+    """Samples ``first`` to ``end`` (exclusive) of a feature map x (N, C, H·W), in one pass: adds
+    x != 0 into ``over_samples`` (C, H·W) and, when it has rows, into ``over_channels`` (N, G, H·W:
+    summed over each of ``groups`` groups of channels); returns the run-length statistics of these
+    samples in flat order, as a piece of the whole: (zeros, zeros before its first non-zero, pairs
+    from its first to its last non-zero, zeros after its last non-zero). The pairs inside start
+    from a non-zero, so they do not depend on what came before; the leading and trailing zeros
+    join the runs of the neighbouring pieces (``numerics.zeros.joined_runs``)."""
+    c_, hw = x.shape[1], x.shape[2]
+    per_group = c_ // groups
+    by_channels = over_channels.shape[0] > 0
     zeros = 0
-    for i in range(first, end):
-        zeros += values[i] == 0
-    lead = 0
-    while first + lead < end and values[first + lead] == 0:
-        lead += 1
-    if first + lead == end:
-        return zeros, lead, 0, 0
-    trail = 0
-    while values[end - 1 - trail] == 0:
-        trail += 1
     pairs = 0
-    run = 0
-    for i in range(first + lead, end - trail):
-        zero = values[i] == 0
-        run = (run + 1) * zero
-        full = run == max_run + 1
-        pairs += (not zero) + full
-        run *= not full
-    return zeros, lead, pairs, trail
+    run = 0  # the coder's run (a full run is coded and restarts)
+    raw = 0  # zeros since the last non-zero
+    seen = False
+    lead = 0
+    lead_pairs = 0
+    last_pairs = 0
+    for n in range(first, end):
+        for c in range(c_):
+            g = c // per_group
+            for i in range(hw):
+                nonzero = x[n, c, i] != 0
+                over_samples[c, i] += nonzero
+                if by_channels:
+                    over_channels[n, g, i] += nonzero
+                zero = not nonzero
+                zeros += zero
+                if nonzero and not seen:  # the first non-zero: what came before joins the previous piece
+                    seen = True
+                    lead = raw
+                    lead_pairs = pairs
+                run = (run + 1) * zero
+                full = run == max_run + 1
+                pairs += nonzero + full
+                run *= not full
+                raw = (raw + 1) * zero
+                last_pairs = pairs if nonzero else last_pairs
+    if not seen:
+        return zeros, raw, 0, 0
+    return zeros, lead, last_pairs - lead_pairs, raw

@@ -2,9 +2,11 @@
 feature maps, and the MACs in which both operands are non-zero (from per-dimension non-zero counts:
 exact, at a fraction of the GEMM's cost)."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from e2sim.kernels.sparsity import zero_runs_part
+from e2sim.kernels.sparsity import map_zeros_part
 from e2sim.process import PARALLEL_ELEMENTS, in_parallel, kernel_threads, split
 
 RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
@@ -15,21 +17,17 @@ def operand_zeros(**operands: np.ndarray) -> tuple[dict[str, int], dict[str, int
     run-length pairs that would store them."""
     found, pairs = {}, {}
     for name, values in operands.items():
-        flat = np.ascontiguousarray(values).reshape(-1)
         if name in ("x", "dy"):
-            found[name], pairs[name] = zero_runs_split(flat, RLE_MAX_RUN)
+            stats = map_zeros(values.reshape(values.shape[0], -1, 1, 1))
+            found[name], pairs[name] = stats.zeros, stats.pairs
         else:
-            found[name] = int(flat.size - np.count_nonzero(flat))
+            found[name] = weight_zeros(values)
     return found, pairs
 
 
-def zero_runs_split(flat: np.ndarray, max_run: int, parts: int | None = None) -> tuple[int, int]:
-    """``kernels.sparsity.zero_runs`` of ``flat``, in ``parts`` pieces (default: one per kernel
-    thread for a large array) counted at once and joined exactly: a zero run that crosses pieces is
-    coded as the one run it is."""
-    count = (kernel_threads() if flat.size >= PARALLEL_ELEMENTS else 1) if parts is None else parts
-    pieces = in_parallel([lambda lo=lo, hi=hi: zero_runs_part(flat, max_run, lo, hi)
-                          for lo, hi in split(flat.size, count, 1)])  # fmt: skip
+def joined_runs(pieces, max_run: int) -> tuple[int, int]:
+    """(zeros, run-length pairs) of a sequence from its consecutive pieces' (zeros, lead, pairs
+    inside, trail)."""
     zeros = pairs = run = 0
     for piece_zeros, lead, inside, trail in pieces:
         zeros += piece_zeros
@@ -40,30 +38,62 @@ def zero_runs_split(flat: np.ndarray, max_run: int, parts: int | None = None) ->
     return int(zeros), int(pairs + run // (max_run + 1) + (run % (max_run + 1) > 0))
 
 
-def tap_nonzeros(x: np.ndarray, r: int, s: int, stride: int, ph: int, pw: int, p: int, q: int, dil: int) -> np.ndarray:
+@dataclass(frozen=True)
+class MapZeros:
+    """Zero statistics of a feature map x (N, C, H, W) from one pass over it: zeros, run-length
+    pairs, and its non-zero mask summed over the samples (C, H, W) and, when asked for, over each
+    group's channels (N, G, H, W)."""
+
+    zeros: int
+    pairs: int
+    over_samples: np.ndarray
+    over_channels: np.ndarray | None
+
+
+def map_zeros(x: np.ndarray, groups: int | None = None) -> MapZeros:
+    """:class:`MapZeros` of ``x`` (``groups``: also the sums over each group's channels), the
+    samples split over the kernel threads when it is large."""
+    n, c, h, w = x.shape
+    view = np.ascontiguousarray(x).reshape(n, c, h * w)
+    over_channels = np.zeros((n, groups, h * w) if groups else (0, 1, 1), np.int64)
+    count = kernel_threads() if x.size >= PARALLEL_ELEMENTS else 1
+    parts = split(n, count, 1)
+    sums = [np.zeros((c, h * w), np.int64) for _ in parts]
+    pieces = in_parallel([lambda lo=lo, hi=hi, out=out: map_zeros_part(view, groups or 1, RLE_MAX_RUN, out,
+                                                                       over_channels, lo, hi)
+                          for (lo, hi), out in zip(parts, sums, strict=True)])  # fmt: skip
+    zeros, pairs = joined_runs(pieces, RLE_MAX_RUN)
+    return MapZeros(zeros, pairs, sum(sums[1:], sums[0]).reshape(c, h, w),
+                    over_channels.reshape(n, groups, h, w) if groups else None)  # fmt: skip
+
+
+def weight_zeros(w: np.ndarray) -> int:
+    return int(w.size - np.count_nonzero(w))
+
+
+def tap_nonzeros(over_samples: np.ndarray, r: int, s: int, stride: int, ph: int, pw: int, p: int, q: int,
+                 dil: int) -> np.ndarray:  # fmt: skip
     """Non-zero entries of each row (c, r, s) of ``im2col(x)`` (padding taps are zeros), as int64
-    (C·R·S,): Σ over samples of x's non-zero mask, then Σ of its windows, without the columns."""
-    per_channel = _padded(_nonzero_sum(x, 0), ph, pw)  # (C, H + 2·ph, W + 2·pw)
-    counts = np.empty((x.shape[1], r, s), np.int64)
+    (C·R·S,), from x's non-zero mask summed over the samples (``MapZeros.over_samples``): the sums
+    of its windows, without the columns."""
+    per_channel = _padded(over_samples, ph, pw)  # (C, H + 2·ph, W + 2·pw)
+    counts = np.empty((over_samples.shape[0], r, s), np.int64)
     for i, j in np.ndindex(r, s):
         counts[:, i, j] = _window(per_channel, i * dil, j * dil, stride, p, q).sum(axis=(1, 2))
     return counts.reshape(-1)
 
 
-def pixel_nonzeros(x: np.ndarray, r: int, s: int, stride: int, ph: int, pw: int, p: int, q: int, dil: int,
-                   groups: int) -> np.ndarray:  # fmt: skip
+def pixel_nonzeros(over_channels: np.ndarray, r: int, s: int, stride: int, ph: int, pw: int, p: int, q: int,
+                   dil: int) -> np.ndarray:  # fmt: skip
     """Non-zero entries of each column (n, p, q) of each group's rows of ``im2col(x)``, as int64
-    (G, N·P·Q): Σ over a group's channels of x's non-zero mask, then Σ of its windows."""
-    n, c, h, w = x.shape
-    per_pixel = _padded(_nonzero_sum(x.reshape(n, groups, c // groups, h, w), 2), ph, pw)  # (N, G, H', W')
+    (G, N·P·Q), from x's non-zero mask summed over each group's channels
+    (``MapZeros.over_channels``): the sums of its windows."""
+    n, groups = over_channels.shape[:2]
+    per_pixel = _padded(over_channels, ph, pw)  # (N, G, H', W')
     counts = np.zeros((n, groups, p, q), np.int64)
     for i, j in np.ndindex(r, s):
         counts += _window(per_pixel, i * dil, j * dil, stride, p, q)
     return counts.transpose(1, 0, 2, 3).reshape(groups, -1)
-
-
-def _nonzero_sum(x: np.ndarray, axis: int) -> np.ndarray:
-    return np.not_equal(x, 0).sum(axis=axis, dtype=np.int64)
 
 
 def _padded(counts: np.ndarray, ph: int, pw: int) -> np.ndarray:
