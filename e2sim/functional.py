@@ -56,7 +56,7 @@ from e2sim.numerics.quantize import (
     saturate_accumulator,
 )
 from e2sim.numerics.seeds import derive_seed
-from e2sim.numerics.zeros import map_zeros, pixel_nonzeros, tap_nonzeros, weight_zeros
+from e2sim.numerics.zeros import map_zeros, tap_nonzeros, weight_zeros, window_products
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
 from e2sim.process import in_parallel, in_parts, kernel_threads, split
@@ -430,10 +430,9 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     sparsity = None
     if counter is not None:  # per group: Σ over (n, p, q) of nonzero errors × nonzero taps
         x_stats, dy_stats = map_zeros(x_values, groups), map_zeros(_values(dyq, integer), groups)
-        pixels = pixel_nonzeros(x_stats.over_channels, r, s, stride, ph, pw, p, q, dil)
-        errors = dy_stats.over_channels.transpose(1, 0, 2, 3).reshape(groups, -1)  # (G, N·P·Q)
+        nonzero = window_products(dy_stats.over_channels, x_stats.over_channels, r, s, stride, ph, pw, dil)
         zeros, pairs = {"x": x_stats.zeros, "dy": dy_stats.zeros}, {"x": x_stats.pairs, "dy": dy_stats.pairs}
-        sparsity = ((zeros, pairs), macs - int(np.vdot(errors, pixels)))
+        sparsity = ((zeros, pairs), macs - nonzero)
     bounds = _bounds(integer, dyq, xq)
     def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
         cols = _workspace((c * r * s, (hi - lo) * p * q))

@@ -13,7 +13,7 @@ import e2sim
 import e2sim.functional as F
 from e2sim.counting import OpCounter
 from e2sim.kernels.sparsity import map_zeros_part, zero_runs
-from e2sim.numerics.zeros import joined_runs, map_zeros, pixel_nonzeros, tap_nonzeros
+from e2sim.numerics.zeros import joined_runs, map_zeros, tap_nonzeros, window_products
 from e2sim.schedule.compression import compressed_bytes, stored_bytes
 
 
@@ -26,7 +26,8 @@ def test_zero_runs_match_twin(values, max_run):
 @pytest.mark.parametrize(("stride", "pad", "dil", "groups"), [(1, 1, 1, 1), (2, 0, 1, 1), (2, 1, 2, 3), (1, 2, 3, 6),
                                                                (3, 1, 1, 2)])  # fmt: skip
 def test_window_nonzero_counts_equal_counts_over_the_columns(stride, pad, dil, groups):
-    """The non-zeros per row and per group's column of im2col(x), from x alone."""
+    """The non-zeros per row of im2col(x), and the products of non-zero errors and non-zero taps
+    per group, from per-group non-zero sums alone."""
     rng = np.random.default_rng(stride + 7 * dil + groups)
     x = sparse(rng, (3, 6, 9, 8), 0.5)
     r, s = 3, 2
@@ -36,8 +37,11 @@ def test_window_nonzero_counts_equal_counts_over_the_columns(stride, pad, dil, g
     assert (stats.zeros, stats.pairs) == twins.zero_runs(x, 31)
     rows = tap_nonzeros(stats.over_samples, r, s, stride, pad, pad, p, q, dil)
     np.testing.assert_array_equal(rows, cols.sum(axis=1))
-    per_group = pixel_nonzeros(stats.over_channels, r, s, stride, pad, pad, p, q, dil)
-    np.testing.assert_array_equal(per_group, cols.reshape(groups, -1, cols.shape[1]).sum(axis=1))
+    errors = sparse(rng, (3, 6, p, q), 0.4)
+    by_group = map_zeros(errors, groups).over_channels.transpose(1, 0, 2, 3).reshape(groups, -1)  # (G, N·P·Q)
+    per_column = cols.reshape(groups, -1, cols.shape[1]).sum(axis=1)  # non-zero taps per group's column
+    assert window_products(map_zeros(errors, groups).over_channels, stats.over_channels, r, s, stride, pad, pad,
+                           dil) == int((by_group.astype(np.int64) * per_column).sum())  # fmt: skip
 
 
 @given(st.lists(st.sampled_from([0, 0, 0, 1, -3]), min_size=24, max_size=24), st.integers(1, 5), st.integers(0, 4))

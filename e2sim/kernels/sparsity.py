@@ -3,6 +3,7 @@ many (zero-run, value) pairs a run-length code needs (zero runs of up to ``max_r
 longer run spends a pair (max_run, 0) on every max_run + 1 zeros; zeros at the end are coded the
 same way, a last pair carrying a zero value)."""
 
+import numpy as np
 from numba import njit
 
 
@@ -66,3 +67,28 @@ def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
     if not seen:
         return zeros, raw, 0, 0
     return zeros, lead, last_pairs - lead_pairs, raw
+
+
+@njit(cache=True, nogil=True)
+def window_products_part(errors, inputs, r, s, stride, pad_h, pad_w, dil, first, end):
+    """Σ over samples ``first`` to ``end``, groups g and outputs (p, q) of errors[n, g, p, q] ×
+    Σ over the window's taps (r, s) inside the input of inputs[n, g, p·stride − pad_h + r·dil,
+    q·stride − pad_w + s·dil] (int64): with per-group non-zero counts of a conv's errors (N, G, P,
+    Q) and inputs (N, G, H, W), the weight gradient's MACs whose two operands are non-zero."""
+    groups, p_, q_ = errors.shape[1], errors.shape[2], errors.shape[3]
+    h_, w_ = inputs.shape[2], inputs.shape[3]
+    total = 0
+    for n in range(first, end):
+        for g in range(groups):
+            for p in range(p_):
+                for i in range(r):
+                    h = p * stride - pad_h + i * dil
+                    if h < 0 or h >= h_:
+                        continue
+                    for q in range(q_):
+                        e = np.int64(errors[n, g, p, q])
+                        for j in range(s):
+                            w = q * stride - pad_w + j * dil
+                            if 0 <= w < w_:
+                                total += e * inputs[n, g, h, w]
+    return total

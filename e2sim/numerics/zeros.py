@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from e2sim.kernels.sparsity import map_zeros_part
+from e2sim.kernels.sparsity import map_zeros_part, window_products_part
 from e2sim.process import PARALLEL_ELEMENTS, in_parallel, kernel_threads, split
 
 RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
@@ -55,7 +55,9 @@ def map_zeros(x: np.ndarray, groups: int | None = None) -> MapZeros:
     samples split over the kernel threads when it is large."""
     n, c, h, w = x.shape
     view = np.ascontiguousarray(x).reshape(n, c, h * w)
-    over_channels = np.zeros((n, groups, h * w) if groups else (0, 1, 1), np.int64)
+    per_group = c // (groups or 1)  # the largest sum over a group's channels: the narrowest type that holds it
+    kind = np.uint8 if per_group <= 255 else np.uint16 if per_group <= 65535 else np.int64
+    over_channels = np.zeros((n, groups, h * w) if groups else (0, 1, 1), kind)
     count = kernel_threads() if x.size >= PARALLEL_ELEMENTS else 1
     parts = split(n, count, 1)
     sums = [np.zeros((c, h * w), np.int64) for _ in parts]
@@ -83,17 +85,15 @@ def tap_nonzeros(over_samples: np.ndarray, r: int, s: int, stride: int, ph: int,
     return counts.reshape(-1)
 
 
-def pixel_nonzeros(over_channels: np.ndarray, r: int, s: int, stride: int, ph: int, pw: int, p: int, q: int,
-                   dil: int) -> np.ndarray:  # fmt: skip
-    """Non-zero entries of each column (n, p, q) of each group's rows of ``im2col(x)``, as int64
-    (G, N·P·Q), from x's non-zero mask summed over each group's channels
-    (``MapZeros.over_channels``): the sums of its windows."""
-    n, groups = over_channels.shape[:2]
-    per_pixel = _padded(over_channels, ph, pw)  # (N, G, H', W')
-    counts = np.zeros((n, groups, p, q), np.int64)
-    for i, j in np.ndindex(r, s):
-        counts += _window(per_pixel, i * dil, j * dil, stride, p, q)
-    return counts.transpose(1, 0, 2, 3).reshape(groups, -1)
+def window_products(errors: np.ndarray, inputs: np.ndarray, r: int, s: int, stride: int, ph: int, pw: int,
+                    dil: int) -> int:  # fmt: skip
+    """The weight gradient's MACs whose error and input tap are both non-zero, from the errors' and
+    the inputs' non-zero masks summed over each group's channels (``MapZeros.over_channels`` of dy
+    (N, G, P, Q) and of x (N, G, H, W)); the samples split over the kernel threads."""
+    count = kernel_threads() if inputs.size * r * s >= PARALLEL_ELEMENTS else 1
+    return int(sum(in_parallel([lambda lo=lo, hi=hi: window_products_part(errors, inputs, r, s, stride, ph, pw, dil,
+                                                                          lo, hi)
+                                for lo, hi in split(errors.shape[0], count, 1)])))  # fmt: skip
 
 
 def _padded(counts: np.ndarray, ph: int, pw: int) -> np.ndarray:
