@@ -55,7 +55,7 @@ def map_zeros(x: np.ndarray, groups: int | None = None) -> MapZeros:
     samples split over the kernel threads when it is large."""
     n, c, h, w = x.shape
     view = np.ascontiguousarray(x).reshape(n, c, h * w)
-    per_group = c // (groups or 1)  # the largest sum over a group's channels: the narrowest type that holds it
+    per_group = c // groups if groups else 1  # the largest sum over a group's channels: the narrowest type
     kind = np.uint8 if per_group <= 255 else np.uint16 if per_group <= 65535 else np.int64
     over_channels = np.zeros((n, groups, h * w) if groups else (0, 1, 1), kind)
     count = kernel_threads() if x.size >= PARALLEL_ELEMENTS else 1
