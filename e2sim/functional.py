@@ -217,12 +217,6 @@ def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int
     return rounded.values, rounded.saturated
 
 
-def _per_column(sample_scale: np.ndarray, pixels: int) -> np.ndarray:
-    """A per-sample scale spread over the (n, p, q) columns of a conv GEMM (or kept scalar)."""
-    flat = sample_scale.reshape(-1)
-    return np.repeat(flat, pixels)[None, :] if flat.size > 1 else flat.reshape(())
-
-
 def _bounds(integer: bool, a: Quantized, b: Quantized) -> tuple[float, float]:
     """Bounds on |a| and |b| for exact integer GEMMs and their saturation scan (unused otherwise,
     and not worth a pass over float operands)."""
@@ -299,8 +293,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
         col_blocks = cols.reshape(groups, -1, n * p * q)
         acc = np.concatenate([approx.matmul(w_blocks[g], col_blocks[g], wq.bits, xq.bits) for g in range(groups)])
         bounds = (np.inf, np.inf)
-    scale = (wq.scale.reshape(-1, 1) * _per_column(xq.scale, p * q)) if integer else 1
-    y, saturated = _finish(acc, integer, fmt, scale, seed, c // groups * r * s * bounds[0] * bounds[1])
+    # per filter × per sample (or tensor) scales, broadcast over each sample's pixels
+    scale = (wq.scale.reshape(-1, 1, 1) * xq.scale.reshape(1, -1, 1)) if integer else 1
+    y, saturated = _finish(acc.reshape(k, n, p * q), integer, fmt, scale, seed,
+                           c // groups * r * s * bounds[0] * bounds[1])  # fmt: skip
     y = np.ascontiguousarray(y.reshape(k, n, p, q).transpose(1, 0, 2, 3))
     reads = {"x": x.size, "w": w.size}
     if b is not None:

@@ -114,19 +114,24 @@ def _to_grid(flat, inv_scale, inner, qmin, qmax, mode, seed) -> tuple[np.ndarray
     return out, sum(counts)
 
 
+def _largest_magnitude(x: np.ndarray, axis):
+    """max |x| over ``axis``, exactly, as max(max x, −min x): two reductions and no |x| copy (NaN
+    propagates as through abs)."""
+    return np.maximum(x.max(axis=axis), -x.min(axis=axis))
+
+
 def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tuple[np.ndarray, tuple, int]:
     """Per-group scale (float64), its broadcast shape, and the element count after ``axis``."""
-    magnitude = np.abs(x)
     if granularity in ("channel", "sample") and x.ndim > 0:
         others = tuple(i for i in range(x.ndim) if i != axis)
-        ranges = magnitude.max(axis=others) if x.size else np.zeros(x.shape[axis])
+        ranges = _largest_magnitude(x, others) if x.size else np.zeros(x.shape[axis])
         shape = tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim))
         inner = int(np.prod(x.shape[axis + 1 :]))
     else:
         if granularity == "batch_mean" and x.ndim > 1 and x.size:
-            ranges = np.array([magnitude.reshape(x.shape[0], -1).max(axis=1).mean()])
+            ranges = np.array([_largest_magnitude(x.reshape(x.shape[0], -1), 1).mean()])
         else:
-            ranges = np.array([magnitude.max() if x.size else 0.0])
+            ranges = np.array([_largest_magnitude(x, None) if x.size else 0.0])
         shape, inner = (1,) * x.ndim, x.size
     ranges = ranges.astype(np.float64)
     scale = np.where(ranges > 0, ranges / qmax, 1.0)
