@@ -217,6 +217,13 @@ def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int
     return rounded.values, rounded.saturated
 
 
+def _error_columns(dy: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Samples ``lo`` to ``hi`` of dy (N, K, P, Q) as GEMM columns (K, (hi − lo)·P·Q): a view for one
+    sample, else a copy of the piece alone (in cache), never of the whole batch."""
+    piece = dy[lo:hi]
+    return piece[0].reshape(dy.shape[1], -1) if hi - lo == 1 else piece.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
+
+
 def _bounds(integer: bool, a: Quantized, b: Quantized) -> tuple[float, float]:
     """Bounds on |a| and |b| for exact integer GEMMs and their saturation scan (unused otherwise,
     and not worth a pass over float operands)."""
@@ -341,12 +348,12 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
     _shape("dy", dy, (n, k, p, q))
     dyq, wq = _operands(fmt, seed, (dy, "errors", 0), (w, "weights", 1))
     integer = _integer(dyq, wq)
-    dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
+    dy_values = _values(dyq, integer)
     w_values = _values(wq, integer)
     macs = n * k * cg * p * q * r * s
     sparsity = None
     if counter is not None:
-        stats = map_zeros(_values(dyq, integer))  # each filter's errors: Σ over (n, p, q)
+        stats = map_zeros(dy_values)  # each filter's errors: Σ over (n, p, q)
         nonzero = _pairs(stats.over_samples.sum(axis=(1, 2)), np.count_nonzero(w_values.reshape(k, -1), axis=1))
         sparsity = (({"dy": stats.zeros, "w": weight_zeros(w_values)}, {"dy": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, dyq)
@@ -355,7 +362,7 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
     acc = np.zeros((n, c, h, width), np.float64 if wide else np.float32)
 
     def add_windows(lo: int, hi: int) -> None:
-        errors = dy_mat[:, lo * p * q : hi * p * q].reshape(groups, kg, -1)
+        errors = _error_columns(dy_values, lo, hi).reshape(groups, kg, -1)
         dcols = _grouped_matmul(w_blocks, errors, integer, bounds, _workspace((c * r * s, (hi - lo) * p * q)),
                                 threaded=False)  # fmt: skip
         conv_kernels.col2im_part(np.ascontiguousarray(dcols, acc.dtype), acc[lo:hi], r, s, stride, ph, pw, p, q, dil,
@@ -420,12 +427,11 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     xq, dyq = _operands(fmt, seed, (x, "activations", None), (dy, "errors", None))
     integer = _integer(xq, dyq)
     x_values = _values(xq, integer)
-    dy_mat = _values(dyq, integer).transpose(1, 0, 2, 3).reshape(k, -1)
+    dy_values = _values(dyq, integer)
     macs = n * k * cg * p * q * r * s
-    dy_blocks = dy_mat.reshape(groups, k // groups, -1)
     sparsity = None
     if counter is not None:  # per group: Σ over (n, p, q) of nonzero errors × nonzero taps
-        x_stats, dy_stats = map_zeros(x_values, groups), map_zeros(_values(dyq, integer), groups)
+        x_stats, dy_stats = map_zeros(x_values, groups), map_zeros(dy_values, groups)
         nonzero = window_products(dy_stats.over_channels, x_stats.over_channels, r, s, stride, ph, pw, dil)
         zeros, pairs = {"x": x_stats.zeros, "dy": dy_stats.zeros}, {"x": x_stats.pairs, "dy": dy_stats.pairs}
         sparsity = ((zeros, pairs), macs - nonzero)
@@ -433,7 +439,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
         cols = _workspace((c * r * s, (hi - lo) * p * q))
         conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
-        return _grouped_matmul(dy_blocks[:, :, lo * p * q : hi * p * q],
+        return _grouped_matmul(_error_columns(dy_values, lo, hi).reshape(groups, k // groups, -1),
                                cols.reshape(groups, -1, cols.shape[1]).transpose(0, 2, 1), integer, bounds,
                                threaded=False)  # fmt: skip
 
