@@ -197,14 +197,6 @@ def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
     return cols
 
 
-def _col2im(cols, n, c, h, w, r, s, stride, ph, pw, p, q, dil) -> np.ndarray:
-    """``conv_kernels.col2im``, its channels split over the kernel threads when it is large."""
-    x = np.zeros((n, c, h, w), cols.dtype)
-    in_parts(c, cols.size,
-              lambda lo, hi: conv_kernels.col2im_part(cols, x, r, s, stride, ph, pw, p, q, dil, lo, hi))  # fmt: skip
-    return x
-
-
 def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):
     """Saturate exact sums to the accumulator and apply the scales, or round a float accumulation.
     ``bound`` bounds |acc| from the operands (no saturation scan below the accumulator's range)."""
@@ -436,6 +428,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
         zeros, pairs = {"x": x_stats.zeros, "dy": dy_stats.zeros}, {"x": x_stats.pairs, "dy": dy_stats.pairs}
         sparsity = ((zeros, pairs), macs - nonzero)
     bounds = _bounds(integer, dyq, xq)
+
     def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
         cols = _workspace((c * r * s, (hi - lo) * p * q))
         conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)

@@ -100,8 +100,6 @@ def quantize(
     return Quantized(values.reshape(x.shape), scale, int(saturated), fmt.bits, float(max(-qmin, qmax)))
 
 
-
-
 def _to_grid(flat, inv_scale, inner, qmin, qmax, mode, seed) -> tuple[np.ndarray, int]:
     """``quantize_to_grid``, split into contiguous ranges over the kernel threads when large (each
     element's rounding depends only on its index, so the split changes no value)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from e2sim.kernels.sparsity import map_zeros_part, window_products_part
-from e2sim.process import PARALLEL_ELEMENTS, in_parallel, kernel_threads, split
+from e2sim.process import in_parts
 
 RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
 
@@ -58,14 +58,14 @@ def map_zeros(x: np.ndarray, groups: int | None = None) -> MapZeros:
     per_group = c // groups if groups else 1  # the largest sum over a group's channels: the narrowest type
     kind = np.uint8 if per_group <= 255 else np.uint16 if per_group <= 65535 else np.int64
     over_channels = np.zeros((n, groups, h * w) if groups else (0, 1, 1), kind)
-    count = kernel_threads() if x.size >= PARALLEL_ELEMENTS else 1
-    parts = split(n, count, 1)
-    sums = [np.zeros((c, h * w), np.int64) for _ in parts]
-    pieces = in_parallel([lambda lo=lo, hi=hi, out=out: map_zeros_part(view, groups or 1, RLE_MAX_RUN, out,
-                                                                       over_channels, lo, hi)
-                          for (lo, hi), out in zip(parts, sums, strict=True)])  # fmt: skip
-    zeros, pairs = joined_runs(pieces, RLE_MAX_RUN)
-    return MapZeros(zeros, pairs, sum(sums[1:], sums[0]).reshape(c, h, w),
+
+    def count(lo: int, hi: int) -> tuple[tuple, np.ndarray]:  # each part sums over its samples on its own
+        over_samples = np.zeros((c, h * w), np.int64)
+        return map_zeros_part(view, groups or 1, RLE_MAX_RUN, over_samples, over_channels, lo, hi), over_samples
+
+    parts = in_parts(n, x.size, count)
+    zeros, pairs = joined_runs([piece for piece, _ in parts], RLE_MAX_RUN)
+    return MapZeros(zeros, pairs, sum(part for _, part in parts).reshape(c, h, w),
                     over_channels.reshape(n, groups, h, w) if groups else None)  # fmt: skip
 
 
@@ -90,10 +90,8 @@ def window_products(errors: np.ndarray, inputs: np.ndarray, r: int, s: int, stri
     """The weight gradient's MACs whose error and input tap are both non-zero, from the errors' and
     the inputs' non-zero masks summed over each group's channels (``MapZeros.over_channels`` of dy
     (N, G, P, Q) and of x (N, G, H, W)); the samples split over the kernel threads."""
-    count = kernel_threads() if inputs.size * r * s >= PARALLEL_ELEMENTS else 1
-    return int(sum(in_parallel([lambda lo=lo, hi=hi: window_products_part(errors, inputs, r, s, stride, ph, pw, dil,
-                                                                          lo, hi)
-                                for lo, hi in split(errors.shape[0], count, 1)])))  # fmt: skip
+    return int(sum(in_parts(errors.shape[0], inputs.size * r * s,
+                            lambda lo, hi: window_products_part(errors, inputs, r, s, stride, ph, pw, dil, lo, hi))))
 
 
 def _padded(counts: np.ndarray, ph: int, pw: int) -> np.ndarray:
