@@ -16,7 +16,6 @@ stochastic rounding and never changes results in ``nearest`` or ``truncate`` mod
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numpy as np
@@ -24,12 +23,32 @@ import numpy as np
 from e2sim.config.precision import PrecisionSpec, read_precision
 from e2sim.config.reader import ProblemLog, Section
 from e2sim.counting import OpCounter
+from e2sim.functional_gemm import (
+    FLOAT32_EXACT,
+    PIXEL_MAJOR_CHANNELS,
+    _bounds,
+    _by_samples,
+    _conv_geometry,
+    _error_columns,
+    _finish,
+    _grouped_matmul,
+    _groups,
+    _im2col,
+    _integer,
+    _matmul,
+    _matmul_block,
+    _operands,
+    _pixel_errors,
+    _read,
+    _record,
+    _round_gradient,
+    _values,
+    _wide,
+    _workspace,
+)
 from e2sim.functional_layers import (
     _array,
-    _pair,
     _shape,
-    _stride,
-    _window,
     add,
     avg_pool2d,
     avg_pool2d_backward,
@@ -48,18 +67,9 @@ from e2sim.functional_layers import (
     softmax_cross_entropy,
 )
 from e2sim.kernels import conv as conv_kernels
-from e2sim.numerics.quantize import (
-    FLOAT32_EXACT,
-    Quantized,
-    exact_integer_matmul,
-    quantize,
-    saturate_accumulator,
-)
-from e2sim.numerics.seeds import derive_seed
 from e2sim.numerics.zeros import map_zeros, tap_nonzeros, weight_zeros, window_products
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
-from e2sim.process import in_parallel, in_parts, kernel_threads, split
 
 __all__ = [
     "OpCounter", "add", "avg_pool2d", "avg_pool2d_backward", "batchnorm", "batchnorm_backward",
@@ -80,176 +90,6 @@ def precision(**roles: Any) -> PrecisionSpec:
     spec = read_precision(Section(roles, "", log))
     log.raise_if_any()
     return spec
-
-
-# -- quantized GEMMs -----------------------------------------------------------------------------------
-
-
-def _operands(fmt: PrecisionSpec | None, seed: int, *specs: tuple[np.ndarray, str, int | None]):
-    """Quantize each (array, role, scale axis or None if that axis is summed over) for one op."""
-    if fmt is None:
-        return [Quantized(a, None, 0, 32) for a, _, _ in specs]
-    out = []
-    for i, (a, role, axis) in enumerate(specs):
-        granularity = fmt.scale(role)
-        if granularity in ("channel", "sample") and axis is None:
-            granularity = "tensor"
-        out.append(quantize(a, getattr(fmt, role), fmt.rounding, granularity, axis or 0, derive_seed(seed, i)))
-    return out
-
-
-def _integer(*operands: Quantized) -> bool:
-    return all(q.is_integer for q in operands)
-
-
-_LOCAL = threading.local()
-_WORKSPACE_ARRAYS = 4
-
-
-def _workspace(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """A scratch array reused across calls of this thread (large fresh arrays cost page faults).
-    Only for intermediates that never leave the call that asked for them."""
-    cache = _LOCAL.__dict__.setdefault("arrays", {})
-    key = (tuple(shape), np.dtype(dtype).str)
-    array = cache.pop(key, None)
-    if array is None:
-        array = np.empty(shape, dtype)
-        while len(cache) >= _WORKSPACE_ARRAYS:
-            cache.pop(next(iter(cache)))
-    cache[key] = array  # most recently used last
-    return array
-
-
-PARALLEL_MACS = 1 << 22  # GEMMs from this size split their output columns over the kernel threads
-
-
-PIECE_BYTES = 1 << 20  # a conv builds its columns (or their gradient) this many bytes at a time, in cache
-
-
-def _by_samples(n: int, sample_bytes: int, work) -> list:
-    """``work(lo, hi)`` over pieces of the batch of about ``PIECE_BYTES`` of columns each, on the
-    kernel threads; the results in order. The pieces depend on the sizes only, never on the threads."""
-    step = max(1, PIECE_BYTES // max(sample_bytes, 1))
-    return in_parallel([lambda lo=lo: work(lo, min(lo + step, n)) for lo in range(0, n, step)])
-
-
-def _matmul(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
-    """a @ b; exact for integer operands (see exact_integer_matmul). A large one is split into
-    blocks of output columns, one per kernel thread (each column summed as in one call)."""
-    parts = split(b.shape[1], kernel_threads(), 256) if a.shape[0] * a.shape[1] * b.shape[1] >= PARALLEL_MACS else []
-    if len(parts) <= 1:
-        return _matmul_block(a, b, integer, bounds, out)
-    blocks = in_parallel([lambda lo=lo, hi=hi: _matmul_block(a, b[:, lo:hi], integer, bounds, None)
-                          for lo, hi in parts])  # fmt: skip
-    if out is not None and out.dtype == blocks[0].dtype:
-        return np.concatenate(blocks, axis=1, out=out)
-    return np.concatenate(blocks, axis=1)
-
-
-def _matmul_block(a, b, integer: bool, bounds: tuple[float, float], out=None) -> np.ndarray:
-    if integer:
-        return exact_integer_matmul(a, b, *bounds, out=out)
-    return np.matmul(a, b, out=out)
-
-
-def _grouped_matmul(a, b, integer: bool, bounds: tuple[float, float], out=None, threaded=True) -> np.ndarray:
-    """The product of each group's blocks, a (G, m, k) @ b (G, k, n), as one (G·m, n) matrix; one
-    group is :func:`_matmul` (``threaded``: split over the kernel threads; not in a piece that already
-    runs on one). Integer groups whose sums stay below 2**24 run as one batched float32 GEMM
-    (exact); wider ones group by group through ``exact_integer_matmul``."""
-    groups, m, k = a.shape
-    if groups == 1:
-        return (_matmul if threaded else _matmul_block)(a[0], b[0], integer, bounds, out)
-    if integer and bounds[0] * bounds[1] * k >= FLOAT32_EXACT:
-        return np.concatenate([_matmul_block(a[g], b[g], integer, bounds) for g in range(groups)], axis=0)
-    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
-    if k == 1:  # outer products (a depthwise conv's input gradient): numpy's batched matmul is slow here
-        return np.multiply(a, b).reshape(groups * m, -1)
-    return np.matmul(a, b).reshape(groups * m, -1)
-
-
-def _groups(groups: Any, in_channels: int, out_channels: int) -> int:
-    if not isinstance(groups, int | np.integer) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups {groups} must divide the input channels ({in_channels}) and the filters "
-                         f"({out_channels})")  # fmt: skip
-    return int(groups)
-
-
-def _dilation(value: Any) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"dilation must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _conv_geometry(h: int, width: int, r: int, s: int, stride, padding, dilation):
-    """(stride, pad_h, pad_w, dilation, P, Q) of a conv; a dilated kernel spans d·(R − 1) + 1 rows."""
-    stride, (ph, pw), dilation = _stride(stride), _pair("padding", padding, 0), _dilation(dilation)
-    p = _window(h, dilation * (r - 1) + 1, stride, ph)
-    return stride, ph, pw, dilation, p, _window(width, dilation * (s - 1) + 1, stride, pw)
-
-
-def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
-    """``conv_kernels.im2col``, its rows split over the kernel threads when it is large."""
-    in_parts(cols.shape[0], cols.size,
-              lambda lo, hi: conv_kernels.im2col_part(x, r, s, stride, ph, pw, p, q, dil, cols, lo, hi))  # fmt: skip
-    return cols
-
-
-def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):
-    """Saturate exact sums to the accumulator and apply the scales, or round a float accumulation.
-    ``bound`` bounds |acc| from the operands (no saturation scan below the accumulator's range)."""
-    if fmt is None:
-        return acc.astype(np.float32, copy=False), 0
-    if integer:
-        acc, saturated = saturate_accumulator(acc, fmt.accumulator, bound)
-        return (acc * scale).astype(np.float32, copy=False), saturated
-    rounded = quantize(acc.astype(np.float32), fmt.accumulator, fmt.rounding, seed=derive_seed(seed, 99))
-    return rounded.values, rounded.saturated
-
-
-def _error_columns(dy: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Samples ``lo`` to ``hi`` of dy (N, K, P, Q) as GEMM columns (K, (hi − lo)·P·Q): a view for one
-    sample, else a copy of the piece alone (in cache), never of the whole batch."""
-    piece = dy[lo:hi]
-    return piece[0].reshape(dy.shape[1], -1) if hi - lo == 1 else piece.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
-
-
-def _bounds(integer: bool, a: Quantized, b: Quantized) -> tuple[float, float]:
-    """Bounds on |a| and |b| for exact integer GEMMs and their saturation scan (unused otherwise,
-    and not worth a pass over float operands)."""
-    return (a.bound(), b.bound()) if integer else (np.inf, np.inf)
-
-
-def _values(q: Quantized, integer: bool) -> np.ndarray:
-    return q.values if integer else q.dequantize()
-
-
-def _read(approx, seed: int, *operands: Quantized) -> list[np.ndarray]:
-    """The integer (activations, weights) of a forward GEMM as an approximate mode reads them."""
-    if not _integer(*operands):
-        raise ValueError("the approximate mode needs intN weights and activations (set a precision)")
-    rng = np.random.default_rng(derive_seed(seed, 55))
-    return [approx.read_operand(q, role, rng) for q, role in zip(operands, ("activations", "weights"), strict=True)]
-
-
-def _record(counter, op, a: Quantized, b: Quantized, macs, reads, writes, saturated, elementwise=0,
-            sparsity=None):  # fmt: skip
-    """``sparsity``: ((zeros, run-length pairs) per operand, MACs with a zero operand)."""
-    if counter is not None:
-        (zeros, pairs), zero_macs = sparsity if sparsity is not None else (({}, {}), 0)
-        counter.record(
-            op, macs={f"{a.bits}x{b.bits}": macs}, elementwise_ops=elementwise, reads=reads, writes=writes,
-            saturated=saturated, zeros=zeros, rle_pairs=pairs, zero_macs=zero_macs,
-        )  # fmt: skip
-
-
-def _round_gradient(g: np.ndarray, fmt: PrecisionSpec | None, seed: int) -> tuple[np.ndarray, int]:
-    if fmt is None:
-        return g, 0
-    q = quantize(g, fmt.gradients, fmt.rounding, fmt.scale("gradients"), 0, derive_seed(seed, 7))
-    return q.dequantize(), q.saturated
 
 
 # -- convolution ---------------------------------------------------------------------------------------
@@ -280,7 +120,20 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
         nonzero = _pairs(np.count_nonzero(w_blocks, axis=1).reshape(-1), taps)
         sparsity = (({"x": stats.zeros, "w": weight_zeros(w_values)}, {"x": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, xq)
-    if approx is None:
+    if approx is None and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["forward"]:
+        # pixel-major: rows (N·P·Q, R·S·C) @ W (R·S·C, K)
+        w_rows = np.ascontiguousarray(w_values.transpose(2, 3, 1, 0)).reshape(-1, k)
+        sums = np.empty((n, k, p * q), np.float64 if _wide(integer, bounds, w_rows.shape[0]) else np.float32)
+
+        def product_rows(lo: int, hi: int) -> None:  # each piece's sums put back in (N, K, P·Q) order, in cache
+            rows = _workspace(((hi - lo) * p * q, w_rows.shape[0]))
+            conv_kernels.pixel_rows_part(x_values, r, s, stride, ph, pw, p, q, dil, rows, lo, hi)
+            result = _matmul_block(rows, w_rows, integer, bounds, _workspace((rows.shape[0], k), role="sums"))
+            sums[lo:hi] = result.reshape(hi - lo, p * q, k).transpose(0, 2, 1)
+
+        _by_samples(n, c * r * s * p * q * 4, product_rows)
+        acc = sums.transpose(1, 0, 2)  # (K, N, P·Q), a view: the scales and any rounding see this order
+    elif approx is None:
         def product(lo: int, hi: int) -> np.ndarray:
             cols = _workspace((c * r * s, (hi - lo) * p * q))
             conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
@@ -349,8 +202,36 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
         nonzero = _pairs(stats.over_samples.sum(axis=(1, 2)), np.count_nonzero(w_values.reshape(k, -1), axis=1))
         sparsity = (({"dy": stats.zeros, "w": weight_zeros(w_values)}, {"dy": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, dyq)
+    wide = _wide(integer, bounds, kg)  # exact sums in float64 (exact_integer_matmul)
+    if groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]:
+        # pixel-major: dY (N·P·Q, K) @ W (K, R·S·C), then each window's rows added into dx
+        acc = np.empty((n, c, h, width), np.float64 if wide else np.float32)
+        w_rows = np.ascontiguousarray(w_values.transpose(0, 2, 3, 1)).reshape(k, -1)
+
+        def add_rows(lo: int, hi: int) -> None:
+            drows = _matmul_block(_pixel_errors(dy_values, lo, hi), w_rows, integer, bounds,
+                                  _workspace(((hi - lo) * p * q, w_rows.shape[1])))  # fmt: skip
+            conv_kernels.add_pixel_rows_part(np.ascontiguousarray(drows, acc.dtype), acc, r, s, stride, ph, pw, p, q,
+                                             dil, lo, hi)  # fmt: skip
+
+        _by_samples(n, c * r * s * p * q * 4, add_rows)
+    else:
+        acc = _grouped_input_gradient(dy_values, w_values, (n, c, h, width), groups, integer, bounds, wide,
+                                      (r, s, stride, ph, pw, p, q, dil))  # fmt: skip
+    dx, saturated = _finish_input_gradient(acc, integer, fmt, wq, dyq, groups, (r, s, stride, dil), kg, bounds, seed)
+    saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
+    _record(counter, op, dyq, wq, macs, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations,
+            sparsity=sparsity)  # fmt: skip
+    return dx
+
+
+def _grouped_input_gradient(dy_values, w_values, shape, groups, integer, bounds, wide, geometry) -> np.ndarray:
+    """dx of a grouped conv (the sums before scaling): each group's W.T @ dY, col2im piece by piece."""
+    n, c, h, width = shape
+    r, s, stride, ph, pw, p, q, dil = geometry
+    k = w_values.shape[0]
+    kg = k // groups
     w_blocks = w_values.reshape(groups, kg, -1).transpose(0, 2, 1)
-    wide = integer and bounds[0] * bounds[1] * kg >= FLOAT32_EXACT  # exact sums in float64 (_grouped_matmul)
     acc = np.zeros((n, c, h, width), np.float64 if wide else np.float32)
 
     def add_windows(lo: int, hi: int) -> None:
@@ -361,6 +242,12 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
                                  0, c)  # fmt: skip
 
     _by_samples(n, c * r * s * p * q * 4, add_windows)
+    return acc
+
+
+def _finish_input_gradient(acc, integer, fmt, wq, dyq, groups, geometry, kg, bounds, seed):
+    """dx from its sums: saturated and scaled (integer) or rounded (float accumulator)."""
+    r, s, stride, dil = geometry
     scale = 1
     if integer:  # the weights' scale per channel of a group is the same in every group
         w_scale = wq.scale.reshape(-1)
@@ -368,11 +255,7 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
         scale = w_scale.reshape(1, -1, 1, 1) * dyq.scale.reshape(-1, 1, 1, 1)
     step = stride // math.gcd(stride, dil)  # taps of one window row that can land on one input row
     overlap = -(-r // step) * -(-s // step)  # window positions that land on one input element
-    dx, saturated = _finish(acc, integer, fmt, scale, seed, kg * overlap * bounds[0] * bounds[1])
-    saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
-    _record(counter, op, dyq, wq, macs, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations,
-            sparsity=sparsity)  # fmt: skip
-    return dx
+    return _finish(acc, integer, fmt, scale, seed, kg * overlap * bounds[0] * bounds[1])
 
 
 def pruned_weight_gradient(compute, dy, weight_shape, channels, bias, counter, op):
@@ -429,6 +312,13 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
         sparsity = ((zeros, pairs), macs - nonzero)
     bounds = _bounds(integer, dyq, xq)
 
+    pixel_major = groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]
+
+    def partial_rows(lo: int, hi: int) -> np.ndarray:  # pixel-major: dY.T (K, m·P·Q) @ rows (m·P·Q, R·S·C)
+        rows = _workspace(((hi - lo) * p * q, r * s * c))
+        conv_kernels.pixel_rows_part(x_values, r, s, stride, ph, pw, p, q, dil, rows, lo, hi)
+        return _matmul_block(_pixel_errors(dy_values, lo, hi).T, rows, integer, bounds)
+
     def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
         cols = _workspace((c * r * s, (hi - lo) * p * q))
         conv_kernels.im2col_part(x_values[lo:hi], r, s, stride, ph, pw, p, q, dil, cols, 0, c * r * s)
@@ -439,8 +329,10 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
     # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)
     acc = np.zeros((k, cg * r * s), np.float64)
-    for part in _by_samples(n, c * r * s * p * q * 4, partial):
+    for part in _by_samples(n, c * r * s * p * q * 4, partial_rows if pixel_major else partial):
         acc += part
+    if pixel_major:  # (K, R, S, C) -> (K, C, R, S)
+        acc = np.ascontiguousarray(acc.reshape(k, r, s, c).transpose(0, 3, 1, 2)).reshape(k, -1)
     if not integer or bounds[0] * bounds[1] * n * p * q < FLOAT32_EXACT:  # as one float32 GEMM gives it
         acc = acc.astype(np.float32)
     scale = (dyq.scale.reshape(()) * xq.scale.reshape(())) if integer else 1

@@ -18,6 +18,16 @@ def rand(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+@pytest.fixture(params=["pixel-major", "channel-major"])
+def layout(request, monkeypatch):
+    """Dense convs build their columns pixel-major from a few input channels, channel-major below:
+    each test that takes this runs both ways."""
+    least = 1 if request.param == "pixel-major" else 10**9
+    for direction in ("forward", "backward"):
+        monkeypatch.setitem(F.PIXEL_MAJOR_CHANNELS, direction, least)
+    return request.param
+
+
 def rel_error(a, b):
     return np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300)
 
@@ -38,7 +48,7 @@ def numeric_grad(f, x, eps=1e-6):
 
 
 @pytest.mark.parametrize(("stride", "padding", "kernel"), CONV_CASES)
-def test_conv2d_matches_twin_and_finite_differences(stride, padding, kernel):
+def test_conv2d_matches_twin_and_finite_differences(stride, padding, kernel, layout):
     x, w, b = rand(2, 3, 7, 6), rand(4, 3, kernel, kernel), rand(4)
     y = F.conv2d(x, w, b, stride, padding)
     np.testing.assert_allclose(
@@ -125,7 +135,7 @@ def integer_valued(*shape, top=127):
 
 
 @pytest.mark.parametrize(("stride", "padding", "kernel"), CONV_CASES)
-def test_integer_conv_equals_an_exact_integer_reference(stride, padding, kernel):
+def test_integer_conv_equals_an_exact_integer_reference(stride, padding, kernel, layout):
     fmt = F.precision(**INT8)
     x, w = integer_valued(2, 3, 7, 6), integer_valued(4, 3, kernel, kernel)
     xi, wi = x.astype(np.int64), w.astype(np.int64)
@@ -223,7 +233,11 @@ def test_scale_granularities():
     per_tensor = quantize(w, parse_format("int8"))
     per_channel = quantize(w, parse_format("int8"), granularity="channel", axis=0)
     assert per_channel.scale.shape == (4, 1, 1, 1) and per_tensor.scale.shape == (1, 1, 1, 1)
-    assert np.abs(per_channel.dequantize() - w).max() < np.abs(per_tensor.dequantize() - w).max()
+    # the large channel sets the tensor's scale (the same error there either way); the others gain
+    others = np.arange(4) != 2
+    error = {name: np.abs(q.dequantize() - w)[others].max() for name, q in (("tensor", per_tensor),
+                                                                             ("channel", per_channel))}  # fmt: skip
+    assert error["channel"] < error["tensor"] / 10
     x = np.abs(rand(8, 10)) + 0.1
     x[0] *= 50  # an outlier sample: Banner's mean of per-sample ranges clips it
     mean_range = quantize(x, parse_format("int8"), granularity="batch_mean")
@@ -291,7 +305,8 @@ GROUPED_CASES = [(3, 1, 1, 1, 3, 6, 9), (6, 1, 2, 1, 3, 6, 6), (2, 2, 1, 2, 3, 4
 
 
 @pytest.mark.parametrize(("groups", "dil", "stride", "padding", "kernel", "c", "k"), GROUPED_CASES)
-def test_grouped_and_dilated_conv_matches_twins_and_finite_differences(groups, dil, stride, padding, kernel, c, k):
+def test_grouped_and_dilated_conv_matches_twins_and_finite_differences(groups, dil, stride, padding, kernel, c, k,
+                                                                        layout):
     x, w, b = rand(2, c, 9, 8), rand(k, c // groups, kernel, kernel), rand(k)
     conv = dict(groups=groups, dilation=dil)
     y = F.conv2d(x, w, b, stride, padding, **conv)
@@ -315,7 +330,7 @@ def test_grouped_and_dilated_conv_matches_twins_and_finite_differences(groups, d
 
 
 @pytest.mark.parametrize(("groups", "dil", "stride", "padding", "kernel", "c", "k"), GROUPED_CASES)
-def test_integer_grouped_conv_is_exact_and_counts_its_macs(groups, dil, stride, padding, kernel, c, k):
+def test_integer_grouped_conv_is_exact_and_counts_its_macs(groups, dil, stride, padding, kernel, c, k, layout):
     fmt = F.precision(**INT8)
     x, w = integer_valued(2, c, 9, 8), integer_valued(k, c // groups, kernel, kernel)
     x[0, 0, :3] = 0  # some zero activations for the zero-operand count

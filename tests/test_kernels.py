@@ -74,6 +74,25 @@ def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s, dil):
     assert np.isclose(np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), back), rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("stride", "ph", "pw", "r", "s", "dil"),
+    [(1, 0, 0, 3, 3, 1), (2, 1, 1, 3, 3, 1), (2, 2, 0, 5, 3, 1), (3, 0, 1, 1, 2, 1), (1, 2, 2, 3, 3, 2),
+     (2, 1, 3, 2, 3, 3), (1, 1, 1, 3, 3, 1)],
+)  # fmt: skip
+def test_pixel_rows_match_twins(stride, ph, pw, r, s, dil):
+    x = rand(3, 4, 9, 8)
+    p, q = twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil)
+    rows = np.full((2 * p * q, r * s * 4), np.nan, np.float32)
+    conv.pixel_rows_part(x, r, s, stride, ph, pw, p, q, dil, rows, 1, 3)  # samples 1 and 2
+    np.testing.assert_array_equal(rows, twins.pixel_rows(x[1:], r, s, stride, ph, pw, p, q, dil))
+    c = rand(*rows.shape)
+    back = np.full(x.shape, np.nan, np.float32)
+    conv.add_pixel_rows_part(c, back, r, s, stride, ph, pw, p, q, dil, 1, 3)
+    assert np.isnan(back[0]).all()  # samples outside the range are not touched
+    np.testing.assert_allclose(back[1:], twins.add_pixel_rows(c, (2, 4, 9, 8), r, s, stride, ph, pw, p, q, dil),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 7, 1, 1)])
 def test_batchnorm_kernels_match_twins(shape):
     x, gamma, beta = rand(*shape), rand(shape[1]), rand(shape[1])

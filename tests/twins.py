@@ -131,6 +131,19 @@ def im2col(x, r, s, stride, ph, pw, p, q, dil=1):
     return cols
 
 
+def pixel_rows(x, r, s, stride, ph, pw, p, q, dil=1):
+    """Pixel-major columns: im2col's (c, r, s) rows regrouped as (r, s, c) columns of one row per pixel."""
+    c = x.shape[1]
+    cols = im2col(x, r, s, stride, ph, pw, p, q, dil).reshape(c, r, s, -1)
+    return cols.transpose(3, 1, 2, 0).reshape(-1, r * s * c)
+
+
+def add_pixel_rows(rows, x_shape, r, s, stride, ph, pw, p, q, dil=1):
+    c = x_shape[1]
+    cols = rows.reshape(-1, r, s, c).transpose(3, 1, 2, 0).reshape(c * r * s, -1)
+    return col2im(cols, x_shape, r, s, stride, ph, pw, p, q, dil)
+
+
 def batchnorm(x, gamma, beta, eps):
     axes = (0, 2, 3) if x.ndim == 4 else (0,)
     shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)

@@ -1,4 +1,4 @@
-"""im2col / col2im for convolutions as GEMMs (NCHW).
+"""im2col / col2im for convolutions as GEMMs (NCHW input), channel-major and pixel-major columns.
 
 The column matrix has one row per (c, r, s) and one column per (n, p, q):
 ``cols[(c*R + r)*S + s, (n*P + p)*Q + q] = x[n, c, p*stride - pad_h + r*dil, q*stride - pad_w + s*dil]``
@@ -74,4 +74,66 @@ def col2im_part(cols, x, r, s, stride, pad_h, pad_w, p, q, dil, first_channel, e
                         w = qq * stride - pad_w + j * dil
                         if 0 <= w < w_:
                             x[n, c, h, w] += cols[row, base + qq]
+    return x
+
+
+# -- pixel-major columns: one row per output pixel (n, p, q), one column per tap and channel (r, s, c) ----------
+# ``rows[(n*P + p)*Q + q, (r*S + s)*C + c] = x[n, c, p*stride - pad_h + r*dil, q*stride - pad_w + s*dil]``.
+# Forward: ``rows @ W(R·S·C, K)``; backward-data: ``add_rows`` of ``dY(NPQ, K) @ W(K, R·S·C)``;
+# backward-weight: ``dY(NPQ, K).T @ rows``. Each sample goes through an (H, W, C) copy, so that every
+# tap copies C contiguous values.
+
+
+@njit(cache=True, nogil=True)
+def pixel_rows_part(x, r, s, stride, pad_h, pad_w, p, q, dil, rows, first, end):
+    """Fill ``rows`` ((end − first)·P·Q, R·S·C) from samples ``first`` to ``end`` of x (N, C, H, W)."""
+    n_, c_, h_, w_ = x.shape
+    sample = np.empty((h_, w_, c_), x.dtype)
+    for n in range(first, end):
+        for c in range(c_):
+            for h in range(h_):
+                for w in range(w_):
+                    sample[h, w, c] = x[n, c, h, w]
+        for pp in range(p):
+            for qq in range(q):
+                row = ((n - first) * p + pp) * q + qq
+                for i in range(r):
+                    h = pp * stride - pad_h + i * dil
+                    for j in range(s):
+                        col = (i * s + j) * c_
+                        w = qq * stride - pad_w + j * dil
+                        if h < 0 or h >= h_ or w < 0 or w >= w_:
+                            for c in range(c_):
+                                rows[row, col + c] = 0.0
+                        else:
+                            for c in range(c_):
+                                rows[row, col + c] = sample[h, w, c]
+    return rows
+
+
+@njit(cache=True, nogil=True)
+def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, end):
+    """The adjoint of :func:`pixel_rows_part`: samples ``first`` to ``end`` of x (N, C, H, W) get the
+    sum of their window entries in ``rows`` (in row order), overwriting what x held."""
+    n_, c_, h_, w_ = x.shape
+    sample = np.empty((h_, w_, c_), x.dtype)
+    for n in range(first, end):
+        sample[:] = 0.0
+        for pp in range(p):
+            for qq in range(q):
+                row = ((n - first) * p + pp) * q + qq
+                for i in range(r):
+                    h = pp * stride - pad_h + i * dil
+                    if h < 0 or h >= h_:
+                        continue
+                    for j in range(s):
+                        w = qq * stride - pad_w + j * dil
+                        if 0 <= w < w_:
+                            col = (i * s + j) * c_
+                            for c in range(c_):
+                                sample[h, w, c] += rows[row, col + c]
+        for c in range(c_):
+            for h in range(h_):
+                for w in range(w_):
+                    x[n, c, h, w] = sample[h, w, c]
     return x
