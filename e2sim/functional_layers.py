@@ -122,7 +122,9 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, *, counter=None, op="batchno
 def relu(x, *, counter=None, op="relu") -> np.ndarray:
     x = _array("x", x, (2, 3, 4))
     _count(counter, op, x.size, {"x": x.size}, {"y": x.size})
-    return layer_kernels.relu(x)
+    y, flat = np.empty_like(x), x.reshape(-1)
+    in_parts(x.size, x.size, lambda lo, hi: layer_kernels.relu_part(flat, y.reshape(-1), lo, hi))
+    return y
 
 
 def relu_backward(dy, y, *, counter=None, op="relu_backward") -> np.ndarray:
@@ -130,7 +132,9 @@ def relu_backward(dy, y, *, counter=None, op="relu_backward") -> np.ndarray:
     dy = _array("dy", dy, y.ndim)
     _shape("dy", dy, y.shape)
     _count(counter, op, y.size, {"dy": y.size, "y": y.size}, {"dx": y.size})
-    return layer_kernels.relu_backward(dy, y)
+    dx, flat = np.empty_like(dy), (dy.reshape(-1), y.reshape(-1))
+    in_parts(y.size, y.size, lambda lo, hi: layer_kernels.relu_backward_part(*flat, dx.reshape(-1), lo, hi))
+    return dx
 
 
 def dropout(x, drop_probability: float, seed: int, *, counter=None, op="dropout") -> tuple[np.ndarray, np.ndarray]:

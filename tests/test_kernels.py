@@ -137,9 +137,14 @@ def test_pool_kernels_match_twins():
 
 def test_relu_softmax_and_sgd_kernels_match_twins():
     x = rand(5, 4)
-    np.testing.assert_array_equal(layers.relu(x), np.maximum(x, 0))
+    y, dx = np.full(20, np.nan, np.float32), np.full(20, np.nan, np.float32)
+    layers.relu_part(x.reshape(-1), y, 3, 20)  # a part: elements 3 to 19
+    np.testing.assert_array_equal(y[3:], np.maximum(x, 0).reshape(-1)[3:])
+    assert np.isnan(y[:3]).all()
+    layers.relu_part(x.reshape(-1), y, 0, 3)
     dy = rand(5, 4)
-    np.testing.assert_array_equal(layers.relu_backward(dy, layers.relu(x)), np.where(x > 0, dy, 0))
+    layers.relu_backward_part(dy.reshape(-1), y, dx, 0, 20)
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0).reshape(-1))
     labels = np.array([0, 3, 2, 1, 3])
     weights = np.array([1.0, 2.0, 0.5, 1.0, 3.0])
     loss, probs, dlogits = layers.softmax_cross_entropy(x, labels, weights)

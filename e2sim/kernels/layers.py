@@ -88,20 +88,18 @@ def batchnorm_backward_part(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, firs
                 dx[n, c, i] = k * (dy[n, c, i] - mean_dy - xhat * mean_dy_xhat)
 
 
-@njit(cache=True)
-def relu(x):
-    y = np.empty_like(x)
-    for i in range(x.size):
-        y.flat[i] = x.flat[i] if x.flat[i] > 0 else 0.0
-    return y
+@njit(cache=True, nogil=True)
+def relu_part(x, y, start, end):
+    """Elements ``start`` to ``end`` of flat ``y`` = max(flat ``x``, 0)."""
+    for i in range(start, end):
+        y[i] = x[i] if x[i] > 0 else 0.0
 
 
-@njit(cache=True)
-def relu_backward(dy, y):
-    dx = np.empty_like(dy)
-    for i in range(dy.size):
-        dx.flat[i] = dy.flat[i] if y.flat[i] > 0 else 0.0
-    return dx
+@njit(cache=True, nogil=True)
+def relu_backward_part(dy, y, dx, start, end):
+    """Elements ``start`` to ``end`` of flat ``dx`` = ``dy`` where ``y`` > 0, else 0."""
+    for i in range(start, end):
+        dx[i] = dy[i] if y[i] > 0 else 0.0
 
 
 @njit(cache=True)
