@@ -60,22 +60,24 @@ def quantize_to_grid_part(x, inv_scale, inner, qmin, qmax, mode, seed, out, star
     while i < end:
         factor = inv_scale[(i // inner) % groups]
         stop = min(end, (i // inner + 1) * inner)  # the end of this run of one scale group
-        # one loop per mode, without branches inside (the same values as _round)
+        # one loop per mode over slices indexed from 0, without branches inside (vector selects;
+        # the same values as _round)
+        source, target = x[i:stop], out[i:stop]
         if mode == STOCHASTIC:
-            for j in range(i, stop):
-                r = math.floor(np.float64(x[j]) * factor + uniform01(seed, j))
+            for j in range(stop - i):
+                r = math.floor(np.float64(source[j]) * factor + uniform01(seed, i + j))
                 saturated += (r > qmax) + (r < qmin)
-                out[j] = qmax if r > qmax else (qmin if r < qmin else r)  # NaN stays NaN
+                target[j] = qmax if r > qmax else (qmin if r < qmin else r)  # NaN stays NaN
         elif mode == NEAREST:
-            for j in range(i, stop):
-                r = np.rint(np.float64(x[j]) * factor)
+            for j in range(stop - i):
+                r = np.rint(np.float64(source[j]) * factor)
                 saturated += (r > qmax) + (r < qmin)
-                out[j] = qmax if r > qmax else (qmin if r < qmin else r)  # NaN stays NaN
+                target[j] = qmax if r > qmax else (qmin if r < qmin else r)
         else:
-            for j in range(i, stop):
-                r = math.trunc(np.float64(x[j]) * factor)
+            for j in range(stop - i):
+                r = math.trunc(np.float64(source[j]) * factor)
                 saturated += (r > qmax) + (r < qmin)
-                out[j] = qmax if r > qmax else (qmin if r < qmin else r)  # NaN stays NaN
+                target[j] = qmax if r > qmax else (qmin if r < qmin else r)
         i = stop
     return saturated
 
