@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import e2sim
+import e2sim.policies  # registers the built-in techniques, as e2sim.api does
 from e2sim.config.policy import technique_keys
 
 ROOT = Path(e2sim.__file__).parent
