@@ -2,6 +2,7 @@
 gating, compression formats, stated densities, and what the reports say."""
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import e2sim
 import e2sim.functional as F
 from e2sim.counting import OpCounter
 from e2sim.kernels.sparsity import map_zeros_part, zero_runs
-from e2sim.numerics.zeros import joined_runs, map_zeros, tap_nonzeros, window_products
+from e2sim.numerics.zeros import RLE_MAX_RUN, joined_runs, map_zeros, tap_nonzeros, window_products
 from e2sim.schedule.compression import compressed_bytes, stored_bytes
 
 
@@ -44,10 +45,12 @@ def test_window_nonzero_counts_equal_counts_over_the_columns(stride, pad, dil, g
                            dil) == int((by_group.astype(np.int64) * per_column).sum())  # fmt: skip
 
 
-@given(st.lists(st.sampled_from([0, 0, 0, 1, -3]), min_size=24, max_size=24), st.integers(1, 5), st.integers(0, 4))
+@given(st.lists(st.sampled_from([0, 0, 0, 1, -3]), min_size=24, max_size=24), st.sampled_from([1, 3, 7]),
+       st.integers(0, 4))  # fmt: skip
 def test_map_zeros_in_pieces_match_twins(values, max_run, cut):
     """One pass over a feature map cut between any two samples: zeros, run-length pairs (runs
-    across the cut joined) and the non-zero sums over samples and over each group's channels."""
+    across the cut joined) and the non-zero sums over samples and over each group's channels
+    (runs of max_run + 1 zeros, a power of two, as the kernel requires)."""
     x = np.array(values, dtype=np.float32).reshape(4, 6, 1)
     pieces, sums, over_channels = [], [], np.zeros((4, 3, 1), np.int64)
     for lo, hi in ((0, cut), (cut, 4)):
@@ -56,6 +59,20 @@ def test_map_zeros_in_pieces_match_twins(values, max_run, cut):
     assert joined_runs(pieces, max_run) == twins.zero_runs(x, max_run)
     np.testing.assert_array_equal(sums[0] + sums[1], (x != 0).sum(axis=0))
     np.testing.assert_array_equal(over_channels, (x != 0).reshape(4, 3, 2, 1).sum(axis=2))
+
+
+def test_map_zeros_counts_long_runs_of_the_coder():
+    """Runs far longer than RLE_MAX_RUN (whole zero rows and samples), cut into pieces anywhere."""
+    rng = np.random.default_rng(5)
+    x = np.where(rng.random((6, 5, 40)) < 0.97, 0, 1).astype(np.float32)
+    x[2] = 0
+    x[4, 1:3] = 0
+    expected = twins.zero_runs(x, RLE_MAX_RUN)
+    for cuts in ((0, 6), (0, 2, 3, 6), (0, 1, 2, 3, 4, 5, 6)):
+        sums, over_channels = np.zeros((5, 40), np.int64), np.zeros((0, 1, 1), np.int64)
+        pieces = [map_zeros_part(x, 1, RLE_MAX_RUN, sums, over_channels, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+        assert joined_runs(pieces, RLE_MAX_RUN) == expected
+        np.testing.assert_array_equal(sums, (x != 0).sum(axis=0))
 
 
 def sparse(rng, shape, zero):

@@ -32,41 +32,47 @@ def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
     samples in flat order, as a piece of the whole: (zeros, zeros before its first non-zero, pairs
     from its first to its last non-zero, zeros after its last non-zero). The pairs inside start
     from a non-zero, so they do not depend on what came before; the leading and trailing zeros
-    join the runs of the neighbouring pieces (``numerics.zeros.joined_runs``)."""
+    join the runs of the neighbouring pieces (``numerics.zeros.joined_runs``).
+
+    ``max_run + 1`` must be a power of two. A zero run spends a pair on every ``max_run + 1``
+    zeros: the zero at distance k from the last non-zero (or from the piece's start) completes one
+    when k is a multiple of ``max_run + 1``, so the only chain from value to value is the index of
+    the last non-zero (a conditional move), with no branch on the values."""
     c_, hw = x.shape[1], x.shape[2]
     per_group = c_ // groups
     by_channels = over_channels.shape[0] > 0
-    zeros = 0
-    pairs = 0
-    run = 0  # the coder's run (a full run is coded and restarts)
-    raw = 0  # zeros since the last non-zero
-    seen = False
-    lead = 0
-    lead_pairs = 0
-    last_pairs = 0
+    span = max_run + 1
+    mask = span - 1
+    nonzeros = 0
+    fulls = 0  # pairs spent on full zero runs
+    last = -1  # flat index of the last non-zero so far (-1: none)
+    first_nonzero = -1
+    offset = 0
     for n in range(first, end):
         for c in range(c_):
-            g = c // per_group
+            row = x[n, c]
+            counts = over_samples[c]
             for i in range(hw):
-                nonzero = x[n, c, i] != 0
-                over_samples[c, i] += nonzero
-                if by_channels:
-                    over_channels[n, g, i] += nonzero
-                zero = not nonzero
-                zeros += zero
-                if nonzero and not seen:  # the first non-zero: what came before joins the previous piece
-                    seen = True
-                    lead = raw
-                    lead_pairs = pairs
-                run = (run + 1) * zero
-                full = run == max_run + 1
-                pairs += nonzero + full
-                run *= not full
-                raw = (raw + 1) * zero
-                last_pairs = pairs if nonzero else last_pairs
-    if not seen:
-        return zeros, raw, 0, 0
-    return zeros, lead, last_pairs - lead_pairs, raw
+                nonzero = row[i] != 0
+                counts[i] += nonzero
+                nonzeros += nonzero
+                last = offset + i if nonzero else last
+                fulls += (not nonzero) & (((offset + i - last) & mask) == 0)
+            if by_channels:
+                summed = over_channels[n, c // per_group]
+                for i in range(hw):
+                    summed[i] += row[i] != 0
+            if first_nonzero < 0 and last >= 0:  # this row holds the first non-zero
+                for i in range(hw):
+                    if row[i] != 0:
+                        first_nonzero = offset + i
+                        break
+            offset += hw
+    zeros = offset - nonzeros
+    if last < 0:
+        return zeros, offset, 0, 0
+    trail = offset - 1 - last
+    return zeros, first_nonzero, nonzeros + fulls - first_nonzero // span - trail // span, trail
 
 
 @njit(cache=True, nogil=True)

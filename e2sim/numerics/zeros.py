@@ -10,6 +10,7 @@ from e2sim.kernels.sparsity import map_zeros_part, window_products_part
 from e2sim.process import in_parts
 
 RLE_MAX_RUN = 31  # run-length pairs are counted for 5-bit zero runs (Eyeriss's RLC, JSSC 2017)
+assert (RLE_MAX_RUN + 1) & RLE_MAX_RUN == 0, "map_zeros_part counts runs of a power of two"
 
 
 def operand_zeros(**operands: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
