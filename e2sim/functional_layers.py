@@ -169,7 +169,9 @@ def max_pool2d(x, kernel, stride=None, padding=0, *, counter=None, op="max_pool2
     """Returns (y, argmax); argmax holds r·S + s of each window's maximum (stride defaults to kernel)."""
     x = _array("x", x, 4)
     r, s, stride, ph, pw, p, q = _pool_geometry(x.shape, kernel, stride, padding)
-    y, arg = layer_kernels.maxpool(x, r, s, stride, ph, pw, p, q)
+    n, c = x.shape[:2]
+    y, arg = np.empty((n, c, p, q), np.float32), np.empty((n, c, p, q), np.int32)
+    in_parts(n * c, x.size, lambda lo, hi: layer_kernels.maxpool_part(x, r, s, stride, ph, pw, y, arg, lo, hi))
     _count(counter, op, ew_ops.maxpool_forward(y.size, r * s), {"x": x.size}, {"y": y.size, "argmax": y.size})
     return y, arg
 
@@ -189,7 +191,11 @@ def max_pool2d_backward(dy, argmax, input_shape, kernel, stride=None, padding=0,
         {"dy": dy.size, "argmax": dy.size},
         {"dx": int(np.prod(input_shape))},
     )
-    return layer_kernels.maxpool_backward(dy, argmax, int(input_shape[2]), int(input_shape[3]), s, stride, ph, pw)
+    n, c = dy.shape[:2]
+    dx = np.zeros((n, c, int(input_shape[2]), int(input_shape[3])), np.float32)
+    in_parts(n * c, dx.size,
+             lambda lo, hi: layer_kernels.maxpool_backward_part(dy, argmax, s, stride, ph, pw, dx, lo, hi))  # fmt: skip
+    return dx
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, *, counter=None, op="avg_pool2d") -> np.ndarray:

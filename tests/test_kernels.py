@@ -114,6 +114,18 @@ def test_batchnorm_kernels_match_twins(shape):
     np.testing.assert_allclose(dbeta, tdbeta, rtol=1e-4, atol=1e-5)
 
 
+def test_two_by_two_max_pool_matches_the_twin():
+    """The 2×2 stride-2 path (a fixed loop, selects) as the general one: ties go to the first tap,
+    a NaN never wins (a window of NaNs gives −inf at tap 0), an odd last row is dropped."""
+    x = np.round(rand(3, 2, 9, 8))  # many ties
+    x[0, 0, 2, 2] = x[1, 1, :2, :2] = np.nan
+    y, arg = layers.maxpool(x, 2, 2, 2, 0, 0, 4, 4)
+    ty, targ = twins.maxpool(np.nan_to_num(x, nan=-np.inf).astype(np.float64), 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(y, ty.astype(np.float32))
+    np.testing.assert_array_equal(arg, targ)
+    assert y[1, 1, 0, 0] == -np.inf and arg[1, 1, 0, 0] == 0
+
+
 def test_pool_kernels_match_twins():
     x = rand(2, 3, 7, 6)
     y, arg = layers.maxpool(x, 3, 2, 2, 1, 1, 4, 4)
