@@ -42,6 +42,7 @@ from e2sim.functional_gemm import (
     _read,
     _record,
     _round_gradient,
+    _scaled_in_pieces,
     _values,
     _wide,
     _workspace,
@@ -120,16 +121,27 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
         nonzero = _pairs(np.count_nonzero(w_blocks, axis=1).reshape(-1), taps)
         sparsity = (({"x": stats.zeros, "w": weight_zeros(w_values)}, {"x": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, xq)
+    # per filter × per sample (or tensor) scales, broadcast over each sample's pixels
+    scale = (wq.scale.reshape(-1, 1, 1) * xq.scale.reshape(1, -1, 1)) if integer else 1
+    bound = c // groups * r * s * bounds[0] * bounds[1]
+    scaled = False
     if approx is None and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["forward"]:
         # pixel-major: rows (N·P·Q, R·S·C) @ W (R·S·C, K)
         w_rows = np.ascontiguousarray(w_values.transpose(2, 3, 1, 0)).reshape(-1, k)
-        sums = np.empty((n, k, p * q), np.float64 if _wide(integer, bounds, w_rows.shape[0]) else np.float32)
+        wide = _wide(integer, bounds, w_rows.shape[0])
+        sums = np.empty((n, k, p * q), np.float64 if wide else np.float32)
+        scaled = _scaled_in_pieces(integer, fmt, bound, wide)
+        per_sample = np.broadcast_to(scale, (scale.shape[0], n, 1)).transpose(1, 0, 2) if scaled else None
 
         def product_rows(lo: int, hi: int) -> None:  # each piece's sums put back in (N, K, P·Q) order, in cache
             rows = _workspace(((hi - lo) * p * q, w_rows.shape[0]))
             conv_kernels.pixel_rows_part(x_values, r, s, stride, ph, pw, p, q, dil, rows, lo, hi)
             result = _matmul_block(rows, w_rows, integer, bounds, _workspace((rows.shape[0], k), role="sums"))
-            sums[lo:hi] = result.reshape(hi - lo, p * q, k).transpose(0, 2, 1)
+            piece = result.reshape(hi - lo, p * q, k).transpose(0, 2, 1)
+            if scaled:
+                np.multiply(piece, per_sample[lo:hi], out=sums[lo:hi])
+            else:
+                sums[lo:hi] = piece
 
         _by_samples(n, c * r * s * p * q * 4, product_rows)
         acc = sums.transpose(1, 0, 2)  # (K, N, P·Q), a view: the scales and any rounding see this order
@@ -144,11 +156,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
         cols = _im2col(x_values, r, s, stride, ph, pw, p, q, dil, _workspace((c * r * s, n * p * q)))
         col_blocks = cols.reshape(groups, -1, n * p * q)
         acc = np.concatenate([approx.matmul(w_blocks[g], col_blocks[g], wq.bits, xq.bits) for g in range(groups)])
-        bounds = (np.inf, np.inf)
-    # per filter × per sample (or tensor) scales, broadcast over each sample's pixels
-    scale = (wq.scale.reshape(-1, 1, 1) * xq.scale.reshape(1, -1, 1)) if integer else 1
-    y, saturated = _finish(acc.reshape(k, n, p * q), integer, fmt, scale, seed,
-                           c // groups * r * s * bounds[0] * bounds[1])  # fmt: skip
+        bound = np.inf
+    y, saturated = (acc, 0) if scaled else _finish(acc.reshape(k, n, p * q), integer, fmt, scale, seed, bound)
     y = np.ascontiguousarray(y.reshape(k, n, p, q).transpose(1, 0, 2, 3))
     reads = {"x": x.size, "w": w.size}
     if b is not None:
@@ -203,22 +212,28 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
         sparsity = (({"dy": stats.zeros, "w": weight_zeros(w_values)}, {"dy": stats.pairs}), macs - nonzero)
     bounds = _bounds(integer, wq, dyq)
     wide = _wide(integer, bounds, kg)  # exact sums in float64 (exact_integer_matmul)
+    scale, bound = _input_gradient_scale(integer, wq, dyq, groups, (r, s, stride, dil), kg, bounds)
+    scaled = False
     if groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]:
         # pixel-major: dY (N·P·Q, K) @ W (K, R·S·C), then each window's rows added into dx
         acc = np.empty((n, c, h, width), np.float64 if wide else np.float32)
         w_rows = np.ascontiguousarray(w_values.transpose(0, 2, 3, 1)).reshape(k, -1)
+        scaled = _scaled_in_pieces(integer, fmt, bound, wide)
+        per_sample = np.broadcast_to(scale, (n, *np.shape(scale)[1:])) if scaled else None
 
         def add_rows(lo: int, hi: int) -> None:
             drows = _matmul_block(_pixel_errors(dy_values, lo, hi), w_rows, integer, bounds,
                                   _workspace(((hi - lo) * p * q, w_rows.shape[1])))  # fmt: skip
             conv_kernels.add_pixel_rows_part(np.ascontiguousarray(drows, acc.dtype), acc, r, s, stride, ph, pw, p, q,
                                              dil, lo, hi)  # fmt: skip
+            if scaled:
+                acc[lo:hi] *= per_sample[lo:hi]
 
         _by_samples(n, c * r * s * p * q * 4, add_rows)
     else:
         acc = _grouped_input_gradient(dy_values, w_values, (n, c, h, width), groups, integer, bounds, wide,
                                       (r, s, stride, ph, pw, p, q, dil))  # fmt: skip
-    dx, saturated = _finish_input_gradient(acc, integer, fmt, wq, dyq, groups, (r, s, stride, dil), kg, bounds, seed)
+    dx, saturated = (acc, 0) if scaled else _finish(acc, integer, fmt, scale, seed, bound)
     saturations = {"dy": dyq.saturated, "w": wq.saturated, "accumulator": saturated}
     _record(counter, op, dyq, wq, macs, {"dy": dy.size, "w": w.size}, {"dx": dx.size}, saturations,
             sparsity=sparsity)  # fmt: skip
@@ -245,8 +260,8 @@ def _grouped_input_gradient(dy_values, w_values, shape, groups, integer, bounds,
     return acc
 
 
-def _finish_input_gradient(acc, integer, fmt, wq, dyq, groups, geometry, kg, bounds, seed):
-    """dx from its sums: saturated and scaled (integer) or rounded (float accumulator)."""
+def _input_gradient_scale(integer, wq, dyq, groups, geometry, kg, bounds) -> tuple[Any, float]:
+    """The scales of dx's integer sums (per input channel × per sample, or 1) and a bound on |sum|."""
     r, s, stride, dil = geometry
     scale = 1
     if integer:  # the weights' scale per channel of a group is the same in every group
@@ -255,7 +270,7 @@ def _finish_input_gradient(acc, integer, fmt, wq, dyq, groups, geometry, kg, bou
         scale = w_scale.reshape(1, -1, 1, 1) * dyq.scale.reshape(-1, 1, 1, 1)
     step = stride // math.gcd(stride, dil)  # taps of one window row that can land on one input row
     overlap = -(-r // step) * -(-s // step)  # window positions that land on one input element
-    return _finish(acc, integer, fmt, scale, seed, kg * overlap * bounds[0] * bounds[1])
+    return scale, kg * overlap * bounds[0] * bounds[1]
 
 
 def pruned_weight_gradient(compute, dy, weight_shape, channels, bias, counter, op):

@@ -133,6 +133,16 @@ def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
     return cols
 
 
+def _scaled_in_pieces(integer: bool, fmt: PrecisionSpec | None, bound: float, wide: bool) -> bool:
+    """Whether exact integer sums can take their scales piece by piece as they are made instead of
+    in :func:`_finish`: float32 sums that cannot reach the accumulator's range (nothing to
+    saturate), so each value is the same float32 product either way."""
+    if not integer or wide or fmt is None:
+        return False
+    accumulator = fmt.accumulator
+    return not accumulator.is_integer or bound < 2.0 ** (accumulator.bits - 1)
+
+
 def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int, bound: float = np.inf):
     """Saturate exact sums to the accumulator and apply the scales, or round a float accumulation.
     ``bound`` bounds |acc| from the operands (no saturation scan below the accumulator's range)."""

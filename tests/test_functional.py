@@ -378,3 +378,20 @@ def test_grouped_conv_rejects_channels_that_groups_do_not_divide():
         F.conv2d(rand(1, 6, 5, 5), rand(8, 1, 3, 3), groups=4)
     with pytest.raises(ValueError, match="dilation must be a positive integer"):
         F.conv2d(rand(1, 4, 5, 5), rand(4, 4, 3, 3), dilation=0)
+
+
+def test_scales_applied_piece_by_piece_give_the_same_bytes(monkeypatch, layout):
+    """Integer sums that cannot saturate take their per-filter/per-channel × per-sample scales as
+    each piece of the batch is made; the result equals scaling them all at the end."""
+    fmt = F.precision(**INT8, rounding="stochastic", scale={"weights": "channel", "activations": "sample",
+                                                            "errors": "sample"})  # fmt: skip
+    x, w, dy = rand(5, 8, 9, 9), rand(16, 8, 3, 3), rand(5, 16, 9, 9)
+
+    def outputs():
+        return (F.conv2d(x, w, padding=1, fmt=fmt, seed=4), F.conv2d_grad_input(dy, w, x.shape, 1, 1, fmt=fmt, seed=4))
+
+    pieces = outputs()
+    monkeypatch.setattr(F, "_scaled_in_pieces", lambda *args: False)
+    at_the_end = outputs()
+    for got, expected in zip(pieces, at_the_end, strict=True):
+        assert got.tobytes() == expected.tobytes()
