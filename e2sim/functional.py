@@ -29,6 +29,7 @@ from e2sim.functional_gemm import (
     _bounds,
     _by_samples,
     _conv_geometry,
+    _depthwise,
     _error_columns,
     _finish,
     _grouped_matmul,
@@ -71,6 +72,7 @@ from e2sim.kernels import conv as conv_kernels
 from e2sim.numerics.zeros import map_zeros, tap_nonzeros, weight_zeros, window_products
 from e2sim.numerics.zeros import nonzero_pairs as _pairs
 from e2sim.numerics.zeros import operand_zeros as _zeros
+from e2sim.process import in_parts
 
 __all__ = [
     "OpCounter", "add", "avg_pool2d", "avg_pool2d_backward", "batchnorm", "batchnorm_backward",
@@ -125,7 +127,12 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
     scale = (wq.scale.reshape(-1, 1, 1) * xq.scale.reshape(1, -1, 1)) if integer else 1
     bound = c // groups * r * s * bounds[0] * bounds[1]
     scaled = False
-    if approx is None and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["forward"]:
+    if approx is None and _depthwise(groups, c, k, integer, bound):  # float64 sums, taps in (r, s) order
+        taps, direct = w_values.reshape(k, r, s), np.empty((n, k, p, q))
+        in_parts(n * k, direct.size * r * s,
+                 lambda lo, hi: conv_kernels.depthwise_part(x_values, taps, stride, ph, pw, dil, direct, lo, hi))
+        acc = direct.transpose(1, 0, 2, 3)  # (K, N, P, Q), a view
+    elif approx is None and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["forward"]:
         # pixel-major: rows (N·P·Q, R·S·C) @ W (R·S·C, K)
         w_rows = np.ascontiguousarray(w_values.transpose(2, 3, 1, 0)).reshape(-1, k)
         wide = _wide(integer, bounds, w_rows.shape[0])
@@ -214,7 +221,11 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
     wide = _wide(integer, bounds, kg)  # exact sums in float64 (exact_integer_matmul)
     scale, bound = _input_gradient_scale(integer, wq, dyq, groups, (r, s, stride, dil), kg, bounds)
     scaled = False
-    if groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]:
+    if _depthwise(groups, c, k, integer, bound):  # float64 sums, directly
+        acc, taps = np.empty((n, c, h, width)), w_values.reshape(k, r, s)
+        in_parts(n * c, dy.size * r * s,
+                 lambda lo, hi: conv_kernels.depthwise_input_part(dy_values, taps, stride, ph, pw, dil, acc, lo, hi))
+    elif groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]:
         # pixel-major: dY (N·P·Q, K) @ W (K, R·S·C), then each window's rows added into dx
         acc = np.empty((n, c, h, width), np.float64 if wide else np.float32)
         w_rows = np.ascontiguousarray(w_values.transpose(0, 2, 3, 1)).reshape(k, -1)
@@ -343,9 +354,15 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
 
     # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
     # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)
-    acc = np.zeros((k, cg * r * s), np.float64)
-    for part in _by_samples(n, c * r * s * p * q * 4, partial_rows if pixel_major else partial):
-        acc += part
+    if _depthwise(groups, c, k, integer, n * p * q * bounds[0] * bounds[1]):  # float64 sums, directly
+        acc = np.empty((k, r, s))
+        in_parts(k, dy.size * r * s, lambda lo, hi: conv_kernels.depthwise_weight_part(
+            x_values, dy_values, stride, ph, pw, dil, acc, lo, hi))  # fmt: skip
+        acc = acc.reshape(k, -1)
+    else:
+        acc = np.zeros((k, cg * r * s), np.float64)
+        for part in _by_samples(n, c * r * s * p * q * 4, partial_rows if pixel_major else partial):
+            acc += part
     if pixel_major:  # (K, R, S, C) -> (K, C, R, S)
         acc = np.ascontiguousarray(acc.reshape(k, r, s, c).transpose(0, 3, 1, 2)).reshape(k, -1)
     if not integer or bounds[0] * bounds[1] * n * p * q < FLOAT32_EXACT:  # as one float32 GEMM gives it

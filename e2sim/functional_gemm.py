@@ -133,6 +133,15 @@ def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
     return cols
 
 
+FLOAT64_EXACT = 2.0**53  # every integer of magnitude up to this is exact in float64
+
+
+def _depthwise(groups: int, c: int, k: int, integer: bool, bound: float) -> bool:
+    """Whether a conv runs as a depthwise one, directly (``kernels.conv.depthwise_*``): one filter
+    per channel, and float64 sums that stay exact for integer operands (``bound`` bounds |sum|)."""
+    return groups == c == k and (not integer or bound < FLOAT64_EXACT)
+
+
 def _scaled_in_pieces(integer: bool, fmt: PrecisionSpec | None, bound: float, wide: bool) -> bool:
     """Whether exact integer sums can take their scales piece by piece as they are made instead of
     in :func:`_finish`: float32 sums that cannot reach the accumulator's range (nothing to

@@ -301,7 +301,7 @@ def test_bad_arguments_are_clear_errors(call, error, message):
 
 # groups, dilation, stride, padding, kernel, input channels, filters
 GROUPED_CASES = [(3, 1, 1, 1, 3, 6, 9), (6, 1, 2, 1, 3, 6, 6), (2, 2, 1, 2, 3, 4, 4), (1, 2, 2, 2, 3, 3, 5),
-                 (4, 3, 1, 3, 3, 4, 8), (2, 1, 1, 0, 1, 4, 2)]  # fmt: skip
+                 (4, 3, 1, 3, 3, 4, 8), (2, 1, 1, 0, 1, 4, 2), (4, 2, 1, 2, 3, 4, 4)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("groups", "dil", "stride", "padding", "kernel", "c", "k"), GROUPED_CASES)

@@ -93,6 +93,28 @@ def test_pixel_rows_match_twins(stride, ph, pw, r, s, dil):
                                rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("stride", "ph", "pw", "r", "s", "dil"),
+    [(1, 1, 1, 3, 3, 1), (2, 1, 1, 3, 3, 1), (2, 0, 2, 3, 5, 1), (1, 2, 2, 3, 3, 2), (3, 1, 0, 2, 3, 1)],
+)  # fmt: skip
+def test_depthwise_kernels_match_twins(stride, ph, pw, r, s, dil):
+    x, w = rand(3, 4, 9, 8), rand(4, 1, r, s)
+    p, q = twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y = conv.depthwise_part(x, w.reshape(4, r, s), stride, ph, pw, dil, np.full((3, 4, p, q), np.nan), 0, 12)
+    np.testing.assert_allclose(y, twins.conv2d(x64, w64, None, stride, ph, pw, dil, 4), rtol=1e-12, atol=1e-12)
+    dy = rand(3, 4, p, q)
+    dx = np.full((3, 4, 9, 8), np.nan)
+    conv.depthwise_input_part(dy, w.reshape(4, r, s), stride, ph, pw, dil, dx, 4, 12)  # maps 4 to 11 only
+    assert np.isnan(dx[0]).all()
+    np.testing.assert_allclose(dx[1:], twins.conv2d_grad_input(dy.astype(np.float64), w64, x.shape, stride, ph, pw,
+                                                               dil, 4)[1:], rtol=1e-12, atol=1e-12)  # fmt: skip
+    dw = conv.depthwise_weight_part(x, dy, stride, ph, pw, dil, np.full((4, r, s), np.nan), 0, 4)
+    np.testing.assert_allclose(dw.reshape(4, 1, r, s), twins.conv2d_grad_weight(x64, dy.astype(np.float64), w.shape,
+                                                                                stride, ph, pw, dil, 4),
+                               rtol=1e-10, atol=1e-10)  # fmt: skip
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 7, 1, 1)])
 def test_batchnorm_kernels_match_twins(shape):
     x, gamma, beta = rand(*shape), rand(shape[1]), rand(shape[1])

@@ -137,3 +137,148 @@ def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, e
                 for w in range(w_):
                     x[n, c, h, w] = sample[h, w, c]
     return x
+
+
+# -- depthwise convolutions (one filter per channel), directly: a GEMM per channel has an inner
+# dimension of R·S (9) and spends its time on the columns. Each map is copied into a zero-padded
+# float64 plane; at stride 1 every tap is then one long loop over the flat plane (outputs computed
+# on the padded width, the extra columns dropped), which vectorises; other strides go row by row.
+# Sums are float64, each output's taps added in (r, s) order (a padding tap adds a zero).
+
+
+@njit(cache=True, nogil=True)
+def _padded_plane(x, n, c, pad_h, pad_w, plane):
+    """Map (n, c) of x into the interior of ``plane`` (flat, (H + 2·pad_h + 1) rows of W + 2·pad_w)."""
+    h_, w_ = x.shape[2], x.shape[3]
+    wp = w_ + 2 * pad_w
+    for h in range(h_):
+        target, source = plane[(h + pad_h) * wp + pad_w : (h + pad_h) * wp + pad_w + w_], x[n, c, h]
+        for k in range(w_):
+            target[k] = source[k]
+
+
+@njit(cache=True, nogil=True)
+def depthwise_part(x, w, stride, pad_h, pad_w, dil, y, first, end):
+    """Maps ``first`` to ``end`` (as n·C + c) of y (N, C, P, Q), float64:
+    y[n,c,p,q] = Σ over taps (i, j) of w[c,i,j]·x[n, c, p·stride − pad_h + i·dil, q·stride − pad_w + j·dil]
+    (zero in the padding); w is (C, R, S)."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    r, s = w.shape[1], w.shape[2]
+    p, q = y.shape[2], y.shape[3]
+    wp = w_ + 2 * pad_w
+    plane = np.zeros((h_ + 2 * pad_h + 1) * wp)
+    wide = np.empty(p * wp)
+    for nc in range(first, end):
+        n, c = nc // c_, nc % c_
+        _padded_plane(x, n, c, pad_h, pad_w, plane)
+        if stride == 1:
+            wide[:] = 0.0
+            for i in range(r):
+                for j in range(s):
+                    tap = np.float64(w[c, i, j])
+                    source = plane[i * dil * wp + j * dil : i * dil * wp + j * dil + p * wp]
+                    for k in range(p * wp):
+                        wide[k] += tap * source[k]
+            for pp in range(p):
+                target, source = y[n, c, pp], wide[pp * wp : pp * wp + q]
+                for qq in range(q):
+                    target[qq] = source[qq]
+            continue
+        for pp in range(p):
+            target = y[n, c, pp]
+            target[:] = 0.0
+            for i in range(r):
+                for j in range(s):
+                    tap = np.float64(w[c, i, j])
+                    start = (pp * stride + i * dil) * wp + j * dil
+                    source = plane[start : start + (q - 1) * stride + 1 : stride]
+                    for qq in range(q):
+                        target[qq] += tap * source[qq]
+    return y
+
+
+@njit(cache=True, nogil=True)
+def depthwise_input_part(dy, w, stride, pad_h, pad_w, dil, dx, first, end):
+    """Maps ``first`` to ``end`` (as n·C + c) of dx (N, C, H, W), float64: the adjoint of
+    :func:`depthwise_part`, each output's error times each tap added where the tap reads (taps in
+    (r, s) order for every input element)."""
+    c_, h_, w_ = dx.shape[1], dx.shape[2], dx.shape[3]
+    r, s = w.shape[1], w.shape[2]
+    p, q = dy.shape[2], dy.shape[3]
+    wp = w_ + 2 * pad_w
+    plane = np.empty((h_ + 2 * pad_h + 1) * wp)
+    wide = np.zeros(p * wp)  # the errors on the padded width (zeros in the extra columns)
+    for nc in range(first, end):
+        n, c = nc // c_, nc % c_
+        plane[:] = 0.0
+        if stride == 1:
+            for pp in range(p):
+                target, source = wide[pp * wp : pp * wp + q], dy[n, c, pp]
+                for qq in range(q):
+                    target[qq] = source[qq]
+            for i in range(r):
+                for j in range(s):
+                    tap = np.float64(w[c, i, j])
+                    target = plane[i * dil * wp + j * dil : i * dil * wp + j * dil + p * wp]
+                    for k in range(p * wp):
+                        target[k] += tap * wide[k]
+        else:
+            for i in range(r):
+                for pp in range(p):
+                    source = dy[n, c, pp]
+                    for j in range(s):
+                        tap = np.float64(w[c, i, j])
+                        start = (pp * stride + i * dil) * wp + j * dil
+                        target = plane[start : start + (q - 1) * stride + 1 : stride]
+                        for qq in range(q):
+                            target[qq] += tap * source[qq]
+        for h in range(h_):
+            target, source = dx[n, c, h], plane[(h + pad_h) * wp + pad_w : (h + pad_h) * wp + pad_w + w_]
+            for k in range(w_):
+                target[k] = source[k]
+    return dx
+
+
+@njit(cache=True, nogil=True)
+def depthwise_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
+    """Channels ``first`` to ``end`` of dw (C, R, S), float64: dw[c,i,j] = Σ over n, p, q of
+    dy[n,c,p,q]·x[n, c, p·stride − pad_h + i·dil, q·stride − pad_w + j·dil], each tap's products
+    summed into a vector over the padded output grid (samples in order), then that vector in order."""
+    h_, w_ = x.shape[2], x.shape[3]
+    r, s = dw.shape[1], dw.shape[2]
+    n_, p, q = dy.shape[0], dy.shape[2], dy.shape[3]
+    wp = w_ + 2 * pad_w
+    plane = np.zeros((h_ + 2 * pad_h + 1) * wp)
+    wide = np.zeros(p * wp)  # the errors on the padded width (stride 1; zeros in the extra columns)
+    sums = np.empty((r * s, p * wp))
+    for c in range(first, end):
+        sums[:, :] = 0.0
+        for n in range(n_):
+            _padded_plane(x, n, c, pad_h, pad_w, plane)
+            if stride == 1:
+                for pp in range(p):
+                    target, source = wide[pp * wp : pp * wp + q], dy[n, c, pp]
+                    for qq in range(q):
+                        target[qq] = source[qq]
+                for i in range(r):
+                    for j in range(s):
+                        row = sums[i * s + j]
+                        source = plane[i * dil * wp + j * dil : i * dil * wp + j * dil + p * wp]
+                        for k in range(p * wp):
+                            row[k] += wide[k] * source[k]
+                continue
+            for i in range(r):
+                for j in range(s):
+                    row = sums[i * s + j]
+                    for pp in range(p):
+                        start = (pp * stride + i * dil) * wp + j * dil
+                        source, errors = plane[start : start + (q - 1) * stride + 1 : stride], dy[n, c, pp]
+                        partial = row[pp * wp : pp * wp + q]
+                        for qq in range(q):
+                            partial[qq] += np.float64(errors[qq]) * source[qq]
+        for t in range(r * s):
+            total = 0.0
+            for k in range(p * wp):
+                total += sums[t, k]
+            dw[c, t // s, t % s] = total
+    return dw
