@@ -158,6 +158,16 @@ def _padded_plane(x, n, c, pad_h, pad_w, plane):
 
 
 @njit(cache=True, nogil=True)
+def _wide_errors(dy, n, c, wide, wp):
+    """Map (n, c) of dy (P, Q) into the first Q columns of each row of ``wide`` (flat, rows of ``wp``)."""
+    p, q = dy.shape[2], dy.shape[3]
+    for pp in range(p):
+        target, source = wide[pp * wp : pp * wp + q], dy[n, c, pp]
+        for qq in range(q):
+            target[qq] = source[qq]
+
+
+@njit(cache=True, nogil=True)
 def depthwise_part(x, w, stride, pad_h, pad_w, dil, y, first, end):
     """Maps ``first`` to ``end`` (as n·C + c) of y (N, C, P, Q), float64:
     y[n,c,p,q] = Σ over taps (i, j) of w[c,i,j]·x[n, c, p·stride − pad_h + i·dil, q·stride − pad_w + j·dil]
@@ -212,10 +222,7 @@ def depthwise_input_part(dy, w, stride, pad_h, pad_w, dil, dx, first, end):
         n, c = nc // c_, nc % c_
         plane[:] = 0.0
         if stride == 1:
-            for pp in range(p):
-                target, source = wide[pp * wp : pp * wp + q], dy[n, c, pp]
-                for qq in range(q):
-                    target[qq] = source[qq]
+            _wide_errors(dy, n, c, wide, wp)
             for i in range(r):
                 for j in range(s):
                     tap = np.float64(w[c, i, j])
@@ -256,10 +263,7 @@ def depthwise_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
         for n in range(n_):
             _padded_plane(x, n, c, pad_h, pad_w, plane)
             if stride == 1:
-                for pp in range(p):
-                    target, source = wide[pp * wp : pp * wp + q], dy[n, c, pp]
-                    for qq in range(q):
-                        target[qq] = source[qq]
+                _wide_errors(dy, n, c, wide, wp)
                 for i in range(r):
                     for j in range(s):
                         row = sums[i * s + j]
