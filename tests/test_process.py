@@ -145,19 +145,21 @@ def test_a_bad_thread_setting_is_one_line(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "int8"])
-def test_a_resnet_step_is_the_same_on_one_and_two_kernel_threads(fmt):
-    """Large GEMMs split their output columns, im2col its rows and col2im its channels over the
-    kernel threads: the updated parameters are the same bytes either way."""
+@pytest.mark.parametrize(("name", "batch"), [("resnet20-cifar10", 32), ("mobilenet-cifar10", 16)])
+def test_a_step_is_the_same_on_one_and_two_kernel_threads(fmt, name, batch):
+    """Convolutions split their batch into pieces, depthwise ones their maps and channels, the
+    element-wise kernels their elements over the kernel threads: the updated parameters are the
+    same bytes either way (ResNet-20: dense convs; MobileNet: depthwise and pointwise ones)."""
     from e2sim.functional import precision
     from e2sim.train.engine import GraphExecutor, init_state
 
     int8 = precision(weights="int8", activations="int8", errors="int8", gradients="int16", accumulator="int32",
                      rounding="stochastic")  # fmt: skip
-    workload = e2sim.load_workload("resnet20-cifar10")
-    graph = e2sim.lower(workload, batch_size=32)
+    workload = e2sim.load_workload(name)
+    graph = e2sim.lower(workload, batch_size=batch)
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((32, *graph.model.input_shape)).astype(np.float32)
-    labels = rng.integers(0, 10, 32)
+    images = rng.standard_normal((batch, *graph.model.input_shape)).astype(np.float32)
+    labels = rng.integers(0, 10, batch)
     states = []
     for threads in (1, 2):
         state = init_state(graph, 0)
