@@ -136,6 +136,25 @@ def test_batchnorm_kernels_match_twins(shape):
     np.testing.assert_allclose(dbeta, tdbeta, rtol=1e-4, atol=1e-5)
 
 
+def test_batchnorm_sums_channels_side_by_side_with_the_same_bytes():
+    """Four channels' sums run side by side; each is the same float64 chain as a channel alone
+    (a part of one channel takes the one-channel loop), so the bytes agree."""
+    x, dy = rand(5, 9, 13) * 100, rand(5, 9, 13)
+    gamma, beta = rand(9), rand(9)
+    together = [np.empty_like(x), np.empty(9, np.float32), np.empty(9, np.float32)]
+    layers.batchnorm_train_part(x, gamma, beta, 1e-5, *together, 0, 9)
+    alone = [np.empty_like(x), np.empty(9, np.float32), np.empty(9, np.float32)]
+    for c in range(9):
+        layers.batchnorm_train_part(x, gamma, beta, 1e-5, *alone, c, c + 1)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(together, alone, strict=True))
+    mean, inv_std = together[1], together[2]
+    back = [[np.empty_like(x), np.empty(9, np.float32), np.empty(9, np.float32)] for _ in range(2)]
+    layers.batchnorm_backward_part(dy, x, gamma, mean, inv_std, *back[0], 0, 9)
+    for c in range(9):
+        layers.batchnorm_backward_part(dy, x, gamma, mean, inv_std, *back[1], c, c + 1)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(*back, strict=True))
+
+
 def test_two_by_two_max_pool_matches_the_twin():
     """The 2×2 stride-2 path (a fixed loop, selects) as the general one: ties go to the first tap,
     a NaN never wins (a window of NaNs gives −inf at tap 0), an odd last row is dropped."""

@@ -22,25 +22,66 @@ def batchnorm_train_part(x, gamma, beta, eps, y, mean, inv_std, first_channel, e
     ``y``, ``mean`` and ``inv_std`` (each channel on its own: the split changes no value)."""
     n_, hw = x.shape[0], x.shape[2]
     count = n_ * hw
+    width = end_channel - first_channel
+    mu, squares = np.empty(width), np.empty(width)
+    _channel_sums(x, first_channel, end_channel, mu, False, mu)
+    for b in range(width):
+        mu[b] = mu[b] / count
+    _channel_sums(x, first_channel, end_channel, mu, True, squares)
     for c in range(first_channel, end_channel):
-        total = 0.0
-        for n in range(n_):
-            for i in range(hw):
-                total += x[n, c, i]
-        mu = total / count
-        sq = 0.0
-        for n in range(n_):
-            for i in range(hw):
-                d = x[n, c, i] - mu
-                sq += d * d
-        istd = 1.0 / math.sqrt(sq / count + eps)
-        mean[c] = mu
+        m = mu[c - first_channel]
+        istd = 1.0 / math.sqrt(squares[c - first_channel] / count + eps)
+        mean[c] = m
         inv_std[c] = istd
         a = gamma[c] * istd
-        b = beta[c] - a * mu
+        b = beta[c] - a * m
         for n in range(n_):
             for i in range(hw):
                 y[n, c, i] = a * x[n, c, i] + b
+
+
+@njit(cache=True, nogil=True)
+def _channel_sums(x, first_channel, end_channel, center, squared, out):
+    """Per channel of x (N, C, HW), float64, over (n, i) in order: Σ x, or with ``squared``
+    Σ (x − center)² (``center``: one value per channel; read before ``out`` is written, so it may
+    be ``out``). Four channels run side by side: four independent chains of additions, each in its
+    channel's own order (the same sums as one channel at a time, without waiting on one chain)."""
+    n_, hw = x.shape[0], x.shape[2]
+    c = first_channel
+    while c < end_channel:
+        k = c - first_channel
+        if c + 4 <= end_channel:
+            m0, m1, m2, m3 = (center[k], center[k + 1], center[k + 2], center[k + 3]) if squared else (0.0,) * 4
+            t0 = t1 = t2 = t3 = 0.0
+            for n in range(n_):
+                r0, r1, r2, r3 = x[n, c], x[n, c + 1], x[n, c + 2], x[n, c + 3]
+                if squared:
+                    for i in range(hw):
+                        d0, d1, d2, d3 = r0[i] - m0, r1[i] - m1, r2[i] - m2, r3[i] - m3
+                        t0 += d0 * d0
+                        t1 += d1 * d1
+                        t2 += d2 * d2
+                        t3 += d3 * d3
+                else:
+                    for i in range(hw):
+                        t0 += r0[i]
+                        t1 += r1[i]
+                        t2 += r2[i]
+                        t3 += r3[i]
+            out[k], out[k + 1], out[k + 2], out[k + 3] = t0, t1, t2, t3
+            c += 4
+            continue
+        m, total = center[k] if squared else 0.0, 0.0
+        for n in range(n_):
+            row = x[n, c]
+            for i in range(hw):
+                if squared:
+                    d = row[i] - m
+                    total += d * d
+                else:
+                    total += row[i]
+        out[k] = total
+        c += 1
 
 
 @njit(cache=True)
@@ -70,13 +111,12 @@ def batchnorm_backward_part(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, firs
     """Channels ``first_channel`` to ``end_channel`` (exclusive) of :func:`batchnorm_backward`."""
     n_, hw = x.shape[0], x.shape[2]
     count = n_ * hw
+    width = end_channel - first_channel
+    sums_dy, sums_dy_xhat = np.empty(width), np.empty(width)
+    _gradient_sums(dy, x, mean, inv_std, first_channel, end_channel, sums_dy, sums_dy_xhat)
     for c in range(first_channel, end_channel):
-        sum_dy = 0.0
-        sum_dy_xhat = 0.0
-        for n in range(n_):
-            for i in range(hw):
-                sum_dy += dy[n, c, i]
-                sum_dy_xhat += dy[n, c, i] * (x[n, c, i] - mean[c]) * inv_std[c]
+        sum_dy = sums_dy[c - first_channel]
+        sum_dy_xhat = sums_dy_xhat[c - first_channel]
         dgamma[c] = sum_dy_xhat
         dbeta[c] = sum_dy
         k = gamma[c] * inv_std[c]
@@ -86,6 +126,46 @@ def batchnorm_backward_part(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, firs
             for i in range(hw):
                 xhat = (x[n, c, i] - mean[c]) * inv_std[c]
                 dx[n, c, i] = k * (dy[n, c, i] - mean_dy - xhat * mean_dy_xhat)
+
+
+@njit(cache=True, nogil=True)
+def _gradient_sums(dy, x, mean, inv_std, first_channel, end_channel, sums_dy, sums_dy_xhat):
+    """Per channel, float64 over (n, i) in order: Σ dy and Σ dy·(x − mean)·inv_std (the product in
+    float32), four channels side by side as in :func:`_channel_sums`."""
+    n_, hw = x.shape[0], x.shape[2]
+    c = first_channel
+    while c < end_channel:
+        k = c - first_channel
+        if c + 4 <= end_channel:
+            m0, m1, m2, m3 = mean[c], mean[c + 1], mean[c + 2], mean[c + 3]
+            s0, s1, s2, s3 = inv_std[c], inv_std[c + 1], inv_std[c + 2], inv_std[c + 3]
+            a0 = a1 = a2 = a3 = 0.0
+            b0 = b1 = b2 = b3 = 0.0
+            for n in range(n_):
+                e0, e1, e2, e3 = dy[n, c], dy[n, c + 1], dy[n, c + 2], dy[n, c + 3]
+                r0, r1, r2, r3 = x[n, c], x[n, c + 1], x[n, c + 2], x[n, c + 3]
+                for i in range(hw):
+                    a0 += e0[i]
+                    a1 += e1[i]
+                    a2 += e2[i]
+                    a3 += e3[i]
+                    b0 += e0[i] * (r0[i] - m0) * s0
+                    b1 += e1[i] * (r1[i] - m1) * s1
+                    b2 += e2[i] * (r2[i] - m2) * s2
+                    b3 += e3[i] * (r3[i] - m3) * s3
+            sums_dy[k], sums_dy[k + 1], sums_dy[k + 2], sums_dy[k + 3] = a0, a1, a2, a3
+            sums_dy_xhat[k], sums_dy_xhat[k + 1], sums_dy_xhat[k + 2], sums_dy_xhat[k + 3] = b0, b1, b2, b3
+            c += 4
+            continue
+        m, s = mean[c], inv_std[c]
+        total_dy = total_dy_xhat = 0.0
+        for n in range(n_):
+            errors, row = dy[n, c], x[n, c]
+            for i in range(hw):
+                total_dy += errors[i]
+                total_dy_xhat += errors[i] * (row[i] - m) * s
+        sums_dy[k], sums_dy_xhat[k] = total_dy, total_dy_xhat
+        c += 1
 
 
 # The element loops below run over slices indexed from 0, which LLVM turns into vector selects
