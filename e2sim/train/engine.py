@@ -410,8 +410,8 @@ def _zero_pad_bwd(s: Step, op: Op, layer, seed: int) -> None:
 
 def _grad_sum(s: Step, op: Op, layer, seed: int) -> None:
     parts = [s.tensors[name] for name in op.reads]
-    total = parts[0].copy()
-    for part in parts[1:]:
+    total = parts[0] + parts[1] if len(parts) > 1 else parts[0].copy()  # one pass, not a copy and an add
+    for part in parts[2:]:
         total += part
     s.tensors[op.writes[0]] = total
     if s.counter is not None:
