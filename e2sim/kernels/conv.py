@@ -147,24 +147,24 @@ def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, e
 
 
 @njit(cache=True, nogil=True)
-def _padded_plane(x, n, c, pad_h, pad_w, plane):
-    """Map (n, c) of x into the interior of ``plane`` (flat, (H + 2·pad_h + 1) rows of W + 2·pad_w)."""
-    h_, w_ = x.shape[2], x.shape[3]
-    wp = w_ + 2 * pad_w
-    for h in range(h_):
-        target, source = plane[(h + pad_h) * wp + pad_w : (h + pad_h) * wp + pad_w + w_], x[n, c, h]
-        for k in range(w_):
-            target[k] = source[k]
+def _into_flat(source, flat, wp, top, left):
+    """Copy the map ``source`` (H, W) into ``flat`` (rows of ``wp``) from row ``top``, column ``left``."""
+    for h in range(source.shape[0]):
+        start = (h + top) * wp + left
+        target, row = flat[start : start + source.shape[1]], source[h]
+        for k in range(source.shape[1]):
+            target[k] = row[k]
 
 
 @njit(cache=True, nogil=True)
-def _wide_errors(dy, n, c, wide, wp):
-    """Map (n, c) of dy (P, Q) into the first Q columns of each row of ``wide`` (flat, rows of ``wp``)."""
-    p, q = dy.shape[2], dy.shape[3]
-    for pp in range(p):
-        target, source = wide[pp * wp : pp * wp + q], dy[n, c, pp]
-        for qq in range(q):
-            target[qq] = source[qq]
+def _from_flat(flat, target, wp, top, left):
+    """Copy into the map ``target`` (H, W) what ``flat`` (rows of ``wp``) holds from row ``top``,
+    column ``left`` (the adjoint of :func:`_into_flat`)."""
+    for h in range(target.shape[0]):
+        start = (h + top) * wp + left
+        row, source = target[h], flat[start : start + target.shape[1]]
+        for k in range(target.shape[1]):
+            row[k] = source[k]
 
 
 @njit(cache=True, nogil=True)
@@ -180,7 +180,7 @@ def depthwise_part(x, w, stride, pad_h, pad_w, dil, y, first, end):
     wide = np.empty(p * wp)
     for nc in range(first, end):
         n, c = nc // c_, nc % c_
-        _padded_plane(x, n, c, pad_h, pad_w, plane)
+        _into_flat(x[n, c], plane, wp, pad_h, pad_w)
         if stride == 1:
             wide[:] = 0.0
             for i in range(r):
@@ -189,10 +189,7 @@ def depthwise_part(x, w, stride, pad_h, pad_w, dil, y, first, end):
                     source = plane[i * dil * wp + j * dil : i * dil * wp + j * dil + p * wp]
                     for k in range(p * wp):
                         wide[k] += tap * source[k]
-            for pp in range(p):
-                target, source = y[n, c, pp], wide[pp * wp : pp * wp + q]
-                for qq in range(q):
-                    target[qq] = source[qq]
+            _from_flat(wide, y[n, c], wp, 0, 0)
             continue
         for pp in range(p):
             target = y[n, c, pp]
@@ -222,7 +219,7 @@ def depthwise_input_part(dy, w, stride, pad_h, pad_w, dil, dx, first, end):
         n, c = nc // c_, nc % c_
         plane[:] = 0.0
         if stride == 1:
-            _wide_errors(dy, n, c, wide, wp)
+            _into_flat(dy[n, c], wide, wp, 0, 0)
             for i in range(r):
                 for j in range(s):
                     tap = np.float64(w[c, i, j])
@@ -239,10 +236,7 @@ def depthwise_input_part(dy, w, stride, pad_h, pad_w, dil, dx, first, end):
                         target = plane[start : start + (q - 1) * stride + 1 : stride]
                         for qq in range(q):
                             target[qq] += tap * source[qq]
-        for h in range(h_):
-            target, source = dx[n, c, h], plane[(h + pad_h) * wp + pad_w : (h + pad_h) * wp + pad_w + w_]
-            for k in range(w_):
-                target[k] = source[k]
+        _from_flat(plane, dx[n, c], wp, pad_h, pad_w)
     return dx
 
 
@@ -261,9 +255,9 @@ def depthwise_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
     for c in range(first, end):
         sums[:, :] = 0.0
         for n in range(n_):
-            _padded_plane(x, n, c, pad_h, pad_w, plane)
+            _into_flat(x[n, c], plane, wp, pad_h, pad_w)
             if stride == 1:
-                _wide_errors(dy, n, c, wide, wp)
+                _into_flat(dy[n, c], wide, wp, 0, 0)
                 for i in range(r):
                     for j in range(s):
                         row = sums[i * s + j]

@@ -43,15 +43,16 @@ def batchnorm_train_part(x, gamma, beta, eps, y, mean, inv_std, first_channel, e
 @njit(cache=True, nogil=True)
 def _channel_sums(x, first_channel, end_channel, center, squared, out):
     """Per channel of x (N, C, HW), float64, over (n, i) in order: Σ x, or with ``squared``
-    Σ (x − center)² (``center``: one value per channel; read before ``out`` is written, so it may
-    be ``out``). Four channels run side by side: four independent chains of additions, each in its
-    channel's own order (the same sums as one channel at a time, without waiting on one chain)."""
+    Σ (x − center)² (``center``: one value per channel, used only when ``squared`` and read
+    before ``out`` is written, so it may be ``out``). Four channels run side by side: four
+    independent chains of additions, each in its channel's own order (the same sums as one channel
+    at a time, without waiting on one chain)."""
     n_, hw = x.shape[0], x.shape[2]
     c = first_channel
     while c < end_channel:
         k = c - first_channel
         if c + 4 <= end_channel:
-            m0, m1, m2, m3 = (center[k], center[k + 1], center[k + 2], center[k + 3]) if squared else (0.0,) * 4
+            m0, m1, m2, m3 = center[k], center[k + 1], center[k + 2], center[k + 3]
             t0 = t1 = t2 = t3 = 0.0
             for n in range(n_):
                 r0, r1, r2, r3 = x[n, c], x[n, c + 1], x[n, c + 2], x[n, c + 3]
@@ -71,7 +72,7 @@ def _channel_sums(x, first_channel, end_channel, center, squared, out):
             out[k], out[k + 1], out[k + 2], out[k + 3] = t0, t1, t2, t3
             c += 4
             continue
-        m, total = center[k] if squared else 0.0, 0.0
+        m, total = center[k], 0.0
         for n in range(n_):
             row = x[n, c]
             for i in range(hw):

@@ -60,24 +60,13 @@ def quantize_to_grid_part(x, inv_scale, inner, qmin, qmax, mode, seed, out, star
     while i < end:
         factor = inv_scale[(i // inner) % groups]
         stop = min(end, (i // inner + 1) * inner)  # the end of this run of one scale group
-        # one loop per mode over slices indexed from 0, without branches inside (vector selects;
-        # the same values as _round)
+        # a loop over slices indexed from 0 without branches on the values: vector selects (the
+        # mode is the same for every element, so the compiler takes its test out of the loop)
         source, target = x[i:stop], out[i:stop]
-        if mode == STOCHASTIC:
-            for j in range(stop - i):
-                r = math.floor(np.float64(source[j]) * factor + uniform01(seed, i + j))
-                saturated += (r > qmax) + (r < qmin)
-                target[j] = qmax if r > qmax else (qmin if r < qmin else r)  # NaN stays NaN
-        elif mode == NEAREST:
-            for j in range(stop - i):
-                r = np.rint(np.float64(source[j]) * factor)
-                saturated += (r > qmax) + (r < qmin)
-                target[j] = qmax if r > qmax else (qmin if r < qmin else r)
-        else:
-            for j in range(stop - i):
-                r = math.trunc(np.float64(source[j]) * factor)
-                saturated += (r > qmax) + (r < qmin)
-                target[j] = qmax if r > qmax else (qmin if r < qmin else r)
+        for j in range(stop - i):
+            r = _round(np.float64(source[j]) * factor, mode, seed, i + j)
+            saturated += (r > qmax) + (r < qmin)
+            target[j] = qmax if r > qmax else (qmin if r < qmin else r)  # NaN stays NaN
         i = stop
     return saturated
 
