@@ -27,7 +27,7 @@ from e2sim.counting import OpCounter
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.hw import Accelerator
 from e2sim.lazy import LazyModule
-from e2sim.process import StopRequest, stop_on_signals, thread_budget
+from e2sim.process import StopRequest, keep_heap, stop_on_signals, thread_budget
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.target import OBJECTIVES
@@ -165,6 +165,7 @@ def estimate(
     ``objective``: what the mapper minimises per op (energy, latency or edp). ``densities``:
     non-zero fractions of activations, errors and weights where no run measured them (over the
     spec's ``sparsity``)."""
+    keep_heap()
     accelerator = load_hw(hw)
     if objective not in OBJECTIVES:
         raise SpecError.single("estimate", "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -287,6 +288,7 @@ def load_measurements(measurements: Sequence[MeasurementLike]) -> list[Measureme
 def validate(measurements: Sequence[MeasurementLike], hw: HardwareLike | None = None) -> Validation:
     """Predicted against measured for every value of ``measurements``, each on its own device (or on
     ``hw``) at its operating point; relative errors and mean absolute percentage errors."""
+    keep_heap()
     return validation.validate_measurements(load_measurements(measurements), load_hw(hw) if hw is not None else None)
 
 
@@ -296,6 +298,7 @@ def calibrate(measurements: Sequence[MeasurementLike], hw: str | Path, fit: Sequ
     ``NAME=LOW:HIGH``) of the hardware spec ``hw`` to ``measurements``; standard errors,
     correlations and leave-one-out errors; with ``out``, write the calibrated spec as a new file
     (never over an existing one)."""
+    keep_heap()
     spec_path = resolve_spec(hw, "hardware")
     return calibration.calibrate_measurements(load_measurements(measurements), load_hw(hw), spec_path, fit, loss,
                                   Path(out) if out is not None else None)  # fmt: skip
@@ -306,6 +309,7 @@ def search(spec: str | Path | SearchSpec, db: str | Path | None = None, workers:
     """Run (or resume) a RENA search: children of the seed network proposed by the controller (or
     at random), proxy-trained and priced on the sweep executor, stored in the SQLite store ``db``
     (default: next to the spec)."""
+    keep_heap()
     if not isinstance(spec, SearchSpec):
         spec = read_search_spec(spec)
     store = Path(db) if db is not None else Path(spec.source).with_suffix(".sqlite")
@@ -318,6 +322,7 @@ def sweep(spec: str | Path | SweepSpec, db: str | Path | None = None, workers: i
     the file) does not hold yet, on this process (``workers`` 1), ``workers`` local processes, a Dask
     LocalCluster of ``workers`` (``dask``), or the Dask cluster at ``scheduler``. Returns every stored
     point of the sweep and its Pareto front; a killed sweep started again runs only what is missing."""
+    keep_heap()
     checked = spec if isinstance(spec, SweepSpec) else read_sweep_spec(spec)
     return sweeps.run_sweep(checked, db, workers, scheduler, dask, progress)
 
