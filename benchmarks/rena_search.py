@@ -1,9 +1,10 @@
 """RENA against random search on the embedded MNIST sample, with a training-energy budget per
-iteration on the ZedBoard (searches/rena-mnist.yaml): the same number of proposed children per
-search, three seeds each. Prints, per sampler, the best proxy accuracy among the children within
-the budget (mean and spread over the seeds), the fraction of children within it, and the time.
+iteration on the ZedBoard (searches/rena-mnist.yaml): the same number of evaluated (new) children
+per search — 20 steps of 6 — three seeds each. Prints, per sampler, the best proxy accuracy among
+the children within the budget (mean and spread over the seeds), the fraction of proposals within
+it, and the time.
 
-    python benchmarks/rena_search.py [--seeds 3] [--steps 10] [--children 6] [--workers 2]
+    python benchmarks/rena_search.py [--seeds 3] [--steps 20] [--children 6] [--workers 2]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--children", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -48,12 +49,12 @@ def main() -> None:
                 within.append(sum(h["within_constraints"] for h in result.history) / len(result.history))
                 trained.append(len(result.children))
                 print(f"  {sampler:<6} seed {seed}: best within budget {bests[-1]:.1%}, "
-                      f"{within[-1]:.0%} of children within it, {trained[-1]} distinct children trained, "
+                      f"{within[-1]:.0%} of proposals within it, {trained[-1]} distinct children trained, "
                       f"{seconds[-1]:.0f} s")  # fmt: skip
             found[sampler] = bests
             spread = statistics.stdev(bests) if len(bests) > 1 else 0.0
             print(f"{sampler:<6}: best proxy accuracy within the budget {statistics.mean(bests):.1%} ± {spread:.1%} "
-                  f"(mean ± sd over {args.seeds} seeds); {statistics.mean(within):.0%} of children within the budget; "
+                  f"(mean ± sd over {args.seeds} seeds); {statistics.mean(within):.0%} of proposals within the budget; "
                   f"{sum(seconds):.0f} s")  # fmt: skip
     gap = statistics.mean(found["rena"]) - statistics.mean(found["random"])
     print(f"RENA - random: {gap:+.1%} of proxy accuracy")

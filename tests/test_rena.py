@@ -236,3 +236,34 @@ def test_children_evaluated_in_worker_processes_equal_in_process(tmp_path):
     assert [(c["key"], c["status"], c["metrics"]) for c in one.children] == \
         [(c["key"], c["status"], c["metrics"]) for c in two.children]  # fmt: skip
     assert one.history == two.history
+
+
+@pytest.mark.parametrize("sampler", ["rena", "random"])
+def test_every_step_evaluates_as_many_new_children_whichever_sampler(sampler, tmp_path):
+    """Proposals of networks evaluated in earlier steps (or twice in one step) are drawn again
+    until the step has children_per_step new ones; when fewer new ones exist the step stops
+    after MAX_DRAWS_PER_CHILD proposals per child."""
+    import dataclasses
+
+    from e2sim.config.search import read_search_spec
+    from e2sim.studies.rena import search as rena_search
+
+    spec = read_search_spec(write_spec(tmp_path, sampler=sampler, children_per_step=3))
+    seed = rena_search.read_seed(spec)
+    limits = Limits(max_units=spec.max_units, max_channels=spec.max_channels)
+    edits = valid_edits(seed.network, seed.input_size, seed.in_channels, limits)
+    one_edit = dataclasses.replace(spec, edits_per_child=1)
+    keys = [rena_search.child_key(spec, apply_edit(seed.network, e, seed.in_channels)) for e in edits]
+    for left in (len(keys) // 2, 2):  # every one-edit child but `left` of them evaluated already
+        state = rena_search._new_state(one_edit, seed)
+        evaluated = set(keys[left:])
+        children = rena_search._propose(one_edit, seed, state, limits, evaluated)
+        new = {rena_search.child_key(spec, n) for n, _ in children} - evaluated
+        assert new <= set(keys[:left]) and len(new) == min(left, 3)
+        if left < 3:
+            assert len(children) == 3 * rena_search.MAX_DRAWS_PER_CHILD
+        else:
+            assert rena_search.child_key(spec, children[-1][0]) in new and len(children) > 3
+    result = e2sim.search(write_spec(tmp_path, sampler=sampler, steps=3, children_per_step=3), tmp_path / "s.sqlite")
+    assert [h["new_children"] for h in result.history] == [3, 3, 3]
+    assert [sum(c["position"] == step for c in result.children) for step in range(3)] == [3, 3, 3]

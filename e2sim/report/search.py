@@ -49,8 +49,9 @@ def format_search(report: dict[str, Any]) -> str:
                      "per training iteration")  # fmt: skip
     for h in report["history"]:
         best = "-" if h["best_reward"] is None else f"{h['best_reward']:.3f}"
-        lines.append(f"  step {h['step']}: mean reward {h['mean_reward']:.3f}, best {best}, "
-                     f"{h['within_constraints']:.0%} of children within the constraints")  # fmt: skip
+        lines.append(f"  step {h['step']}: {h['new_children']} new children of {h['proposals']} proposed, mean "
+                     f"reward {h['mean_reward']:.3f}, best {best}, {h['within_constraints']:.0%} within the "
+                     "constraints")  # fmt: skip
     return "\n".join(lines)
 
 

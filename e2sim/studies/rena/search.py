@@ -1,10 +1,13 @@
-"""The RENA search loop. Each step the controller proposes ``children_per_step`` children of the
-current network (each ``edits_per_child`` edits, every edit among the valid ones); the children
+"""The RENA search loop. Each step the controller proposes children of the current network (each
+``edits_per_child`` edits, every edit among the valid ones) until ``children_per_step`` of them are
+networks the search has not evaluated yet (at most ``MAX_DRAWS_PER_CHILD`` times as many proposals):
+every step evaluates as many new children whichever sampler proposes them, and a proposal of a
+network evaluated before costs no training, its stored reward serves again. The new children
 are evaluated on the sweep executor (local processes or Dask) — proxy training for accuracy, the
 accelerator model for training energy and time per iteration, the lowered graph for parameters,
 FLOPs and FLOPs per byte — and stored in the sweep store, keyed by architecture hash and search
 settings (a child evaluated once is never evaluated again). Rewards update the controller
-(REINFORCE); the current network moves to the best-rewarded network so far. The controller's
+(REINFORCE, every proposal an episode); the current network moves to the best-rewarded network so far. The controller's
 state is stored after every step, so a killed search resumes from its last finished step and the
 children it had already evaluated are read back, not trained again.
 
@@ -52,6 +55,7 @@ from e2sim.studies.store import Store
 from e2sim.studies.sweep import pareto_front
 
 PRICING = (True, "energy")
+MAX_DRAWS_PER_CHILD = 10  # proposals per new child a step may make before it settles for fewer
 STATE_SCHEMA = """CREATE TABLE IF NOT EXISTS search_state (
     search TEXT PRIMARY KEY, step INTEGER NOT NULL, state BLOB NOT NULL
 );"""
@@ -196,7 +200,8 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
         state = _load_state(store, spec) or _new_state(spec, seed)
         with executor:
             while state.step < spec.steps:
-                children = _propose(spec, seed, state, limits)
+                evaluated = {row["key"] for row in store.rows(spec.name) if row["position"] < state.step}
+                children = _propose(spec, seed, state, limits, evaluated)
                 results = _evaluate(spec, seed, store, executor, hw, [c for c, _ in children], state.step)
                 episodes, rewards = [], []
                 for network, steps in children:
@@ -213,9 +218,11 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
                     state.current = state.best[1]
                 within = [satisfies(results[child_key(spec, n)]["metrics"], spec.constraints)
                           for n, _ in children if results[child_key(spec, n)]["status"] == "done"]  # fmt: skip
+                new = {child_key(spec, n) for n, _ in children} - evaluated
                 state.history.append({"step": state.step, "mean_reward": float(np.mean(rewards)),
                                       "best_reward": state.best[0] if state.best else None,
-                                      "within_constraints": float(np.mean(within)) if within else 0.0})  # fmt: skip
+                                      "within_constraints": float(np.mean(within)) if within else 0.0,
+                                      "proposals": len(children), "new_children": len(new)})  # fmt: skip
                 state.step += 1
                 with store.db:
                     store.db.execute("INSERT OR REPLACE INTO search_state VALUES (?, ?, ?)",
@@ -235,11 +242,16 @@ def _load_state(store: Store, spec: SearchSpec) -> State | None:
     return pickle.loads(row[0]) if row else None
 
 
-def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits) -> list[tuple[Network, list[Step]]]:
-    """Children of the current network: each a sequence of valid edits, drawn by the controller
-    (rena) or uniformly (random)."""
-    children = []
-    for _ in range(spec.children_per_step):
+def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits,
+             evaluated: set[str]) -> list[tuple[Network, list[Step]]]:  # fmt: skip
+    """Children of the current network, each a sequence of valid edits drawn by the controller
+    (rena) or uniformly (random), until ``children_per_step`` of them are new (their keys neither
+    in ``evaluated``, the children of the finished steps, nor drawn before in this step)."""
+    children: list[tuple[Network, list[Step]]] = []
+    new: set[str] = set()
+    for _ in range(spec.children_per_step * MAX_DRAWS_PER_CHILD):
+        if len(new) == spec.children_per_step:
+            break
         network, steps = state.current, []
         for _ in range(spec.edits_per_child):
             edits = valid_edits(network, seed.input_size, seed.in_channels, limits)
@@ -253,6 +265,9 @@ def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits) -> list
             steps.append(Step(x, edits, edit))
             network = apply_edit(network, edit, seed.in_channels)
         children.append((network, steps))
+        key = child_key(spec, network)
+        if key not in evaluated:
+            new.add(key)
     return children
 
 
