@@ -227,3 +227,34 @@ def test_a_bad_heap_setting_is_one_line(monkeypatch, capsys):
     assert main(["estimate", "lenet5-mnist", "--hw", "zedboard"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "E2SIM_KEEP_HEAP='yes'" in err
+
+
+def test_the_collector_pauses_for_pricing_and_comes_back(monkeypatch):
+    """Lowering and pricing run with Python's cyclic collector off; it is on again after, also
+    after an error inside, and a pause inside a pause leaves it off until the outer one ends."""
+    import gc
+
+    from e2sim.process import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        1 / 0  # noqa: B018
+    assert gc.isenabled()
+    seen = []
+    import e2sim.studies.single as single
+
+    real = single.account_ops
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(single, "account_ops", spy)
+    e2sim.estimate("lenet5-mnist", "zedboard")
+    assert seen == [False] and gc.isenabled()

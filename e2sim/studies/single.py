@@ -26,7 +26,7 @@ from e2sim.graph.topology import TOPOLOGY_ACCUMULATOR_BITS, TOPOLOGY_BITS, ops_f
 from e2sim.hw import Accelerator
 from e2sim.lazy import LazyModule
 from e2sim.policies.base import Policy, activate
-from e2sim.process import StopRequest
+from e2sim.process import StopRequest, gc_paused
 from e2sim.report.estimate import Estimate
 from e2sim.report.run import RunResult
 from e2sim.schedule.mapper import MappingError
@@ -61,10 +61,11 @@ class Prepared:
 def prepare(workload: Workload | str | Mapping, batch_size: int | None = None) -> Prepared:
     """Read and check ``workload``, activate its policies and lower its iteration (the model built once)."""
     spec = workload if isinstance(workload, Workload) else read_workload_spec(workload)
-    model = build_model(spec)
-    policies = activate_checked(spec, model)
-    return Prepared(spec, policies, lower_workload(spec, batch_size, extensions=[p.extend for p in policies],
-                                                   model=model))  # fmt: skip
+    with gc_paused():
+        model = build_model(spec)
+        policies = activate_checked(spec, model)
+        graph = lower_workload(spec, batch_size, extensions=[p.extend for p in policies], model=model)
+    return Prepared(spec, policies, graph)
 
 
 def check_hardware(spec: Workload, policies: tuple[Policy, ...], hw: Accelerator | None) -> None:
@@ -105,7 +106,9 @@ def price(spec: Workload, graph: TrainingGraph, accelerator: Accelerator, counts
                           if op.phase == "fwd" and op.layer_kind in ("conv", "linear"))  # fmt: skip
         arithmetic = dataclasses.replace(arithmetic, approximate=accelerator.approximate, approximate_ops=names)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
-    priced = account_ops(ops, graph.tensors, accelerator, table, arithmetic, counts, graph.inputs, pricing, densities)
+    with gc_paused():
+        priced = account_ops(ops, graph.tensors, accelerator, table, arithmetic, counts, graph.inputs, pricing,
+                             densities)  # fmt: skip
     mode = None
     if approximate:
         mode = {"multiplier": accelerator.approximate.multiplier.label,
@@ -132,7 +135,8 @@ def price_topology(topology: Path | Sequence[TopologyLayer], accelerator: Accele
     inputs = frozenset(t for op in ops for t in op.reads)
     table = load_table(accelerator.technology, accelerator.energy_overrides)
     arithmetic = Arithmetic(acc, frozenset())
-    priced = account_ops(ops, tensors, accelerator, table, arithmetic, None, inputs, pricing, densities)
+    with gc_paused():
+        priced = account_ops(ops, tensors, accelerator, table, arithmetic, None, inputs, pricing, densities)
     label = name or (topology.stem if isinstance(topology, Path) else "layers")
     return Estimate(label, accelerator, batch, True, priced.rows, tensors, table, False,
                     priced.placements, pricing[0], pricing[1], priced.sparsity, priced.storage, None,
@@ -143,7 +147,8 @@ def map_ahead(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accel
     """Map the iteration of ``graph`` on all of ``accelerators`` together, so that :func:`price`
     on each finds its mappings done (the vectorised estimate path of a sweep)."""
     ops = [op for op in graph.ops if op.name not in graph.optional]
-    account_map_ahead(ops, graph.tensors, accelerators, arithmetic_of(spec), pricing[1])
+    with gc_paused():
+        account_map_ahead(ops, graph.tensors, accelerators, arithmetic_of(spec), pricing[1])
 
 
 def account_ops(ops, tensors, accelerator, table, arithmetic, counts, inputs, pricing: Pricing, densities):
