@@ -383,3 +383,24 @@ def test_a_halving_sweep_killed_at_random_moments_ends_as_an_uninterrupted_one(t
 
     assert stored(db) == stored(tmp_path / "whole.sqlite") and len(stored(db)) == 8
     assert rungs(db) == rungs(tmp_path / "whole.sqlite")
+
+
+def test_points_resolved_from_shared_base_documents_equal_points_resolved_alone(tmp_path):
+    """A sweep reads each base workload and hardware once and copies them per point; the points
+    (keys, specs, errors) are those resolved one by one, and no point's axis value leaks into
+    another's documents."""
+    from e2sim.studies.points import grid_values, resolve
+
+    text = SMALL.replace("  hw.pe_array.dataflow: [ws, os]", "  hw.pe_array.dataflow: [ws, os]\n"
+                         "  workload: [lenet5-mnist, resnet20-cifar10]\n  training.batch_size: [8, 16]")  # fmt: skip
+    spec = read_sweep_spec(write_sweep(tmp_path, text))
+    values = grid_values(spec)
+    alone = [resolve(spec, i, v) for i, v in enumerate(values)]
+    bases = {}
+    shared = [resolve(spec, i, v, bases) for i, v in enumerate(values)]
+    assert len(bases) == 2 and len(values) == 48
+    assert [(p.key, p.workload, p.hardware, p.error) for p in shared] == \
+        [(p.key, p.workload, p.hardware, p.error) for p in alone]  # fmt: skip
+    assert [p.workload.training.batch_size for p in shared] == [v["training.batch_size"] for v in values]
+    assert [p.hardware.pe_array.cols for p in shared] == [v["hw.pe_array.cols"] for v in values]
+    assert len({p.key for p in shared}) == 48

@@ -25,6 +25,8 @@ halving: {min_epochs: 1, factor: 3}  # run points, grid/random: successive halvi
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,10 +162,20 @@ def base_documents(spec: SweepSpec, workload: Any = None) -> PointDocuments:
     return PointDocuments(w_data, w_source, h_data, h_source, h_folder, w_folder)
 
 
-def point_documents(spec: SweepSpec, values: Mapping[str, Any]) -> PointDocuments:
-    """The documents of the point where each axis (by path) takes ``values[path]``."""
+def point_documents(spec: SweepSpec, values: Mapping[str, Any], bases: dict[str, PointDocuments] | None = None
+                    ) -> PointDocuments:  # fmt: skip
+    """The documents of the point where each axis (by path) takes ``values[path]``. ``bases``: the
+    base documents already read in this pass, by base (filled as they are read: every point of a
+    sweep starts from a copy of one of a few bases, read from their files once)."""
     base = next((values[a.path] for a in spec.axes if a.target == "base"), None)
-    docs = base_documents(spec, base)
+    if bases is None:
+        docs = base_documents(spec, base)
+    else:
+        known = json.dumps(base, sort_keys=True, default=str)
+        if known not in bases:
+            bases[known] = base_documents(spec, base)
+        docs = dataclasses.replace(bases[known], workload=copy.deepcopy(bases[known].workload),
+                                   hardware=copy.deepcopy(bases[known].hardware))  # fmt: skip
     for axis in spec.axes:
         if axis.target != "base":
             apply_axis(docs, axis, values[axis.path])

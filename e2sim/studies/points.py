@@ -83,10 +83,12 @@ def point_key(spec: SweepSpec, docs: PointDocuments) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def resolve(spec: SweepSpec, position: int, values: Mapping[str, Any]) -> Point:
+def resolve(spec: SweepSpec, position: int, values: Mapping[str, Any],
+            bases: dict[str, PointDocuments] | None = None) -> Point:  # fmt: skip
     """The point where the axes take ``values``: its specs read and checked (a spec problem is
-    the point's error, not the sweep's)."""
-    docs = point_documents(spec, values)
+    the point's error, not the sweep's). ``bases``: base documents read earlier in this pass
+    (see ``point_documents``)."""
+    docs = point_documents(spec, values, bases)
     key = point_key(spec, docs)
     try:
         workload, hardware = check_documents(docs)

@@ -114,9 +114,9 @@ def sort_out(spec: SweepSpec, store: Store, sampled: Sequence[tuple[int, Mapping
     """Resolve ``sampled`` (position, axis values) into distinct points, record the invalid and
     infeasible ones the store lacks at once (each point's specs and constraints checked once),
     and return every point and the runnable ones (stored or not)."""
-    points, seen = [], set()
+    points, seen, bases = [], set(), {}
     for position, values in sampled:
-        point = resolve(spec, position, values)
+        point = resolve(spec, position, values, bases)
         if point.key not in seen:  # two samples of one point (random draws) run once
             seen.add(point.key)
             points.append(point)
