@@ -13,7 +13,7 @@ that :func:`in_parallel` splits into parts.
 **Heap.** A training step allocates and frees hundreds of megabytes of short-lived arrays (a
 ResNet-20 fp32 step at batch 128: about 125 MB). glibc's malloc hands large freed blocks back to the
 OS and takes them again on the next allocation, so every step paid for about 32,000 page faults,
-each zero-filling a fresh page: 15% of that step (545 -> 455 ms on 2 cores; int8 600 -> 513 ms).
+each zero-filling a fresh page: 15% of that step (547 -> 465 ms on 2 cores; int8 599 -> 513 ms).
 From its first training or pricing call e2sim therefore keeps freed memory on the heap
 (:func:`keep_heap`: glibc's ``mallopt``, blocks up to 32 MB from the heap, up to 1 GB of free
 heap kept), which also speeds up pricing. It is a setting of the whole process, left as it is
