@@ -19,7 +19,7 @@ from e2sim.config.errors import SpecError
 from e2sim.config.sweep import Axis, PointDocuments, SweepSpec, check_documents, point_documents
 from e2sim.config.workload import Workload
 from e2sim.hw.accelerator import Accelerator
-from e2sim.process import thread_budget
+from e2sim.process import keep_heap, thread_budget
 from e2sim.studies.single import map_ahead, prepare, price, run_once, train_shared
 
 DONE, FAILED, INFEASIBLE, PRUNED, RUNG = "done", "failed", "infeasible", "pruned", "rung"
@@ -163,7 +163,9 @@ def _prepared(workload: Workload, batch: int | None):
 
 
 def evaluate(task: Task) -> list[Outcome]:
-    """Run one task (in a worker); a point that fails gives its reason, the others go on."""
+    """Run one task (in a worker); a point that fails gives its reason, the others go on. A worker
+    of a cluster e2sim did not start keeps its heap from here (see ``e2sim.process.keep_heap``)."""
+    keep_heap()
     pricing = (task.fusion, task.mapper_objective)
     start = time.perf_counter()
     if task.kind == "run":
