@@ -15,11 +15,13 @@ ResNet-20 fp32 step at batch 128: about 125 MB). glibc's malloc hands large free
 OS and takes them again on the next allocation, so every step paid for about 32,000 page faults,
 each zero-filling a fresh page: 15% of that step (547 -> 465 ms on 2 cores; int8 599 -> 513 ms).
 From its first training or pricing call e2sim therefore keeps freed memory on the heap
-(:func:`keep_heap`: glibc's ``mallopt``, blocks up to 32 MB from the heap, up to 1 GB of free
-heap kept), which also speeds up pricing. It is a setting of the whole process, left as it is
-afterwards: memory e2sim freed stays with the process for its next step (the process's peak does
-not grow). ``E2SIM_KEEP_HEAP=0``, or the user's own ``MALLOC_*_`` or ``glibc.malloc`` settings,
-leave the allocator alone; other C libraries than glibc are left alone too.
+(:func:`keep_heap`: glibc's ``mallopt``, blocks up to 1 GB from the heap, up to 1 GB of free
+heap kept; the processes e2sim starts get the same through :data:`HEAP_VARIABLES`), which also
+speeds up pricing (a ResNet-20 point priced in a worker: 186 -> 107 ms). It is a setting of the
+whole process, left as it is afterwards: memory e2sim freed stays with the process for its
+next step (the process's peak does not grow). ``E2SIM_KEEP_HEAP=0``, or the user's own
+``MALLOC_*_`` or ``glibc.malloc`` settings, leave the allocator alone; other C libraries than
+glibc are left alone too.
 
 **Garbage collection.** Lowering and pricing make hundreds of thousands of short-lived Python
 objects, and Python's cyclic collector walks every object the process holds each time it runs a
@@ -46,8 +48,11 @@ from typing import Any
 
 THREADS_VARIABLE = "E2SIM_THREADS"
 HEAP_VARIABLE = "E2SIM_KEEP_HEAP"
-MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest: blocks up to this size come from the heap
+MMAP_THRESHOLD_BYTES = 1 << 30  # blocks up to this size come from the heap (not mapped afresh)
 TRIM_THRESHOLD_BYTES = 1 << 30  # free heap kept before any is handed back to the OS
+# the same settings as glibc reads them from the environment (the processes e2sim starts)
+HEAP_VARIABLES = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
+                  "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}  # fmt: skip
 _heap_kept: bool | None = None  # None until keep_heap() first ran; then whether the heap is kept
 MAX_THREADS = 1024
 _kernel_threads = 1  # inside thread_budget: its threads; else 1 (serial)

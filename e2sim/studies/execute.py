@@ -11,15 +11,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
 
+from e2sim.process import HEAP_VARIABLES
 from e2sim.studies.points import warm_up
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "E2SIM_THREADS")
 
 
-# glibc returns every large temporary array to the OS at once (mmap) unless told otherwise; pricing
-# allocates many short-lived arrays, and a worker that keeps them on its heap prices a point 1.4-1.7×
-# faster (measured on ResNet-20 points: 107 -> 74 ms on a main thread, 186 -> 107 ms on a worker thread).
-HEAP_VARIABLES = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def thread_budget(workers: int) -> dict[str, str]:
