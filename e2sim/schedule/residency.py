@@ -78,22 +78,11 @@ def plan_iteration(
 ) -> tuple[list[tuple[TensorMove, ...]], dict[str, Placement]]:  # fmt: skip
     """The moves of every op after fusion and residency, and each tensor's placement."""
     moves = [list(p.moves) for p in plans]
-    lives: dict[str, _Life] = {}
+    lives = lives_of(tensors, plans)
 
     def root(name: str) -> str:
         return tensors[name].alias_of or name
 
-    for i, plan in enumerate(plans):
-        for j, move in enumerate(plan.moves):
-            name = root(move.tensor)
-            life = lives.get(name)
-            if life is None:
-                life = lives[name] = _Life(name)
-            if move.write:  # a tensor read before it is written is state: the write goes back to DRAM
-                if life.producer is None and not life.uses:
-                    life.producer, life.write = i, (i, j)
-            elif life.producer is None or life.producer < i:
-                life.uses.append((i, j))
     placements: dict[str, Placement] = {}
     names = [op.name for op in ops]
 
@@ -132,17 +121,73 @@ def plan_iteration(
     return [tuple(m) for m in moves], placements
 
 
+def lives_of(tensors: Mapping[str, Tensor], plans: Sequence[OpPlan]) -> dict[str, _Life]:
+    """Each tensor (aliases under their root) with its producer, its reads and its write, by (op
+    index, move index), in the order the ops first touch them."""
+    lives: dict[str, _Life] = {}
+    for i, plan in enumerate(plans):
+        for j, move in enumerate(plan.moves):
+            name = tensors[move.tensor].alias_of or move.tensor
+            life = lives.get(name)
+            if life is None:
+                life = lives[name] = _Life(name)
+            if move.write:  # a tensor read before it is written is state: the write goes back to DRAM
+                if life.producer is None and not life.uses:
+                    life.producer, life.write = i, (i, j)
+            elif life.producer is None or life.producer < i:
+                life.uses.append((i, j))
+    return lives
+
+
 def _settled(m: TensorMove, dram_bytes: float, fill_bits: float, use_bits: float, times: float) -> TensorMove:
     """``m`` with new traffic (built directly: this runs for thousands of moves per iteration)."""
     return TensorMove(m.tensor, m.stream, m.write, dram_bytes, fill_bits, use_bits, times, m.tile_bytes)
 
 
 def _streams(life: _Life, ops: Sequence[Op], moves) -> bool:
+    if not may_stream(life, ops):
+        return False
+    c, k = life.uses[0]
+    return moves[c][k].times == 1
+
+
+def may_stream(life: _Life, ops: Sequence[Op]) -> bool:
+    """Whether ``life`` streams from its producer to its reader if that reader reads it once: one
+    write, one read by the next op, not a batch-norm input."""
     if life.write is None or len(life.uses) != 1:
         return False
     (i, _), (c, k) = life.write, life.uses[0]
-    return c == i + 1 and moves[c][k].times == 1 and not (ops[c].layer_kind == "batchnorm" and ops[c].phase == "fwd"
-                                                           and k == 0)  # fmt: skip
+    return c == i + 1 and not (ops[c].layer_kind == "batchnorm" and ops[c].phase == "fwd" and k == 0)
+
+
+@dataclass(frozen=True)
+class Span:
+    """What holding a tensor on chip involves: the moves it would save DRAM traffic on (``touched``,
+    its reads but an input's first and its write), the ops it is held over (``start`` to ``end``),
+    its size, and the moves whose op would use it in place (``gives_back``: every read and the write)."""
+
+    touched: tuple[tuple[int, int], ...]
+    start: int
+    end: int
+    size: float
+    gives_back: tuple[tuple[int, int], ...]
+
+
+def span_of(life: _Life, inputs: frozenset[str], tensors: Mapping[str, Tensor]) -> Span | None:
+    """The span of ``life`` if holding it could save anything (it is read, and not only by the
+    first reader of an iteration input), else None."""
+    uses = life.uses
+    if not uses:
+        return None
+    if life.producer is None or life.root in inputs:  # an input: its first read stays
+        first = uses[0][0]
+        uses = [(i, j) for i, j in uses if i != first]
+        if not uses:
+            return None
+    touched = (*uses, life.write) if life.write is not None else tuple(uses)
+    start = life.producer if life.producer is not None else life.uses[0][0]
+    back = (*life.uses, life.write) if life.write is not None else tuple(life.uses)
+    return Span(touched, start, life.uses[-1][0], float(tensors[life.root].bytes), back)
 
 
 def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, place, names) -> None:
@@ -153,32 +198,24 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
     dram_pj = 8 * target.dram_pj_per_bit
     candidates = []
     for life in lives.values():
-        uses = life.uses
-        if not uses or life.root in placements:
+        span = span_of(life, inputs, tensors) if life.root not in placements else None
+        if span is None:
             continue
-        if life.producer is None or life.root in inputs:  # an input: its first read stays
-            first = uses[0][0]
-            uses = [(i, j) for i, j in uses if i != first]
-            if not uses:
-                continue
-        touched = (*uses, life.write) if life.write is not None else uses
         saved, pj = [], 0.0
-        for i, j in touched:
+        for i, j in span.touched:
             m = moves[i][j]
             if m.dram_bytes > 0:
                 saved.append((i, j))
                 pj += m.dram_bytes * dram_pj + (m.fill_bits * fill_pj[m.stream] if shared else 0.0)
         if not saved:
             continue
-        start = life.producer if life.producer is not None else life.uses[0][0]
-        end = life.uses[-1][0]
-        size = float(tensors[life.root].bytes)
-        candidates.append((pj / max(size * (end - start + 1), 1.0), life, start, end, size, saved))
+        start, end, size = span.start, span.end, span.size
+        candidates.append((pj / max(size * (end - start + 1), 1.0), life, start, end, size, saved, span))
     candidates.sort(key=lambda c: -c[0])
     offsets, where, amount = [0], [], []
-    for _, life, _start, _end, size, _ in candidates:
+    for *_, size, _, span in candidates:
         # an op reading it (or its producer) uses it in place: it needs no tile of it there
-        for i, j in (*life.uses, life.write) if life.write is not None else life.uses:
+        for i, j in span.gives_back:
             where.append(i)
             amount.append(min(size, moves[i][j].tile_bytes))
         offsets.append(len(where))
@@ -188,7 +225,7 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
     held, tightest, room = KERNELS.hold_greedily(free, column(2, np.int64), column(3, np.int64), column(4, np.float64),
                                          np.array(offsets, np.int64), np.array(where, np.int64),
                                          np.array(amount, np.float64))  # fmt: skip
-    for (_, life, start, end, size, saved), keep, worst, left in zip(candidates, held, tightest, room, strict=True):
+    for (_, life, start, end, size, saved, _), keep, worst, left in zip(candidates, held, tightest, room, strict=True):
         if keep:
             for i, j in saved:
                 m = moves[i][j]

@@ -18,9 +18,10 @@ from e2sim import __version__
 from e2sim.config.errors import SpecError
 from e2sim.config.sweep import Axis, PointDocuments, SweepSpec, check_documents, point_documents
 from e2sim.config.workload import Workload
+from e2sim.energy.many import Totals
 from e2sim.hw.accelerator import Accelerator
 from e2sim.process import keep_heap, thread_budget
-from e2sim.studies.single import map_ahead, prepare, price, run_once, train_shared
+from e2sim.studies.single import map_ahead, prepare, price, price_points, run_once, train_shared
 
 DONE, FAILED, INFEASIBLE, PRUNED, RUNG = "done", "failed", "infeasible", "pruned", "rung"
 
@@ -189,37 +190,45 @@ def _evaluate_run(task: Task, pricing: tuple[bool, str], start: float) -> list[O
         seconds = (time.perf_counter() - start) / len(task.keys)
         return [Outcome(key, FAILED, None, _reason(exc), seconds) for key in task.keys]
     seconds = (time.perf_counter() - start) / len(task.keys)
-    return [Outcome(key, DONE, {**_metrics(r.priced), "accuracy": r.training.final_test_accuracy,
+    return [Outcome(key, DONE, {**_metrics(totals_of(r.priced), hw), "accuracy": r.training.final_test_accuracy,
                                 "iterations": r.training.iterations}, None, seconds)
-            for key, r in zip(task.keys, results, strict=True)]  # fmt: skip
+            for key, r, hw in zip(task.keys, results, task.hardware, strict=True)]  # fmt: skip
 
 
 def _evaluate_estimates(task: Task, pricing: tuple[bool, str], start: float) -> list[Outcome]:
-    """The task's workload lowered once, its ops mapped on all its accelerators together, then each priced."""
+    """The task's workload lowered once, its ops mapped on all its accelerators together, then
+    priced on all of them together (``price_points``); a point that path leaves out is priced alone."""
     outcomes = []
     try:
         prepared = _prepared(task.workload, task.batch)
         map_ahead(prepared.workload, prepared.graph, task.hardware, pricing)
+        totals = price_points(prepared.workload, prepared.graph, task.hardware, pricing)
     except (SpecError, ValueError) as exc:
         seconds = (time.perf_counter() - start) / len(task.keys)
         return [Outcome(key, FAILED, None, _reason(exc), seconds) for key in task.keys]
-    share = (time.perf_counter() - start) / len(task.keys)  # lowering (first task) and mapping, shared
-    for key, hw in zip(task.keys, task.hardware, strict=True):
+    share = (time.perf_counter() - start) / len(task.keys)  # lowering (first task), mapping and pricing, shared
+    for key, hw, found in zip(task.keys, task.hardware, totals, strict=True):
         begin = time.perf_counter() - share
         try:
-            estimate = price(prepared.workload, prepared.graph, hw, None, False, False, pricing, None)
-            outcomes.append(Outcome(key, DONE, _metrics(estimate), None, time.perf_counter() - begin))
+            if found is None:
+                found = totals_of(price(prepared.workload, prepared.graph, hw, None, False, False, pricing, None))
+            outcomes.append(Outcome(key, DONE, _metrics(found, hw), None, time.perf_counter() - begin))
         except (SpecError, ValueError) as exc:
             outcomes.append(Outcome(key, FAILED, None, _reason(exc), time.perf_counter() - begin))
     return outcomes
 
 
-def _metrics(estimate) -> dict[str, float]:
-    energy, time_s = estimate.energy_j, estimate.time_s
-    return {"energy_j": energy, "time_s": time_s, "cycles": estimate.cycles, "edp_js": energy * time_s,
-            "dram_bytes": float(sum(r.cost.dram_bytes * r.data_scale for r in estimate.rows)),
-            "macs": float(sum(sum(r.macs.values()) for r in estimate.rows)),
-            **resources(estimate.hardware)}  # fmt: skip
+def totals_of(estimate) -> Totals:
+    """An estimate's totals (what a sweep stores of it)."""
+    return Totals(estimate.energy_j, estimate.cycles, estimate.time_s,
+                  float(sum(r.cost.dram_bytes * r.data_scale for r in estimate.rows)),
+                  float(sum(sum(r.macs.values()) for r in estimate.rows)))  # fmt: skip
+
+
+def _metrics(totals: Totals, hw: Accelerator) -> dict[str, float]:
+    energy, time_s = totals.energy_j, totals.time_s
+    return {"energy_j": energy, "time_s": time_s, "cycles": totals.cycles, "edp_js": energy * time_s,
+            "dram_bytes": totals.dram_bytes, "macs": totals.macs, **resources(hw)}  # fmt: skip
 
 
 def _reason(exc: Exception) -> str:

@@ -18,6 +18,7 @@ from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
 from e2sim.energy.account import Arithmetic, account, check_counts
 from e2sim.energy.account import map_ahead as account_map_ahead
+from e2sim.energy.many import Totals, account_points
 from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
 from e2sim.graph import lower as lower_workload
@@ -149,6 +150,17 @@ def map_ahead(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accel
     ops = [op for op in graph.ops if op.name not in graph.optional]
     with gc_paused():
         account_map_ahead(ops, graph.tensors, accelerators, arithmetic_of(spec), pricing[1])
+
+
+def price_points(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accelerator],
+                 pricing: Pricing) -> list[Totals | None]:  # fmt: skip
+    """The totals of one nominal iteration of ``graph`` on each of ``accelerators``, priced as
+    arrays over them (the vectorised estimate path of a sweep); None for a point that path leaves
+    to :func:`price` (see ``energy.many``)."""
+    ops = [op for op in graph.ops if op.name not in graph.optional]
+    with gc_paused():
+        return account_points(ops, graph.tensors, accelerators, arithmetic_of(spec), frozenset(graph.inputs),
+                              pricing[0], pricing[1])  # fmt: skip
 
 
 def account_ops(ops, tensors, accelerator, table, arithmetic, counts, inputs, pricing: Pricing, densities):
