@@ -137,7 +137,7 @@ def within(spec: SweepSpec, hw: Accelerator) -> str | None:
 
 def tasks_of(spec: SweepSpec, points: Sequence[Point], slots: int = 1) -> list[Task]:
     """Estimate points of one workload, sorted so that points of one PE array are together (their
-    ops are mapped together), in about four tasks per worker slot of 8 to 64 points; run points
+    ops are mapped together), in about two tasks per worker slot of 8 to 64 points; run points
     that share a workload and an approximate mode as one training run priced on each accelerator."""
     groups: dict[tuple, list[Point]] = {}
     for p in points:
@@ -148,7 +148,7 @@ def tasks_of(spec: SweepSpec, points: Sequence[Point], slots: int = 1) -> list[T
         if spec.kind == "estimate":
             members = sorted(members, key=lambda p: (p.hardware.pe_array.dataflow, p.hardware.pe_array.rows,
                                                      p.hardware.pe_array.cols, p.position))  # fmt: skip
-            size = min(64, max(8, -(-len(members) // (4 * slots))))
+            size = min(64, max(8, -(-len(members) // (2 * slots))))
         else:
             size = len(members)
         for start in range(0, len(members), size):
