@@ -267,3 +267,30 @@ def test_every_step_evaluates_as_many_new_children_whichever_sampler(sampler, tm
     result = e2sim.search(write_spec(tmp_path, sampler=sampler, steps=3, children_per_step=3), tmp_path / "s.sqlite")
     assert [h["new_children"] for h in result.history] == [3, 3, 3]
     assert [sum(c["position"] == step for c in result.children) for step in range(3)] == [3, 3, 3]
+
+
+def test_the_controller_learns_from_each_child_against_its_parent(tmp_path, monkeypatch):
+    """Every episode's reward given to REINFORCE is the child's reward minus its parent's (the best
+    network before the step); the seed's children (the seed is never evaluated) against their mean."""
+    from e2sim.config.search import read_search_spec
+    from e2sim.studies.rena import search as rena_search
+
+    given = []
+    update = rena_search.reinforce_step
+
+    def recorded(params, optimizer, baseline, episodes, beta):
+        given.append([r for _, r in episodes])
+        return update(params, optimizer, baseline, episodes, beta)
+
+    monkeypatch.setattr(rena_search, "reinforce_step", recorded)
+    spec = read_search_spec(write_spec(tmp_path, steps=3, children_per_step=2))
+    result = e2sim.search(spec, tmp_path / "s.sqlite")
+    by_step = [[c for c in result.children if c["params"]["step"] == s] for s in range(3)]
+    best = None
+    for step, children in enumerate(by_step):
+        rewards = [result.reward(c) if c["status"] == "done" else -1.0 for c in children]
+        reference = sum(rewards) / len(rewards) if best is None else best
+        assert len(given[step]) == len(children)  # no proposal repeated a stored child in this search
+        assert sorted(given[step]) == pytest.approx(sorted(r - reference for r in rewards), abs=1e-12)
+        best = max([best, *rewards] if best is not None else rewards)
+    assert len(given) == 3

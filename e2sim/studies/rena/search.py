@@ -7,7 +7,9 @@ are evaluated on the sweep executor (local processes or Dask) — proxy training
 accelerator model for training energy and time per iteration, the lowered graph for parameters,
 FLOPs and FLOPs per byte — and stored in the sweep store, keyed by architecture hash and search
 settings (a child evaluated once is never evaluated again). Rewards update the controller
-(REINFORCE, every proposal an episode); the current network moves to the best-rewarded network so far. The controller's
+(REINFORCE, every proposal an episode rewarded by what its edits changed: its reward minus its
+parent's, the current network's; the seed's children against their mean, the seed itself being
+unevaluated); the current network moves to the best-rewarded network so far. The controller's
 state is stored after every step, so a killed search resumes from its last finished step and the
 children it had already evaluated are read back, not trained again.
 
@@ -201,18 +203,20 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
         with executor:
             while state.step < spec.steps:
                 evaluated = {row["key"] for row in store.rows(spec.name) if row["position"] < state.step}
+                parent = state.best[0] if state.best is not None else None  # the current network's reward
                 children = _propose(spec, seed, state, limits, evaluated)
                 results = _evaluate(spec, seed, store, executor, hw, [c for c, _ in children], state.step)
-                episodes, rewards = [], []
-                for network, steps in children:
+                rewards = []
+                for network, _ in children:
                     row = results[child_key(spec, network)]
                     done = row["status"] == "done"
                     reward = reward_of(row["metrics"], spec.constraints, spec.penalty) if done else -1.0
                     rewards.append(reward)
-                    episodes.append((steps, reward))
                     if row["status"] == "done" and (state.best is None or reward > state.best[0]):
                         state.best = (reward, network)
-                if spec.sampler == "rena":
+                if spec.sampler == "rena":  # each edit sequence is rewarded by what it changed in its parent
+                    reference = float(np.mean(rewards)) if parent is None else parent  # the seed: its children's mean
+                    episodes = [(steps, r - reference) for (_, steps), r in zip(children, rewards, strict=True)]
                     reinforce_step(state.params, state.optimizer, state.baseline, episodes, spec.entropy)
                 if state.best is not None:
                     state.current = state.best[1]
