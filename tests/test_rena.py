@@ -270,27 +270,33 @@ def test_every_step_evaluates_as_many_new_children_whichever_sampler(sampler, tm
 
 
 def test_the_controller_learns_from_each_child_against_its_parent(tmp_path, monkeypatch):
-    """Every episode's reward given to REINFORCE is the child's reward minus its parent's (the best
-    network before the step); the seed's children (the seed is never evaluated) against their mean."""
+    """The seed is evaluated first (step −1), once; every episode's reward given to REINFORCE is the
+    child's reward minus its parent's (the best network before the step, the seed at first)."""
     from e2sim.config.search import read_search_spec
     from e2sim.studies.rena import search as rena_search
 
-    given = []
-    update = rena_search.reinforce_step
+    given, proposed = [], []
+    update, propose = rena_search.reinforce_step, rena_search._propose
 
     def recorded(params, optimizer, baseline, episodes, beta):
         given.append([r for _, r in episodes])
         return update(params, optimizer, baseline, episodes, beta)
 
+    def proposals(*args):
+        children = propose(*args)
+        proposed.append([network for network, _ in children])
+        return children
+
     monkeypatch.setattr(rena_search, "reinforce_step", recorded)
+    monkeypatch.setattr(rena_search, "_propose", proposals)
     spec = read_search_spec(write_spec(tmp_path, steps=3, children_per_step=2))
     result = e2sim.search(spec, tmp_path / "s.sqlite")
-    by_step = [[c for c in result.children if c["params"]["step"] == s] for s in range(3)]
-    best = None
-    for step, children in enumerate(by_step):
-        rewards = [result.reward(c) if c["status"] == "done" else -1.0 for c in children]
-        reference = sum(rewards) / len(rewards) if best is None else best
-        assert len(given[step]) == len(children)  # no proposal repeated a stored child in this search
-        assert sorted(given[step]) == pytest.approx(sorted(r - reference for r in rewards), abs=1e-12)
-        best = max([best, *rewards] if best is not None else rewards)
-    assert len(given) == 3
+    (seed,) = [c for c in result.children if c["params"]["step"] == -1]
+    assert seed["params"]["network"] == [u.__dict__ for u in rena_search.read_seed(spec).network]
+    stored = {c["key"]: result.reward(c) if c["status"] == "done" else -1.0 for c in result.children}
+    best = stored[seed["key"]]
+    assert len(given) == len(proposed) == 3
+    for networks, rewards in zip(proposed, given, strict=True):
+        found = [stored[rena_search.child_key(spec, n)] for n in networks]
+        assert rewards == pytest.approx([r - best for r in found], abs=1e-12)
+        best = max(best, *found)

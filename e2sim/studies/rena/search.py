@@ -6,10 +6,11 @@ network evaluated before costs no training, its stored reward serves again. The 
 are evaluated on the sweep executor (local processes or Dask) — proxy training for accuracy, the
 accelerator model for training energy and time per iteration, the lowered graph for parameters,
 FLOPs and FLOPs per byte — and stored in the sweep store, keyed by architecture hash and search
-settings (a child evaluated once is never evaluated again). Rewards update the controller
-(REINFORCE, every proposal an episode rewarded by what its edits changed: its reward minus its
-parent's, the current network's; the seed's children against their mean, the seed itself being
-unevaluated); the current network moves to the best-rewarded network so far. The controller's
+settings (a child evaluated once is never evaluated again). The seed network is evaluated first
+(stored as step −1) and is the first current network. Rewards update the controller (REINFORCE,
+every proposal an episode rewarded by what its edits changed: its reward minus its parent's, the
+current network's; against the step's mean reward if the seed failed); the current network moves
+to the best-rewarded network so far, the seed included. The controller's
 state is stored after every step, so a killed search resumes from its last finished step and the
 children it had already evaluated are read back, not trained again.
 
@@ -58,6 +59,7 @@ from e2sim.studies.sweep import pareto_front
 
 PRICING = (True, "energy")
 MAX_DRAWS_PER_CHILD = 10  # proposals per new child a step may make before it settles for fewer
+SEED_STEP = -1  # the seed network is evaluated (and stored) before step 0
 STATE_SCHEMA = """CREATE TABLE IF NOT EXISTS search_state (
     search TEXT PRIMARY KEY, step INTEGER NOT NULL, state BLOB NOT NULL
 );"""
@@ -201,6 +203,11 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
         store.db.executescript(STATE_SCHEMA)
         state = _load_state(store, spec) or _new_state(spec, seed)
         with executor:
+            if state.step == 0:  # the seed is the first current network: a child must beat it to replace it
+                found = _evaluate(spec, seed, store, executor, hw, [seed.network], SEED_STEP)
+                row = found[child_key(spec, seed.network)]
+                if row["status"] == "done":
+                    state.best = (reward_of(row["metrics"], spec.constraints, spec.penalty), seed.network)
             while state.step < spec.steps:
                 evaluated = {row["key"] for row in store.rows(spec.name) if row["position"] < state.step}
                 parent = state.best[0] if state.best is not None else None  # the current network's reward
@@ -215,7 +222,7 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
                     if row["status"] == "done" and (state.best is None or reward > state.best[0]):
                         state.best = (reward, network)
                 if spec.sampler == "rena":  # each edit sequence is rewarded by what it changed in its parent
-                    reference = float(np.mean(rewards)) if parent is None else parent  # the seed: its children's mean
+                    reference = float(np.mean(rewards)) if parent is None else parent  # None: the seed failed
                     episodes = [(steps, r - reference) for (_, steps), r in zip(children, rewards, strict=True)]
                     reinforce_step(state.params, state.optimizer, state.baseline, episodes, spec.entropy)
                 if state.best is not None:
