@@ -1,10 +1,11 @@
 """One nominal iteration priced on many accelerators at once: the totals a sweep stores (energy,
 cycles, DRAM bytes, MACs) for every design point, from arrays over points.
 
-The ops are planned per point as ``account`` plans them (``schedule.ops.plan_op``, the mappings
-cached), then :func:`e2sim.schedule.many.plan_points` settles the iteration's moves and each op's
-cost for all points of one buffer layout together, and the action counts meet each point's
-prices as arrays. Points this path does not cover are left to ``account`` (None in the result):
+The points of one buffer layout (and vector width) are planned together: an op off the PE array
+has one plan for all of them, a PE-array op one plan whose numbers are arrays over the points
+(``schedule.ops.array_plan`` on its mappings' numbers, the arithmetic of ``plan_op``); then
+:func:`e2sim.schedule.many.plan_points` settles the iteration's moves and each op's cost, and the
+action counts meet each point's prices as arrays. Points this path does not cover are left to ``account`` (None in the result):
 stated densities (zeros priced per tensor) and mappings that do not fit (``account`` reports
 them). Results equal ``account``'s to rounding (the tests compare ≥ 200 points at 1e-9)."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -21,8 +23,11 @@ from e2sim.energy.tables import load_table
 from e2sim.graph.ir import Op, Tensor
 from e2sim.hw.accelerator import Accelerator
 from e2sim.schedule.many import layout, plan_points
+from e2sim.schedule.mapper import Mapping as NestMapping
 from e2sim.schedule.mapper import MappingError
-from e2sim.schedule.ops import on_array, plan_op
+from e2sim.schedule.nest import LoopNest, nest_of
+from e2sim.schedule.ops import OpPlan, array_plan, map_nest, on_array, plan_op
+from e2sim.schedule.target import Target
 
 
 @dataclass(frozen=True)
@@ -47,31 +52,46 @@ def account_points(ops: Sequence[Op], tensors: Mapping[str, Tensor], accelerator
     """The totals of one nominal iteration of ``ops`` on each of ``accelerators`` (None where this
     path does not price a point, see the module's docstring)."""
     found: list[Totals | None] = [None] * len(accelerators)
-    groups: dict[tuple, list[tuple[int, Accelerator, object, list]]] = {}
-    streaming: dict[int, list] = {}  # the plans of the ops off the array, by vector lanes (all they depend on)
-    array = [on_array(op) for op in ops]
+    nests = {i: nest_of(op, {name: tensors[name] for name in (*op.reads, *op.writes)}, arithmetic.accumulator_bits)
+             for i, op in enumerate(ops) if on_array(op)}  # fmt: skip
+    distinct = list(dict.fromkeys(nests.values()))
+    groups: dict[tuple, list[tuple[int, Accelerator, Target, dict]]] = {}
     for index, hw in enumerate(accelerators):
         if not covered(hw):
             continue
         target = target_of(hw, load_table(hw.technology, hw.energy_overrides), objective)
-        lanes = hw.vector.lanes
-        if lanes not in streaming:
-            streaming[lanes] = [None if a else plan_op(op, tensors, hw, target, 0)
-                                for op, a in zip(ops, array, strict=True)]  # fmt: skip
         try:
-            plans = [plan_op(op, tensors, hw, target, arithmetic.accumulator_bits) if a else plan
-                     for op, a, plan in zip(ops, array, streaming[lanes], strict=True)]  # fmt: skip
+            mapped = {nest: map_nest(nest, target) for nest in distinct}
         except MappingError:
             continue
-        groups.setdefault(layout([target]), []).append((index, hw, target, plans))
-    if not groups:
-        return found
-    work = _Work.of(ops, next(iter(groups.values()))[0][3], arithmetic)
+        groups.setdefault((layout([target]), hw.vector.lanes), []).append((index, hw, target, mapped))
     for members in groups.values():
-        costs = plan_points(ops, tensors, [m[3] for m in members], [m[2] for m in members], inputs, fusion)
+        plans = [_plan(op, tensors, nests.get(i), members) for i, op in enumerate(ops)]
+        costs = plan_points(ops, tensors, plans, [m[2] for m in members], inputs, fusion)
+        work = _Work.of(ops, plans, arithmetic)
         for column, (index, hw, _, _) in enumerate(members):
             found[index] = _totals(work, costs, column, hw, arithmetic)
     return found
+
+
+def _plan(op: Op, tensors: Mapping[str, Tensor], nest: LoopNest | None, members) -> OpPlan:
+    """The plan of ``op`` on every member point (same vector lanes): off the array the same plan
+    for all; on it, its mapping's numbers as arrays over the points."""
+    _, hw, target, _ = members[0]
+    if nest is None:
+        return plan_op(op, tensors, hw, target, 0)
+    mappings = [mapped[nest] for *_, mapped in members]
+    passes = np.array([m[1].pe_array.mac_passes(nest.a_bits, nest.b_bits) for m in members], dtype=np.float64)
+    return array_plan(op, tensors, nest, passes, _columns(mappings))
+
+
+def _columns(mappings: Sequence[NestMapping]) -> SimpleNamespace:
+    """The numbers of ``mappings`` (one per point) as arrays over the points, under their own names."""
+    columns = {name: np.array([getattr(m, name) for m in mappings], dtype=np.float64)
+               for name in ("dram_write_bytes", "compute_cycles", "tiles", "rf_bits", "noc_bits", "hop_bits")}
+    for name in ("dram_read_bytes", "footprint_bytes", "buffer_reads", "buffer_writes", "refetch"):
+        columns[name] = tuple(np.array([getattr(m, name)[k] for m in mappings], dtype=np.float64) for k in range(3))
+    return SimpleNamespace(**columns)
 
 
 @dataclass(frozen=True)

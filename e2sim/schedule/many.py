@@ -48,24 +48,28 @@ def layout(targets: Sequence[Target]) -> tuple:
     return tuple(b.name for b in first.buffers), first.streams, first.double_buffered
 
 
+def _column(value, count: int) -> np.ndarray:
+    """A plan's number (the same on every point) or array over points, as an array over points."""
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (count,))
+
+
 class _Moves:
     """The moves of every op as arrays of moves × points (a last row of zeros pads op tables)."""
 
     FIELDS = ("dram_bytes", "fill_bits", "use_bits", "times", "tile_bytes")
 
-    def __init__(self, plans: Sequence[Sequence[OpPlan]]):
-        first = plans[0]
-        counts = [len(p.moves) for p in first]
+    def __init__(self, plans: Sequence[OpPlan], count: int):
+        counts = [len(p.moves) for p in plans]
         self.base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for name in self.FIELDS:
-            rows = [[getattr(m, name) for plan in point for m in plan.moves] for point in plans]
-            setattr(self, name, np.vstack([np.array(rows, dtype=np.float64).T, np.zeros((1, len(plans)))]))
+            rows = [_column(getattr(m, name), count) for plan in plans for m in plan.moves]
+            setattr(self, name, np.vstack([*rows, np.zeros(count)]))
         widest = max(counts, default=0)
         pad = int(self.base[-1])  # the zero row
-        self.table = np.full((len(first), widest), pad, dtype=np.int64)  # ops × k: flat index of each op's k-th move
-        self.stream = np.zeros((len(first), widest), dtype=np.int64)
-        self.write = np.zeros((len(first), widest), dtype=bool)
-        for i, plan in enumerate(first):
+        self.table = np.full((len(plans), widest), pad, dtype=np.int64)  # ops × k: flat index of each op's k-th move
+        self.stream = np.zeros((len(plans), widest), dtype=np.int64)
+        self.write = np.zeros((len(plans), widest), dtype=bool)
+        for i, plan in enumerate(plans):
             for k, m in enumerate(plan.moves):
                 self.table[i, k] = self.base[i] + k
                 self.stream[i, k] = STREAMS.index(m.stream)
@@ -83,20 +87,21 @@ class _Moves:
             self.use_bits[index] = np.where(where, 0.0, self.use_bits[index])
 
 
-def _per_op(plans: Sequence[Sequence[OpPlan]], get) -> np.ndarray:
-    return np.array([[get(plan) for plan in point] for point in plans], dtype=np.float64).T
+def _per_op(plans: Sequence[OpPlan], get, count: int) -> np.ndarray:
+    return np.vstack([_column(get(plan), count) for plan in plans])
 
 
-def plan_points(ops: Sequence[Op], tensors: Mapping[str, Tensor], plans: Sequence[Sequence[OpPlan]],
+def plan_points(ops: Sequence[Op], tensors: Mapping[str, Tensor], plans: Sequence[OpPlan],
                 targets: Sequence[Target], inputs: frozenset[str], fusion: bool) -> Costs:  # fmt: skip
-    """``plans[p]``: the plans of ``ops`` on ``targets[p]`` (``ops.plan_op``); the targets share
-    their :func:`layout`. The costs :func:`ops.finish_op` gives each op after
-    ``residency.plan_iteration``, for every point."""
+    """``plans``: the plan of each of ``ops`` on every one of ``targets`` (``ops.plan_op``, or
+    ``ops.array_plan`` with its numbers as arrays over the targets; a number the same on every
+    target may stay a float); the targets share their :func:`layout`. The costs
+    :func:`ops.finish_op` gives each op after ``residency.plan_iteration``, for every target."""
     if len({layout([t]) for t in targets}) != 1:
         raise ValueError("points planned together must share their buffers, streams and double buffering")
-    moves = _Moves(plans)
-    first = plans[0]
-    lives = lives_of(tensors, first)
+    count = len(targets)
+    moves = _Moves(plans, count)
+    lives = lives_of(tensors, plans)
     if fusion:
         for i, op in enumerate(ops):  # 1. batch-norm statistics in the producer's epilogue
             if _times_read(op) == 2 and i > 0 and lives[tensors[op.reads[0]].alias_of or op.reads[0]].producer == i - 1:
@@ -110,9 +115,9 @@ def plan_points(ops: Sequence[Op], tensors: Mapping[str, Tensor], plans: Sequenc
             if life.uses and not is_input and may_stream(life, ops):
                 (i, j), (c, k) = life.write, life.uses[0]
                 where = moves.times[moves.at(c, k)] == 1
-                on_array = first[i].mapping is not None
-                moves.clear(moves.at(i, j), where, fill=not on_array, use=not on_array and first[c].mapping is None)
-                moves.clear(moves.at(c, k), where, fill=True, use=first[c].mapping is None)
+                on_array = plans[i].nest is not None
+                moves.clear(moves.at(i, j), where, fill=not on_array, use=not on_array and plans[c].nest is None)
+                moves.clear(moves.at(c, k), where, fill=True, use=plans[c].nest is None)
                 streamed[life.root] = where
         _resident(tensors, plans, moves, lives, inputs, targets, streamed)
     return _finish(plans, moves, targets)
@@ -135,7 +140,7 @@ def _resident(tensors, plans, moves: _Moves, lives, inputs, targets: Sequence[Ta
             d = moves.dram_bytes[index]
             price = d * dram_pj
             if shared:
-                price = price + moves.fill_bits[index] * fill_pj[STREAMS.index(plans[0][i].moves[j].stream)]
+                price = price + moves.fill_bits[index] * fill_pj[STREAMS.index(plans[i].moves[j].stream)]
             pj[c] = pj[c] + np.where(d > 0, price, 0.0)
             saved[c] |= d > 0
         if life.root in streamed:
@@ -148,7 +153,7 @@ def _resident(tensors, plans, moves: _Moves, lives, inputs, targets: Sequence[Ta
     back_ops = np.array([i for _, s in spans for i, _ in s.gives_back], dtype=np.int64)
     touched, touched_offsets = _flat([[moves.at(i, j) for i, j in s.touched] for _, s in spans])
     pool = [sum(b.size_bytes for b in t.buffers) for t in targets]
-    footprint = _per_op(plans, lambda plan: plan.footprint_bytes)
+    footprint = _per_op(plans, lambda plan: plan.footprint_bytes, count)
     for p in range(count):
         candidates = np.flatnonzero(saved[:, p])
         order = candidates[np.argsort(-key[candidates, p], kind="stable")]
@@ -180,10 +185,11 @@ def _gather(offsets: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _finish(plans, moves: _Moves, targets: Sequence[Target]) -> Costs:
     """``ops.finish_op`` on every op and point."""
-    compute = _per_op(plans, lambda plan: plan.compute_cycles)
-    tiles = _per_op(plans, lambda plan: plan.tiles)
-    dram_in = [np.zeros_like(compute), np.zeros_like(compute), _per_op(plans, lambda plan: plan.psum_bytes[1])]
-    dram_out = _per_op(plans, lambda plan: plan.psum_bytes[0])
+    count = len(targets)
+    compute = _per_op(plans, lambda plan: plan.compute_cycles, count)
+    tiles = _per_op(plans, lambda plan: plan.tiles, count)
+    dram_in = [np.zeros_like(compute), np.zeros_like(compute), _per_op(plans, lambda plan: plan.psum_bytes[1], count)]
+    dram_out = _per_op(plans, lambda plan: plan.psum_bytes[0], count)
     names, streams, double_buffered = layout(targets)
     bits = {name: np.zeros_like(compute) for name in names}
     for k in range(moves.table.shape[1]):
@@ -196,7 +202,7 @@ def _finish(plans, moves: _Moves, targets: Sequence[Target]) -> Costs:
             here = np.isin(stream, [s for s in range(3) if streams[s] == name])[:, None]
             bits[name] = bits[name] + np.where(here, fill, 0.0) + np.where(here, use, 0.0)
     ofmap = streams[2]
-    bits[ofmap] = bits[ofmap] + _per_op(plans, lambda plan: plan.psum_bits)
+    bits[ofmap] = bits[ofmap] + _per_op(plans, lambda plan: plan.psum_bits, count)
     columns = SimpleNamespace(dram_bytes_per_cycle=np.array([t.dram_bytes_per_cycle for t in targets]),
                               double_buffered=double_buffered)  # fmt: skip
     reads = dram_in[0] + dram_in[1] + dram_in[2]
@@ -207,6 +213,7 @@ def _finish(plans, moves: _Moves, targets: Sequence[Target]) -> Costs:
         sram = np.maximum(sram, bits[name] / 8 / per_cycle)
     return Costs(
         compute_cycles=compute, stall_cycles=np.maximum(np.maximum(total, sram) - compute, 0.0),
-        dram_bytes=reads + dram_out, buffer_bits=bits, rf_bits=_per_op(plans, lambda plan: plan.rf_bits),
-        noc_bits=_per_op(plans, lambda plan: plan.noc_bits), hop_bits=_per_op(plans, lambda plan: plan.hop_bits),
+        dram_bytes=reads + dram_out, buffer_bits=bits, rf_bits=_per_op(plans, lambda plan: plan.rf_bits, count),
+        noc_bits=_per_op(plans, lambda plan: plan.noc_bits, count),
+        hop_bits=_per_op(plans, lambda plan: plan.hop_bits, count),
     )  # fmt: skip

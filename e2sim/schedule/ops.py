@@ -189,12 +189,18 @@ def _planned(op: Op, used: tuple[Tensor, ...], target: Target | None, accumulato
 
 
 def _pe_array(op: Op, tensors, pe: PEArray, target: Target, accumulator_bits: int) -> OpPlan:
-    """One group's nest mapped on the array; a grouped op runs its groups one after the other, each
-    on its own slices of the operands, so every count is one group's times the number of groups
-    (the buffer space is one group's)."""
+    """One group's nest mapped on the array (see :func:`array_plan`)."""
     nest = nest_of(op, tensors, accumulator_bits)
+    return array_plan(op, tensors, nest, pe.mac_passes(nest.a_bits, nest.b_bits), map_nest(nest, target))
+
+
+def array_plan(op: Op, tensors, nest: LoopNest, passes, m) -> OpPlan:
+    """The plan of a PE-array op whose nest has mapping ``m`` and whose MACs take ``passes`` passes
+    through the multipliers. A grouped op runs its groups one after the other, each on its own
+    slices of the operands, so every count is one group's times the number of groups (the buffer
+    space is one group's). ``m`` may also hold a mapping's numbers as arrays over design points
+    (and ``passes`` an array): the plan's numbers are then those arrays, by the same arithmetic."""
     groups = op.gemm.groups  # independent copies of the nest (a grouped convolution)
-    m = map_nest(nest, target)
     first, second = (tensors[name] for name in op.reads[:2])
     if op.phase == "bwd_weight":
         first, second = second, first
@@ -213,7 +219,6 @@ def _pe_array(op: Op, tensors, pe: PEArray, target: Target, accumulator_bits: in
         moves.append(TensorMove(extra.name, "ofmap", True, extra.bytes, extra.bytes * 8, extra.bytes * 8))
     writes = groups * m.buffer_writes[2]
     psum_bits = reads[2] + writes - final * 8  # accumulation and spills, on chip
-    passes = pe.mac_passes(nest.a_bits, nest.b_bits)
     bits = (nest.a_bits, nest.b_bits, nest.acc_bits)
     return OpPlan(
         compute_cycles=groups * m.compute_cycles * passes, moves=tuple(moves), footprint_bytes=sum(m.footprint_bytes),
@@ -221,7 +226,8 @@ def _pe_array(op: Op, tensors, pe: PEArray, target: Target, accumulator_bits: in
         sram_reads={"ifmap": reads[0] / bits[0], "filter": reads[1] / bits[1],
                     "ofmap": (reads[2] - final * 8) / bits[2]},
         sram_writes={"ofmap": (writes - psum_read * 8) / bits[2]},
-        rf_bits=groups * m.rf_bits, noc_bits=groups * m.noc_bits, hop_bits=groups * m.hop_bits, nest=nest, mapping=m,
+        rf_bits=groups * m.rf_bits, noc_bits=groups * m.noc_bits, hop_bits=groups * m.hop_bits, nest=nest,
+        mapping=m if isinstance(m, NestMapping) else None,
     )  # fmt: skip
 
 
