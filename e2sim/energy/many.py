@@ -5,9 +5,10 @@ The points of one buffer layout (and vector width) are planned together: an op o
 has one plan for all of them, a PE-array op one plan whose numbers are arrays over the points
 (``schedule.ops.array_plan`` on its mappings' numbers, the arithmetic of ``plan_op``); then
 :func:`e2sim.schedule.many.plan_points` settles the iteration's moves and each op's cost, and the
-action counts meet each point's prices as arrays. Points this path does not cover are left to ``account`` (None in the result):
-stated densities (zeros priced per tensor) and mappings that do not fit (``account`` reports
-them). Results equal ``account``'s to rounding (the tests compare ≥ 200 points at 1e-9)."""
+action counts meet each point's prices as arrays. Points this path does not cover are left to
+``account`` (None in the result): stated densities (zeros priced per tensor) and mappings that do
+not fit (``account`` reports them). Results equal ``account``'s to rounding (the tests compare
+≥ 200 points at 1e-9 and every shipped accelerator at 1e-12)."""
 
 from __future__ import annotations
 
