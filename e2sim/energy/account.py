@@ -25,10 +25,10 @@ from e2sim.counting import OpCounter
 from e2sim.energy.actions import Action, Arithmetic, Prices, energy_of, supply_factor
 from e2sim.energy.parameters import price_gradients
 from e2sim.energy.sparsity import TensorSparsity, storage_ratio, tensor_sparsity, zero_operand_macs
-from e2sim.energy.tables import EnergyTable, load_table
+from e2sim.energy.tables import EnergyTable
 from e2sim.graph.ir import Op, Tensor, TrainingGraph
 from e2sim.hw.accelerator import Accelerator
-from e2sim.schedule.ops import STREAMS, OpCost, array_nests, finish_op, map_nests, plan_op
+from e2sim.schedule.ops import STREAMS, OpCost, finish_op, plan_op
 from e2sim.schedule.residency import Placement, plan_iteration
 from e2sim.schedule.target import BufferLevel, Target
 
@@ -177,15 +177,6 @@ def target_of(hw: Accelerator, table: EnergyTable, objective: str = "energy") ->
         spad_bits=tuple(8 * b for b in pe.scratchpad_bytes), noc_bits_per_cycle=pe.noc_bits_per_cycle,
         objective=objective,
     )  # fmt: skip
-
-
-def map_ahead(ops: Sequence[Op], tensors: Mapping[str, Tensor], accelerators: Sequence[Accelerator],
-              arithmetic: Arithmetic, objective: str = "energy") -> None:  # fmt: skip
-    """Map the PE-array ops of ``ops`` on all of ``accelerators`` together (arrays over design
-    points where the dataflow allows, see ``schedule.ops.map_nests``); :func:`account` then finds
-    every mapping cached. Prices nothing and changes no result."""
-    targets = [target_of(hw, load_table(hw.technology, hw.energy_overrides), objective) for hw in accelerators]
-    map_nests(array_nests(ops, tensors, arithmetic.accumulator_bits), targets)
 
 
 @dataclass(frozen=True)

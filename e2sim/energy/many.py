@@ -1,7 +1,8 @@
 """One nominal iteration priced on many accelerators at once: the totals a sweep stores (energy,
 cycles, DRAM bytes, MACs) for every design point, from arrays over points.
 
-The points of one buffer layout (and vector width) are planned together: an op off the PE array
+The PE-array ops are mapped on every accelerator together, then the points of one buffer layout
+(and vector width) are planned together: an op off the PE array
 has one plan for all of them, a PE-array op one plan whose numbers are arrays over the points
 (``schedule.ops.array_plan`` on its mappings' numbers, the arithmetic of ``plan_op``); then
 :func:`e2sim.schedule.many.plan_points` settles the iteration's moves and each op's cost, and the
@@ -26,8 +27,8 @@ from e2sim.hw.accelerator import Accelerator
 from e2sim.schedule.many import layout, plan_points
 from e2sim.schedule.mapper import Mapping as NestMapping
 from e2sim.schedule.mapper import MappingError
-from e2sim.schedule.nest import LoopNest, nest_of
-from e2sim.schedule.ops import OpPlan, array_plan, map_nest, on_array, plan_op
+from e2sim.schedule.nest import LoopNest
+from e2sim.schedule.ops import OpPlan, array_nests, array_plan, map_nest, map_nests, on_array, plan_op
 from e2sim.schedule.target import Target
 
 
@@ -51,16 +52,20 @@ def account_points(ops: Sequence[Op], tensors: Mapping[str, Tensor], accelerator
                    arithmetic: Arithmetic, inputs: frozenset[str], fusion: bool = True,
                    objective: str = "energy") -> list[Totals | None]:  # fmt: skip
     """The totals of one nominal iteration of ``ops`` on each of ``accelerators`` (None where this
-    path does not price a point, see the module's docstring)."""
+    path does not price a point, see the module's docstring). The PE-array ops are first mapped on
+    all of them together (``schedule.ops.map_nests``: arrays over design points where the dataflow
+    allows), the points this path leaves to ``account`` included, which then find their mappings
+    cached."""
     found: list[Totals | None] = [None] * len(accelerators)
-    nests = {i: nest_of(op, {name: tensors[name] for name in (*op.reads, *op.writes)}, arithmetic.accumulator_bits)
-             for i, op in enumerate(ops) if on_array(op)}  # fmt: skip
+    placed = [i for i, op in enumerate(ops) if on_array(op)]
+    nests = dict(zip(placed, array_nests(ops, tensors, arithmetic.accumulator_bits), strict=True))
     distinct = list(dict.fromkeys(nests.values()))
+    targets = [target_of(hw, load_table(hw.technology, hw.energy_overrides), objective) for hw in accelerators]
+    map_nests(distinct, targets)
     groups: dict[tuple, list[tuple[int, Accelerator, Target, dict]]] = {}
-    for index, hw in enumerate(accelerators):
+    for index, (hw, target) in enumerate(zip(accelerators, targets, strict=True)):
         if not covered(hw):
             continue
-        target = target_of(hw, load_table(hw.technology, hw.energy_overrides), objective)
         try:
             mapped = {nest: map_nest(nest, target) for nest in distinct}
         except MappingError:

@@ -192,6 +192,7 @@ def _finish(plans, moves: _Moves, targets: Sequence[Target]) -> Costs:
     dram_out = _per_op(plans, lambda plan: plan.psum_bytes[0], count)
     names, streams, double_buffered = layout(targets)
     bits = {name: np.zeros_like(compute) for name in names}
+    in_buffer = {name: np.isin(moves.stream, [s for s in range(3) if streams[s] == name]) for name in names}
     for k in range(moves.table.shape[1]):
         index, stream, write = moves.table[:, k], moves.stream[:, k], moves.write[:, k, None]
         dram, fill, use = moves.dram_bytes[index], moves.fill_bits[index], moves.use_bits[index]
@@ -199,7 +200,7 @@ def _finish(plans, moves: _Moves, targets: Sequence[Target]) -> Costs:
         for s in range(3):
             dram_in[s] = dram_in[s] + np.where(~write & (stream == s)[:, None], dram, 0.0)
         for name in names:
-            here = np.isin(stream, [s for s in range(3) if streams[s] == name])[:, None]
+            here = in_buffer[name][:, k, None]
             bits[name] = bits[name] + np.where(here, fill, 0.0) + np.where(here, use, 0.0)
     ofmap = streams[2]
     bits[ofmap] = bits[ofmap] + _per_op(plans, lambda plan: plan.psum_bits, count)

@@ -209,23 +209,23 @@ def _resident(tensors, plans, moves, lives, inputs, target: Target, placements, 
                 pj += m.dram_bytes * dram_pj + (m.fill_bits * fill_pj[m.stream] if shared else 0.0)
         if not saved:
             continue
-        start, end, size = span.start, span.end, span.size
-        candidates.append((pj / max(size * (end - start + 1), 1.0), life, start, end, size, saved, span))
+        candidates.append((pj / max(span.size * (span.end - span.start + 1), 1.0), life, saved, span))
     candidates.sort(key=lambda c: -c[0])
     offsets, where, amount = [0], [], []
-    for *_, size, _, span in candidates:
+    for *_, span in candidates:
         # an op reading it (or its producer) uses it in place: it needs no tile of it there
         for i, j in span.gives_back:
             where.append(i)
-            amount.append(min(size, moves[i][j].tile_bytes))
+            amount.append(min(span.size, moves[i][j].tile_bytes))
         offsets.append(len(where))
-    def column(k: int, kind) -> np.ndarray:
-        return np.array([c[k] for c in candidates], dtype=kind)
-
-    held, tightest, room = KERNELS.hold_greedily(free, column(2, np.int64), column(3, np.int64), column(4, np.float64),
-                                         np.array(offsets, np.int64), np.array(where, np.int64),
-                                         np.array(amount, np.float64))  # fmt: skip
-    for (_, life, start, end, size, saved, _), keep, worst, left in zip(candidates, held, tightest, room, strict=True):
+    spans = [c[3] for c in candidates]
+    held, tightest, room = KERNELS.hold_greedily(
+        free, np.array([s.start for s in spans], np.int64), np.array([s.end for s in spans], np.int64),
+        np.array([s.size for s in spans], np.float64), np.array(offsets, np.int64), np.array(where, np.int64),
+        np.array(amount, np.float64),
+    )  # fmt: skip
+    for (_, life, saved, span), keep, worst, left in zip(candidates, held, tightest, room, strict=True):
+        start, end, size = span.start, span.end, span.size
         if keep:
             for i, j in saved:
                 m = moves[i][j]

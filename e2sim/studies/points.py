@@ -21,7 +21,7 @@ from e2sim.config.workload import Workload
 from e2sim.energy.many import Totals
 from e2sim.hw.accelerator import Accelerator
 from e2sim.process import keep_heap, thread_budget
-from e2sim.studies.single import map_ahead, prepare, price, price_points, run_once, train_shared
+from e2sim.studies.single import prepare, price, price_points, run_once, train_shared
 
 DONE, FAILED, INFEASIBLE, PRUNED, RUNG = "done", "failed", "infeasible", "pruned", "rung"
 
@@ -196,12 +196,11 @@ def _evaluate_run(task: Task, pricing: tuple[bool, str], start: float) -> list[O
 
 
 def _evaluate_estimates(task: Task, pricing: tuple[bool, str], start: float) -> list[Outcome]:
-    """The task's workload lowered once, its ops mapped on all its accelerators together, then
-    priced on all of them together (``price_points``); a point that path leaves out is priced alone."""
+    """The task's workload lowered once, its ops mapped and priced on all its accelerators
+    together (``price_points``); a point that path leaves out is priced alone."""
     outcomes = []
     try:
         prepared = _prepared(task.workload, task.batch)
-        map_ahead(prepared.workload, prepared.graph, task.hardware, pricing)
         totals = price_points(prepared.workload, prepared.graph, task.hardware, pricing)
     except (SpecError, ValueError) as exc:
         seconds = (time.perf_counter() - start) / len(task.keys)

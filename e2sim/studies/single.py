@@ -17,7 +17,6 @@ from e2sim.config.scalesim import TopologyLayer, read_scalesim_topology
 from e2sim.config.workload import Workload
 from e2sim.counting import OpCounter
 from e2sim.energy.account import Arithmetic, account, check_counts
-from e2sim.energy.account import map_ahead as account_map_ahead
 from e2sim.energy.many import Totals, account_points
 from e2sim.energy.tables import load_table
 from e2sim.graph import TrainingGraph, build_model
@@ -144,19 +143,11 @@ def price_topology(topology: Path | Sequence[TopologyLayer], accelerator: Accele
                     priced.prices, priced.gradients, arithmetic)  # fmt: skip
 
 
-def map_ahead(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accelerator], pricing: Pricing) -> None:
-    """Map the iteration of ``graph`` on all of ``accelerators`` together, so that :func:`price`
-    on each finds its mappings done (the vectorised estimate path of a sweep)."""
-    ops = [op for op in graph.ops if op.name not in graph.optional]
-    with gc_paused():
-        account_map_ahead(ops, graph.tensors, accelerators, arithmetic_of(spec), pricing[1])
-
-
 def price_points(spec: Workload, graph: TrainingGraph, accelerators: Sequence[Accelerator],
                  pricing: Pricing) -> list[Totals | None]:  # fmt: skip
-    """The totals of one nominal iteration of ``graph`` on each of ``accelerators``, priced as
-    arrays over them (the vectorised estimate path of a sweep); None for a point that path leaves
-    to :func:`price` (see ``energy.many``)."""
+    """The totals of one nominal iteration of ``graph`` on each of ``accelerators``, mapped and
+    priced as arrays over them (the vectorised estimate path of a sweep); None for a point that
+    path leaves to :func:`price` (see ``energy.many``), which finds its mappings done."""
     ops = [op for op in graph.ops if op.name not in graph.optional]
     with gc_paused():
         return account_points(ops, graph.tensors, accelerators, arithmetic_of(spec), frozenset(graph.inputs),
