@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -160,8 +161,7 @@ def may_stream(life: _Life, ops: Sequence[Op]) -> bool:
     return c == i + 1 and not (ops[c].layer_kind == "batchnorm" and ops[c].phase == "fwd" and k == 0)
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):  # a named tuple: made for thousands of tensors per iteration
     """What holding a tensor on chip involves: the moves it would save DRAM traffic on (``touched``,
     its reads but an input's first and its write), the ops it is held over (``start`` to ``end``),
     its size, and the moves whose op would use it in place (``gives_back``: every read and the write)."""
