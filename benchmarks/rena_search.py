@@ -4,7 +4,10 @@ per search — 20 steps of 6 — three seeds each. Prints, per sampler, the best
 the children within the budget (mean and spread over the seeds), the fraction of proposals within
 it, and the time.
 
-    python benchmarks/rena_search.py [--seeds 3] [--steps 20] [--children 6] [--workers 2]
+    python benchmarks/rena_search.py [--seeds 3] [--steps 20] [--children 6] [--workers 2] [--parents N]
+
+``--parents`` overrides the spec's ``parents`` (children drawn from the best N networks so far) for
+both samplers.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--children", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--parents", type=int, default=None)
     args = parser.parse_args()
     base = read_search_spec(ROOT / "searches" / "rena-mnist.yaml")
+    if args.parents is not None:
+        base = dataclasses.replace(base, parents=args.parents)
     print(f"{base.name}: budget {dict(base.constraints)}, {args.steps} steps x {args.children} children, "
-          f"{base.edits_per_child} edits each, {base.proxy_epochs} proxy epochs, {args.workers} workers")  # fmt: skip
+          f"{base.edits_per_child} edits each, {base.proxy_epochs} proxy epochs, "
+          f"children of the best {base.parents} network(s), {args.workers} workers")  # fmt: skip
     found = {}
     with tempfile.TemporaryDirectory() as folder:
         for sampler in ("rena", "random"):

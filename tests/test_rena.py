@@ -209,6 +209,7 @@ def test_a_killed_search_resumes_without_retraining_what_it_stored(tmp_path):
     [
         ({"steps": 0}, "steps: must be a positive integer"),
         ({"sampler": "genetic"}, "sampler: must be one of rena, random"),
+        ({"parents": 0}, "parents: must be a positive integer"),
         ({"constraints": {"energy_j": {"max": 1}}}, "constraints.energy_j: unknown key"),
         ({"constraints": {"flops_per_byte": {"min": 1, "max": 1}}}, "constraints.flops_per_byte.max: unknown key"),
         ({"seed": "lenet5-mnist"}, "model: a RENA seed needs an explicit model.layers list"),
@@ -258,12 +259,12 @@ def test_every_step_evaluates_as_many_new_children_whichever_sampler(sampler, tm
         state = rena_search._new_state(one_edit, seed)
         evaluated = set(keys[left:])
         children = rena_search._propose(one_edit, seed, state, limits, evaluated)
-        new = {rena_search.child_key(spec, n) for n, _ in children} - evaluated
+        new = {rena_search.child_key(spec, c.network) for c in children} - evaluated
         assert new <= set(keys[:left]) and len(new) == min(left, 3)
         if left < 3:
             assert len(children) == 3 * rena_search.MAX_DRAWS_PER_CHILD
         else:
-            assert rena_search.child_key(spec, children[-1][0]) in new and len(children) > 3
+            assert rena_search.child_key(spec, children[-1].network) in new and len(children) > 3
     result = e2sim.search(write_spec(tmp_path, sampler=sampler, steps=3, children_per_step=3), tmp_path / "s.sqlite")
     assert [h["new_children"] for h in result.history] == [3, 3, 3]
     assert [sum(c["position"] == step for c in result.children) for step in range(3)] == [3, 3, 3]
@@ -284,7 +285,7 @@ def test_the_controller_learns_from_each_child_against_its_parent(tmp_path, monk
 
     def proposals(*args):
         children = propose(*args)
-        proposed.append([network for network, _ in children])
+        proposed.append([c.network for c in children])
         return children
 
     monkeypatch.setattr(rena_search, "reinforce_step", recorded)
@@ -300,3 +301,51 @@ def test_the_controller_learns_from_each_child_against_its_parent(tmp_path, monk
         found = [stored[rena_search.child_key(spec, n)] for n in networks]
         assert rewards == pytest.approx([r - best for r in found], abs=1e-12)
         best = max(best, *found)
+
+
+def test_with_several_parents_each_child_comes_from_one_of_the_best_and_learns_against_it(tmp_path, monkeypatch):
+    """parents: N draws each proposal's parent from the N best-rewarded networks evaluated before its
+    step (the seed included); its episode is rewarded against that parent's reward."""
+    from e2sim.config.search import read_search_spec
+    from e2sim.studies.rena import search as rena_search
+    from e2sim.studies.rena.space import apply_edit, embed
+
+    given, proposed = [], []
+    update, propose = rena_search.reinforce_step, rena_search._propose
+
+    def recorded(params, optimizer, baseline, episodes, beta):
+        given.append([r for _, r in episodes])
+        return update(params, optimizer, baseline, episodes, beta)
+
+    def proposals(spec, seed, state, limits, evaluated):
+        children = propose(spec, seed, state, limits, evaluated)
+        proposed.append((list(state.parents), children))
+        return children
+
+    monkeypatch.setattr(rena_search, "reinforce_step", recorded)
+    monkeypatch.setattr(rena_search, "_propose", proposals)
+    spec = read_search_spec(write_spec(tmp_path, steps=3, children_per_step=3, edits_per_child=1, parents=2))
+    result = e2sim.search(spec, tmp_path / "s.sqlite")
+    seed = rena_search.read_seed(spec)
+    stored = {c["key"]: result.reward(c) for c in result.children if c["status"] == "done"}
+    ranked = []  # (reward, key) of every network evaluated before the step, best first, earlier on ties
+    for c in result.children:
+        if c["params"]["step"] == -1:
+            ranked.append((stored[c["key"]], c["key"]))
+    drawn_from = []  # per step: how many distinct parents its children came from
+    for step, ((parents, children), rewards) in enumerate(zip(proposed, given, strict=True)):
+        expected = [k for _, k in sorted(ranked, key=lambda e: -e[0])[:2]]
+        assert [rena_search.child_key(spec, n) for _, n in parents] == expected
+        for child, reward in zip(children, rewards, strict=True):
+            assert (child.parent_reward, child.parent) in parents
+            (step_taken,) = child.steps
+            assert np.array_equal(step_taken.x, embed(child.parent, seed.input_size, seed.in_channels))
+            assert apply_edit(child.parent, step_taken.edit, seed.in_channels) == child.network
+            key = rena_search.child_key(spec, child.network)
+            assert reward == pytest.approx(stored[key] - child.parent_reward, abs=1e-12)
+        drawn_from.append(len({rena_search.child_key(spec, c.parent) for c in children}))
+        known = {k for _, k in ranked}
+        for c in result.children:
+            if c["params"]["step"] == step and c["key"] not in known:
+                ranked.append((stored[c["key"]], c["key"]))
+    assert max(drawn_from) == 2  # some step drew children of both parents

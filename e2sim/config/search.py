@@ -17,6 +17,8 @@ sampler: rena                    # rena | random (uniform over valid edits: the 
 steps: 6                         # controller updates
 children_per_step: 4
 edits_per_child: 2
+parents: 1                       # children come from the best-rewarded network (1) or, drawn per child,
+                                 #   from the best N rewarded so far
 controller: {hidden: 32, lr: 0.01, entropy: 0.05, baseline_decay: 0.9}
 limits: {max_units: 10, max_channels: 128}
 seed_value: 0                    # random seed of the sampler
@@ -68,6 +70,7 @@ class SearchSpec:
     max_units: int
     max_channels: int
     seed_value: int
+    parents: int = 1
 
 
 def read_search_spec(path: str | Path) -> SearchSpec:
@@ -97,6 +100,7 @@ def read_search_spec(path: str | Path) -> SearchSpec:
     steps = top.read("steps", at_most(positive_int, 100_000))
     children = top.read("children_per_step", at_most(positive_int, 1024))
     edits = top.read("edits_per_child", at_most(positive_int, 16), default=1)
+    parents = top.read("parents", at_most(positive_int, 1024), default=1)
     c = top.section("controller", default={})
     hidden = c.read("hidden", at_most(positive_int, 1024), default=32)
     lr = c.read("lr", at_most(positive_number, 10), default=0.01)
@@ -112,7 +116,7 @@ def read_search_spec(path: str | Path) -> SearchSpec:
     log.raise_if_any()
     return SearchSpec(name, source, _relative(seed, folder), _relative(hardware, folder), epochs, tuple(constraints),
                       penalty, sampler, steps, children, edits, hidden, lr, entropy, decay, max_units, max_channels,
-                      seed_value)  # fmt: skip
+                      seed_value, parents)  # fmt: skip
 
 
 def _relative(spec: str, folder: Path) -> str:

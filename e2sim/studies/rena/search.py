@@ -8,9 +8,10 @@ accelerator model for training energy and time per iteration, the lowered graph 
 FLOPs and FLOPs per byte — and stored in the sweep store, keyed by architecture hash and search
 settings (a child evaluated once is never evaluated again). The seed network is evaluated first
 (stored as step −1) and is the first current network. Rewards update the controller (REINFORCE,
-every proposal an episode rewarded by what its edits changed: its reward minus its parent's, the
-current network's; against the step's mean reward if the seed failed); the current network moves
-to the best-rewarded network so far, the seed included. The controller's
+every proposal an episode rewarded by what its edits changed: its reward minus its parent's;
+against the step's mean reward if the seed failed); the current network moves to the
+best-rewarded network so far, the seed included. With ``parents`` N above 1 each proposal starts
+from one of the N best-rewarded networks so far, drawn uniformly. The controller's
 state is stored after every step, so a killed search resumes from its last finished step and the
 children it had already evaluated are read back, not trained again.
 
@@ -25,7 +26,7 @@ import json
 import pickle
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,10 @@ class State:
     optimizer: Adam
     baseline: Baseline
     rng: np.random.Generator
-    current: Network
+    current: Network  # the best-rewarded network so far (the seed until one is rewarded)
     best: tuple[float, Network] | None
     history: list  # per step: mean reward, best reward, fraction of children within the constraints
+    parents: list[tuple[float, Network]] = field(default_factory=list)  # the top ``spec.parents`` by reward
 
 
 def child_key(spec: SearchSpec, network: Network) -> str:
@@ -207,29 +209,28 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
                 found = _evaluate(spec, seed, store, executor, hw, [seed.network], SEED_STEP)
                 row = found[child_key(spec, seed.network)]
                 if row["status"] == "done":
-                    state.best = (reward_of(row["metrics"], spec.constraints, spec.penalty), seed.network)
+                    _rank(state, spec.parents, [(reward_of(row["metrics"], spec.constraints, spec.penalty),
+                                                 seed.network)])  # fmt: skip
             while state.step < spec.steps:
                 evaluated = {row["key"] for row in store.rows(spec.name) if row["position"] < state.step}
-                parent = state.best[0] if state.best is not None else None  # the current network's reward
                 children = _propose(spec, seed, state, limits, evaluated)
-                results = _evaluate(spec, seed, store, executor, hw, [c for c, _ in children], state.step)
-                rewards = []
-                for network, _ in children:
-                    row = results[child_key(spec, network)]
+                results = _evaluate(spec, seed, store, executor, hw, [c.network for c in children], state.step)
+                rewards, scored = [], []
+                for child in children:
+                    row = results[child_key(spec, child.network)]
                     done = row["status"] == "done"
-                    reward = reward_of(row["metrics"], spec.constraints, spec.penalty) if done else -1.0
-                    rewards.append(reward)
-                    if row["status"] == "done" and (state.best is None or reward > state.best[0]):
-                        state.best = (reward, network)
+                    rewards.append(reward_of(row["metrics"], spec.constraints, spec.penalty) if done else -1.0)
+                    if done:
+                        scored.append((rewards[-1], child.network))
                 if spec.sampler == "rena":  # each edit sequence is rewarded by what it changed in its parent
-                    reference = float(np.mean(rewards)) if parent is None else parent  # None: the seed failed
-                    episodes = [(steps, r - reference) for (_, steps), r in zip(children, rewards, strict=True)]
+                    mean = float(np.mean(rewards))  # the reference when the seed failed (no parent reward)
+                    episodes = [(c.steps, r - (mean if c.parent_reward is None else c.parent_reward))
+                                for c, r in zip(children, rewards, strict=True)]  # fmt: skip
                     reinforce_step(state.params, state.optimizer, state.baseline, episodes, spec.entropy)
-                if state.best is not None:
-                    state.current = state.best[1]
-                within = [satisfies(results[child_key(spec, n)]["metrics"], spec.constraints)
-                          for n, _ in children if results[child_key(spec, n)]["status"] == "done"]  # fmt: skip
-                new = {child_key(spec, n) for n, _ in children} - evaluated
+                _rank(state, spec.parents, scored)
+                within = [satisfies(results[child_key(spec, c.network)]["metrics"], spec.constraints)
+                          for c in children if results[child_key(spec, c.network)]["status"] == "done"]  # fmt: skip
+                new = {child_key(spec, c.network) for c in children} - evaluated
                 state.history.append({"step": state.step, "mean_reward": float(np.mean(rewards)),
                                       "best_reward": state.best[0] if state.best else None,
                                       "within_constraints": float(np.mean(within)) if within else 0.0,
@@ -253,17 +254,43 @@ def _load_state(store: Store, spec: SearchSpec) -> State | None:
     return pickle.loads(row[0]) if row else None
 
 
-def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits,
-             evaluated: set[str]) -> list[tuple[Network, list[Step]]]:  # fmt: skip
-    """Children of the current network, each a sequence of valid edits drawn by the controller
+@dataclass(frozen=True)
+class Proposal:
+    network: Network
+    parent: Network
+    steps: list[Step]  # the edits that made it from the parent, as the controller saw them
+    parent_reward: float | None  # None: the seed, unrewarded (it failed)
+
+
+def _rank(state: State, keep: int, scored: Sequence[tuple[float, Network]]) -> None:
+    """Add newly rewarded networks to the ranking of parents (higher reward first, the earlier on a
+    tie), keep its best ``keep``, and move the current network to the best."""
+    for reward, network in scored:
+        if all(network != n for _, n in state.parents):
+            state.parents.append((reward, network))
+    state.parents = sorted(state.parents, key=lambda entry: -entry[0])[:keep]  # stable: earlier first on ties
+    if state.parents:
+        state.best = state.parents[0]
+        state.current = state.best[1]
+
+
+def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits, evaluated: set[str]) -> list[Proposal]:
+    """Children of the current network (with ``parents`` above 1, of one of the best-rewarded
+    networks, drawn uniformly per proposal), each a sequence of valid edits drawn by the controller
     (rena) or uniformly (random), until ``children_per_step`` of them are new (their keys neither
     in ``evaluated``, the children of the finished steps, nor drawn before in this step)."""
-    children: list[tuple[Network, list[Step]]] = []
+    children: list[Proposal] = []
     new: set[str] = set()
     for _ in range(spec.children_per_step * MAX_DRAWS_PER_CHILD):
         if len(new) == spec.children_per_step:
             break
-        network, steps = state.current, []
+        if not state.parents:  # the seed failed: its children, against the step's mean
+            parent_reward, network = None, state.current
+        elif spec.parents == 1:
+            parent_reward, network = state.parents[0]
+        else:
+            parent_reward, network = state.parents[int(state.rng.integers(len(state.parents)))]
+        parent, steps = network, []
         for _ in range(spec.edits_per_child):
             edits = valid_edits(network, seed.input_size, seed.in_channels, limits)
             if not edits:
@@ -275,7 +302,7 @@ def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits,
                 edit = edits[int(state.rng.integers(len(edits)))]
             steps.append(Step(x, edits, edit))
             network = apply_edit(network, edit, seed.in_channels)
-        children.append((network, steps))
+        children.append(Proposal(network, parent, steps, parent_reward))
         key = child_key(spec, network)
         if key not in evaluated:
             new.add(key)
