@@ -349,3 +349,22 @@ def test_with_several_parents_each_child_comes_from_one_of_the_best_and_learns_a
             if c["params"]["step"] == step and c["key"] not in known:
                 ranked.append((stored[c["key"]], c["key"]))
     assert max(drawn_from) == 2  # some step drew children of both parents
+
+
+def test_a_search_state_stored_before_the_parents_ranking_resumes_from_its_best(tmp_path):
+    import pickle
+
+    from e2sim.config.search import read_search_spec
+    from e2sim.studies.rena import search as rena_search
+    from e2sim.studies.store import Store
+
+    spec = read_search_spec(write_spec(tmp_path))
+    seed = rena_search.read_seed(spec)
+    state = rena_search._new_state(spec, seed)
+    state.best = (0.5, seed.network)
+    del state.__dict__["parents"]  # as a state pickled by the version before
+    with Store(tmp_path / "s.sqlite") as store:
+        store.db.executescript(rena_search.STATE_SCHEMA)
+        store.db.execute("INSERT INTO search_state VALUES (?, ?, ?)", (spec.name, 1, pickle.dumps(state)))
+        loaded = rena_search._load_state(store, spec)
+    assert loaded.parents == [(0.5, seed.network)] and loaded.step == 0

@@ -251,7 +251,12 @@ def _new_state(spec: SearchSpec, seed: Seed) -> State:
 
 def _load_state(store: Store, spec: SearchSpec) -> State | None:
     row = store.db.execute("SELECT state FROM search_state WHERE search = ?", (spec.name,)).fetchone()
-    return pickle.loads(row[0]) if row else None
+    if not row:
+        return None
+    state = pickle.loads(row[0])
+    if "parents" not in state.__dict__:  # stored before searches kept a ranking of parents: its best alone
+        state.parents = [state.best] if state.best is not None else []
+    return state
 
 
 @dataclass(frozen=True)
