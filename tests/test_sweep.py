@@ -179,6 +179,23 @@ def test_local_processes_and_dask_store_what_one_process_stores(tmp_path):
     assert alone.front == pooled.front == dask.front
 
 
+def test_each_local_cluster_gets_its_own_thread_budget_and_leaves_this_process_alone(monkeypatch):
+    """Dask lets this process's environment override what its workers are given, and writes their
+    variables into this process when they start: a cluster started earlier (or a setting of this
+    process) must not decide a later cluster's threads, nor a cluster this process's."""
+    from distributed import Client
+
+    from e2sim.studies.execute import THREAD_VARIABLES, start_local_cluster, thread_budget
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "7")
+    for workers in (2, 1):
+        with start_local_cluster(workers) as cluster, Client(cluster) as client:
+            seen = {name: set(client.run(os.getenv, name).values()) for name in THREAD_VARIABLES}
+        assert seen == {name: {thread_budget(workers)[name]} for name in THREAD_VARIABLES}
+        assert all(os.environ[name] == "7" for name in THREAD_VARIABLES)
+
+
 KILLED = """
 name: killed
 workload: lenet5-mnist

@@ -19,10 +19,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 
-def thread_budget(workers: int) -> dict[str, str]:
-    """The environment of a worker process: the machine's cores shared out, so that N workers'
-    numba and BLAS threads do not compete for the same cores, and a heap that keeps its memory."""
-    share = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+def thread_budget(workers: int, threads: int | None = None) -> dict[str, str]:
+    """The environment of a worker process: ``threads`` kernel threads, by default the machine's
+    cores shared out, so that N workers' numba and BLAS threads do not compete for the same cores,
+    and a heap that keeps its memory."""
+    share = str(threads or max(1, (os.cpu_count() or 1) // max(workers, 1)))
     return {**dict.fromkeys(THREAD_VARIABLES, share), **HEAP_VARIABLES}
 
 
@@ -132,14 +133,20 @@ class DaskCluster:
         yield from dask_completed(futures)
 
 
-def start_local_cluster(workers: int):
+def start_local_cluster(workers: int, threads: int | None = None):
     """A Dask LocalCluster of ``workers`` single-threaded processes with :func:`thread_budget`'s
-    environment, set before each worker starts (Dask's own default, MALLOC_TRIM_THRESHOLD_=65536,
-    hands every freed array back to the OS and made a ResNet-20 point 3.5× slower)."""
+    environment (``threads`` kernel threads each, by default the cores shared out), set before each
+    worker starts (Dask's own default, MALLOC_TRIM_THRESHOLD_=65536, hands every freed array back
+    to the OS and made a ResNet-20 point 3.5× slower). Dask lets this process's environment
+    override the variables it is given for its workers, and writes them into this process's
+    environment when a worker starts: the budget is set here too while the workers start, and this
+    process's own values are restored after (else a cluster started earlier in this process decided
+    the next one's threads, and this process's own runs took its budget)."""
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": thread_budget(workers)}):
+    budget = thread_budget(workers, threads)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": budget}), _Environment(budget):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
