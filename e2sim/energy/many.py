@@ -71,24 +71,29 @@ def account_points(ops: Sequence[Op], tensors: Mapping[str, Tensor], accelerator
         except MappingError:
             continue
         groups.setdefault((layout([target]), hw.vector.lanes), []).append((index, hw, target, mapped))
+    work = _Work.of(ops, [nests.get(i) for i in range(len(ops))], arithmetic)
     for members in groups.values():
-        plans = [_plan(op, tensors, nests.get(i), members) for i, op in enumerate(ops)]
+        columns = {nest: _mapped_columns(nest, members) for nest in distinct}
+        plans = [_plan(op, tensors, nests.get(i), members, columns) for i, op in enumerate(ops)]
         costs = plan_points(ops, tensors, plans, [m[2] for m in members], inputs, fusion)
-        work = _Work.of(ops, plans, arithmetic)
         for column, (index, hw, _, _) in enumerate(members):
             found[index] = _totals(work, costs, column, hw, arithmetic)
     return found
 
 
-def _plan(op: Op, tensors: Mapping[str, Tensor], nest: LoopNest | None, members) -> OpPlan:
+def _mapped_columns(nest: LoopNest, members) -> tuple[np.ndarray, SimpleNamespace]:
+    """The MAC passes and the mapping's numbers of ``nest`` on every member point, as arrays over them."""
+    passes = np.array([hw.pe_array.mac_passes(nest.a_bits, nest.b_bits) for _, hw, _, _ in members], dtype=np.float64)
+    return passes, _columns([mapped[nest] for *_, mapped in members])
+
+
+def _plan(op: Op, tensors: Mapping[str, Tensor], nest: LoopNest | None, members, columns) -> OpPlan:
     """The plan of ``op`` on every member point (same vector lanes): off the array the same plan
-    for all; on it, its mapping's numbers as arrays over the points."""
+    for all; on it, its nest's ``columns`` (passes and mapping numbers as arrays over the points)."""
     _, hw, target, _ = members[0]
     if nest is None:
         return plan_op(op, tensors, hw, target, 0)
-    mappings = [mapped[nest] for *_, mapped in members]
-    passes = np.array([m[1].pe_array.mac_passes(nest.a_bits, nest.b_bits) for m in members], dtype=np.float64)
-    return array_plan(op, tensors, nest, passes, _columns(mappings))
+    return array_plan(op, tensors, nest, *columns[nest])
 
 
 def _columns(mappings: Sequence[NestMapping]) -> SimpleNamespace:
@@ -109,11 +114,10 @@ class _Work:
     mac_actions: tuple
 
     @classmethod
-    def of(cls, ops: Sequence[Op], plans, arithmetic: Arithmetic) -> _Work:
+    def of(cls, ops: Sequence[Op], nests: Sequence[LoopNest | None], arithmetic: Arithmetic) -> _Work:
         actions = []
-        for op, plan in zip(ops, plans, strict=True):
+        for op, nest in zip(ops, nests, strict=True):
             fmt = "fp" if op.phase in arithmetic.float_phases else "int"
-            nest = plan.nest
             actions.append(None if nest is None else _named("mac", "mac", f"{nest.a_bits}x{nest.b_bits} {fmt}", False))
         macs = np.array([op.macs if a is not None else 0.0 for op, a in zip(ops, actions, strict=True)], dtype=float)
         return cls(macs, np.array([op.elementwise_ops for op in ops], dtype=float), tuple(actions))
