@@ -361,8 +361,8 @@ def test_a_search_state_stored_before_the_parents_ranking_resumes_from_its_best(
     spec = read_search_spec(write_spec(tmp_path))
     seed = rena_search.read_seed(spec)
     state = rena_search._new_state(spec, seed)
-    state.best = (0.5, seed.network)
     del state.__dict__["parents"]  # as a state pickled by the version before
+    state.__dict__.update(best=(0.5, seed.network), current=seed.network)
     with Store(tmp_path / "s.sqlite") as store:
         store.db.executescript(rena_search.STATE_SCHEMA)
         store.db.execute("INSERT INTO search_state VALUES (?, ?, ?)", (spec.name, 1, pickle.dumps(state)))

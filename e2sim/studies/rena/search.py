@@ -146,10 +146,13 @@ class State:
     optimizer: Adam
     baseline: Baseline
     rng: np.random.Generator
-    current: Network  # the best-rewarded network so far (the seed until one is rewarded)
-    best: tuple[float, Network] | None
     history: list  # per step: mean reward, best reward, fraction of children within the constraints
     parents: list[tuple[float, Network]] = field(default_factory=list)  # the top ``spec.parents`` by reward
+
+    @property
+    def best(self) -> tuple[float, Network] | None:
+        """The best-rewarded network so far (its reward first), None until one is rewarded."""
+        return self.parents[0] if self.parents else None
 
 
 def child_key(spec: SearchSpec, network: Network) -> str:
@@ -246,7 +249,7 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
 def _new_state(spec: SearchSpec, seed: Seed) -> State:
     rng = np.random.default_rng(spec.seed_value)
     params = init_params(FEATURES, spec.hidden, len(EDIT_KINDS), OPTIONS, rng)
-    return State(0, params, Adam(params, spec.lr), Baseline(spec.baseline_decay), rng, seed.network, None, [])
+    return State(0, params, Adam(params, spec.lr), Baseline(spec.baseline_decay), rng, [])
 
 
 def _load_state(store: Store, spec: SearchSpec) -> State | None:
@@ -255,7 +258,9 @@ def _load_state(store: Store, spec: SearchSpec) -> State | None:
         return None
     state = pickle.loads(row[0])
     if "parents" not in state.__dict__:  # stored before searches kept a ranking of parents: its best alone
-        state.parents = [state.best] if state.best is not None else []
+        best = state.__dict__.pop("best", None)
+        state.__dict__.pop("current", None)
+        state.parents = [best] if best is not None else []
     return state
 
 
@@ -269,14 +274,11 @@ class Proposal:
 
 def _rank(state: State, keep: int, scored: Sequence[tuple[float, Network]]) -> None:
     """Add newly rewarded networks to the ranking of parents (higher reward first, the earlier on a
-    tie), keep its best ``keep``, and move the current network to the best."""
+    tie) and keep its best ``keep``; the first is the current network."""
     for reward, network in scored:
         if all(network != n for _, n in state.parents):
             state.parents.append((reward, network))
     state.parents = sorted(state.parents, key=lambda entry: -entry[0])[:keep]  # stable: earlier first on ties
-    if state.parents:
-        state.best = state.parents[0]
-        state.current = state.best[1]
 
 
 def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits, evaluated: set[str]) -> list[Proposal]:
@@ -290,7 +292,7 @@ def _propose(spec: SearchSpec, seed: Seed, state: State, limits: Limits, evaluat
         if len(new) == spec.children_per_step:
             break
         if not state.parents:  # the seed failed: its children, against the step's mean
-            parent_reward, network = None, state.current
+            parent_reward, network = None, seed.network
         elif spec.parents == 1:
             parent_reward, network = state.parents[0]
         else:
