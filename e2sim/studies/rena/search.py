@@ -218,9 +218,9 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
                 evaluated = {row["key"] for row in store.rows(spec.name) if row["position"] < state.step}
                 children = _propose(spec, seed, state, limits, evaluated)
                 results = _evaluate(spec, seed, store, executor, hw, [c.network for c in children], state.step)
+                rows = [results[child_key(spec, c.network)] for c in children]
                 rewards, scored = [], []
-                for child in children:
-                    row = results[child_key(spec, child.network)]
+                for child, row in zip(children, rows, strict=True):
                     done = row["status"] == "done"
                     rewards.append(reward_of(row["metrics"], spec.constraints, spec.penalty) if done else -1.0)
                     if done:
@@ -231,9 +231,8 @@ def run_search(spec: SearchSpec, store_path: Path, executor) -> SearchResult:
                                 for c, r in zip(children, rewards, strict=True)]  # fmt: skip
                     reinforce_step(state.params, state.optimizer, state.baseline, episodes, spec.entropy)
                 _rank(state, spec.parents, scored)
-                within = [satisfies(results[child_key(spec, c.network)]["metrics"], spec.constraints)
-                          for c in children if results[child_key(spec, c.network)]["status"] == "done"]  # fmt: skip
-                new = {child_key(spec, c.network) for c in children} - evaluated
+                within = [satisfies(row["metrics"], spec.constraints) for row in rows if row["status"] == "done"]
+                new = {row["key"] for row in rows} - evaluated
                 state.history.append({"step": state.step, "mean_reward": float(np.mean(rewards)),
                                       "best_reward": state.best[0] if state.best else None,
                                       "within_constraints": float(np.mean(within)) if within else 0.0,
