@@ -75,6 +75,26 @@ def test_map_zeros_counts_long_runs_of_the_coder():
         np.testing.assert_array_equal(sums, (x != 0).sum(axis=0))
 
 
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 7, 15, 31, 63]), st.integers(1, 70),
+       st.sampled_from([0.0, 0.3, 0.7, 0.9, 0.98, 1.0]), st.booleans())  # fmt: skip
+def test_map_zeros_counts_runs_across_blocks_and_maps_like_the_twin(seed, max_run, hw, zero, clustered):
+    """Maps of any width (whole blocks or not), zeros scattered or in long stretches that cross
+    blocks and maps, each sample a piece of its own: the same statistics as the twin."""
+    rng = np.random.default_rng(seed)
+    x = np.where(rng.random((3, 4, hw)) < zero, 0, 1).astype(np.float32)
+    if clustered:  # a few long zero stretches anywhere in the flat order
+        flat = x.reshape(-1)
+        for start in rng.integers(0, flat.size, 3):
+            flat[start : start + int(rng.integers(1, 4 * (max_run + 1)))] = 0
+    sums, over_channels = np.zeros((4, hw), np.int64), np.zeros((3, 2, hw), np.int64)
+    pieces = [map_zeros_part(x, 2, max_run, sums, over_channels, n, n + 1) for n in range(3)]
+    assert joined_runs(pieces, max_run) == twins.zero_runs(x, max_run)
+    whole = map_zeros_part(x, 2, max_run, np.zeros((4, hw), np.int64), np.zeros((0, 1, 1), np.int64), 0, 3)
+    assert joined_runs([whole], max_run) == twins.zero_runs(x, max_run)
+    np.testing.assert_array_equal(sums, (x != 0).sum(axis=0))
+    np.testing.assert_array_equal(over_channels, (x != 0).reshape(3, 2, 2, hw).sum(axis=2))
+
+
 def sparse(rng, shape, zero):
     a = rng.standard_normal(shape).astype(np.float32)
     a[rng.random(shape) < zero] = 0

@@ -34,17 +34,21 @@ def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
     from a non-zero, so they do not depend on what came before; the leading and trailing zeros
     join the runs of the neighbouring pieces (``numerics.zeros.joined_runs``).
 
-    ``max_run + 1`` must be a power of two. A zero run spends a pair on every ``max_run + 1``
-    zeros: the zero at distance k from the last non-zero (or from the piece's start) completes one
-    when k is a multiple of ``max_run + 1``, so the only chain from value to value is the index of
-    the last non-zero (a conditional move), with no branch on the values."""
+    ``max_run + 1`` must be a power of two. A zero run of L values between two non-zeros spends
+    ⌊L / (max_run + 1)⌋ pairs of its own. Each row (one map) is counted in blocks of
+    ⌊(max_run + 1) / 2⌋ values without a branch on the values (so it vectorises); a run that
+    contains no all-zero block is shorter than max_run + 1 and spends nothing, so only runs that
+    cross from one map to the next, and the inside of a map that holds an all-zero block, are
+    measured value by value (see :func:`_inner_fulls`)."""
     c_, hw = x.shape[1], x.shape[2]
     per_group = c_ // groups
     by_channels = over_channels.shape[0] > 0
     span = max_run + 1
-    mask = span - 1
+    block = max(1, span // 2)
+    blocks = -(-hw // block)
+    empty = np.empty(blocks, np.bool_)  # per block of the current row: whether it is all zeros
     nonzeros = 0
-    fulls = 0  # pairs spent on full zero runs
+    fulls = 0  # pairs spent on full zero runs between the piece's first and last non-zero
     last = -1  # flat index of the last non-zero so far (-1: none)
     first_nonzero = -1
     offset = 0
@@ -52,27 +56,69 @@ def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
         for c in range(c_):
             row = x[n, c]
             counts = over_samples[c]
-            for i in range(hw):
-                nonzero = row[i] != 0
-                counts[i] += nonzero
-                nonzeros += nonzero
-                last = offset + i if nonzero else last
-                fulls += (not nonzero) & (((offset + i - last) & mask) == 0)
+            in_row = 0
+            empty_blocks = 0
+            for b in range(blocks):
+                lo, hi = b * block, min(b * block + block, hw)
+                values, sums = row[lo:hi], counts[lo:hi]
+                in_block = 0
+                for i in range(values.size):
+                    nonzero = values[i] != 0
+                    sums[i] += nonzero
+                    in_block += nonzero
+                in_row += in_block
+                empty[b] = in_block == 0
+                empty_blocks += in_block == 0
             if by_channels:
                 summed = over_channels[n, c // per_group]
                 for i in range(hw):
                     summed[i] += row[i] != 0
-            if first_nonzero < 0 and last >= 0:  # this row holds the first non-zero
-                for i in range(hw):
-                    if row[i] != 0:
-                        first_nonzero = offset + i
-                        break
+            if in_row > 0:
+                lo = 0
+                while row[lo] == 0:
+                    lo += 1
+                hi = hw - 1
+                while row[hi] == 0:
+                    hi -= 1
+                if last < 0:
+                    first_nonzero = offset + lo
+                else:  # the run from the last non-zero before this map to its first
+                    fulls += (offset + lo - last - 1) // span
+                if empty_blocks > 0 and hi - lo + 1 - in_row >= span:
+                    fulls += _inner_fulls(row, empty, block, lo, hi, span)
+                last = offset + hi
+                nonzeros += in_row
             offset += hw
     zeros = offset - nonzeros
     if last < 0:
         return zeros, offset, 0, 0
-    trail = offset - 1 - last
-    return zeros, first_nonzero, nonzeros + fulls - first_nonzero // span - trail // span, trail
+    return zeros, first_nonzero, nonzeros + fulls, offset - 1 - last
+
+
+@njit(cache=True, inline="always")
+def _inner_fulls(row, empty, block, lo, hi, span):
+    """Pairs spent on full zero runs between the non-zeros ``row[lo]`` and ``row[hi]``: only a run
+    that holds an all-zero block (``empty``, per block of ``block`` values) can spend one; each
+    such run is measured from the last non-zero before its first empty block to the first
+    non-zero after its last."""
+    fulls = 0
+    b = lo // block + 1  # the blocks of row[lo] and row[hi] hold non-zeros
+    while b < hi // block:
+        if not empty[b]:
+            b += 1
+            continue
+        end = b
+        while empty[end + 1]:
+            end += 1
+        left = b * block - 1
+        while row[left] == 0:
+            left -= 1
+        right = (end + 1) * block
+        while row[right] == 0:
+            right += 1
+        fulls += (right - left - 1) // span
+        b = end + 1
+    return fulls
 
 
 @njit(cache=True, nogil=True)
