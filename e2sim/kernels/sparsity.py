@@ -34,61 +34,62 @@ def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
     from a non-zero, so they do not depend on what came before; the leading and trailing zeros
     join the runs of the neighbouring pieces (``numerics.zeros.joined_runs``).
 
-    ``max_run + 1`` must be a power of two. A zero run of L values between two non-zeros spends
-    ⌊L / (max_run + 1)⌋ pairs of its own. Each row (one map) is counted in blocks of
-    ⌊(max_run + 1) / 2⌋ values without a branch on the values (so it vectorises); a run that
-    contains no all-zero block is shorter than max_run + 1 and spends nothing, so only runs that
-    cross from one map to the next, and the inside of a map that holds an all-zero block, are
-    measured value by value (see :func:`_inner_fulls`)."""
+    ``max_run + 1`` must be a power of two (x and ``over_samples`` contiguous). A zero run of L
+    values between two non-zeros spends ⌊L / (max_run + 1)⌋ pairs of its own. Each sample is
+    counted in blocks of ⌊(max_run + 1) / 2⌋ values without a branch on the values (so it
+    vectorises); a run that holds no all-zero block is shorter than max_run + 1 and spends nothing,
+    so only runs that cross from one sample to the next, and the inside of a sample that holds an
+    all-zero block, are measured one by one (see :func:`_inner_fulls`)."""
     c_, hw = x.shape[1], x.shape[2]
+    length = c_ * hw
     per_group = c_ // groups
     by_channels = over_channels.shape[0] > 0
     span = max_run + 1
     block = max(1, span // 2)
-    blocks = -(-hw // block)
-    empty = np.empty(blocks, np.bool_)  # per block of the current row: whether it is all zeros
+    blocks = -(-length // block)
+    empty = np.empty(blocks, np.bool_)  # per block of the current sample: whether it is all zeros
+    counts = over_samples.reshape(length)
     nonzeros = 0
     fulls = 0  # pairs spent on full zero runs between the piece's first and last non-zero
     last = -1  # flat index of the last non-zero so far (-1: none)
     first_nonzero = -1
     offset = 0
     for n in range(first, end):
-        for c in range(c_):
-            row = x[n, c]
-            counts = over_samples[c]
-            in_row = 0
-            empty_blocks = 0
-            for b in range(blocks):
-                lo, hi = b * block, min(b * block + block, hw)
-                values, sums = row[lo:hi], counts[lo:hi]
-                in_block = 0
-                for i in range(values.size):
-                    nonzero = values[i] != 0
-                    sums[i] += nonzero
-                    in_block += nonzero
-                in_row += in_block
-                empty[b] = in_block == 0
-                empty_blocks += in_block == 0
-            if by_channels:
-                summed = over_channels[n, c // per_group]
+        row = x[n].reshape(length)
+        in_row = 0
+        empty_blocks = 0
+        for b in range(blocks):
+            lo, hi = b * block, min(b * block + block, length)
+            values, sums = row[lo:hi], counts[lo:hi]
+            in_block = 0
+            for i in range(values.size):
+                nonzero = values[i] != 0
+                sums[i] += nonzero
+                in_block += nonzero
+            in_row += in_block
+            empty[b] = in_block == 0
+            empty_blocks += in_block == 0
+        if by_channels:
+            for c in range(c_):
+                summed, values = over_channels[n, c // per_group], x[n, c]
                 for i in range(hw):
-                    summed[i] += row[i] != 0
-            if in_row > 0:
-                lo = 0
-                while row[lo] == 0:
-                    lo += 1
-                hi = hw - 1
-                while row[hi] == 0:
-                    hi -= 1
-                if last < 0:
-                    first_nonzero = offset + lo
-                else:  # the run from the last non-zero before this map to its first
-                    fulls += (offset + lo - last - 1) // span
-                if empty_blocks > 0 and hi - lo + 1 - in_row >= span:
-                    fulls += _inner_fulls(row, empty, block, lo, hi, span)
-                last = offset + hi
-                nonzeros += in_row
-            offset += hw
+                    summed[i] += values[i] != 0
+        if in_row > 0:
+            lo = 0
+            while row[lo] == 0:
+                lo += 1
+            hi = length - 1
+            while row[hi] == 0:
+                hi -= 1
+            if last < 0:
+                first_nonzero = offset + lo
+            else:  # the run from the last non-zero before this sample to its first
+                fulls += (offset + lo - last - 1) // span
+            if empty_blocks > 0 and hi - lo + 1 - in_row >= span:
+                fulls += _inner_fulls(row, empty, block, lo, hi, span)
+            last = offset + hi
+            nonzeros += in_row
+        offset += length
     zeros = offset - nonzeros
     if last < 0:
         return zeros, offset, 0, 0
