@@ -133,15 +133,19 @@ def window_products_part(errors, inputs, r, s, stride, pad_h, pad_w, dil, first,
     total = 0
     for n in range(first, end):
         for g in range(groups):
-            for p in range(p_):
-                for i in range(r):
-                    h = p * stride - pad_h + i * dil
-                    if h < 0 or h >= h_:
-                        continue
-                    for q in range(q_):
-                        e = np.int64(errors[n, g, p, q])
-                        for j in range(s):
-                            w = q * stride - pad_w + j * dil
-                            if 0 <= w < w_:
-                                total += e * inputs[n, g, h, w]
+            for i in range(r):
+                for j in range(s):
+                    # outputs qq whose input column qq·stride − pad_w + j·dil lies inside the input
+                    offset = j * dil - pad_w
+                    q0 = min(max(0, -(offset // stride)), q_)
+                    q1 = min(max(q0, (w_ - 1 - offset) // stride + 1), q_)
+                    start = q0 * stride + offset
+                    for p in range(p_):
+                        h = p * stride - pad_h + i * dil
+                        if h < 0 or h >= h_:
+                            continue
+                        errs = errors[n, g, p, q0:q1]
+                        taps = inputs[n, g, h, start : start + (q1 - q0 - 1) * stride + 1 : stride]
+                        for k in range(q1 - q0):  # integer products: any order gives the same sum
+                            total += np.int64(errs[k]) * np.int64(taps[k])
     return total
