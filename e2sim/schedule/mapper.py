@@ -131,13 +131,19 @@ def product_tiles(nest: LoopNest, options: dict[str, list[int]],
     """The candidates of :func:`make_tiles` (in its order) that combine, for each group of
     dimensions in ``parts`` (``(dims, option indices: len(dims) × kept combinations)``), one
     kept combination; dimensions in no group take every option."""
+    lengths = [len(options[d]) for d in TILED]
+    strides = dict(zip(TILED, np.cumprod([1, *lengths[:0:-1]])[::-1].tolist(), strict=True))  # n slowest
     grouped = {d for dims, _ in parts for d in dims}
     parts = parts + [((d,), np.arange(len(options[d]))[None, :]) for d in TILED if d not in grouped]
-    picks = np.meshgrid(*(np.arange(kept.shape[1]) for _, kept in parts), indexing="ij")
-    index = {d: kept[j][pick.reshape(-1)] for (dims, kept), pick in zip(parts, picks, strict=True)
-             for j, d in enumerate(dims)}  # fmt: skip
-    order = np.lexsort([index[d] for d in reversed(TILED)])  # make_tiles' order: n slowest
-    return _tiles_of(nest, {d: np.asarray(options[d], dtype=np.float64)[index[d][order]] for d in TILED})
+    flat = np.zeros(1, dtype=np.int64)  # each combination's index in make_tiles' order
+    for dims, kept in parts:
+        offsets = sum(kept[j].astype(np.int64) * strides[d] for j, d in enumerate(dims))
+        flat = np.add.outer(flat, offsets).reshape(-1)
+    chosen = np.zeros(int(np.prod(lengths)), dtype=bool)
+    chosen[flat] = True
+    order = np.flatnonzero(chosen)  # make_tiles' order
+    return _tiles_of(nest, {d: np.asarray(options[d], dtype=np.float64)[(order // strides[d]) % len(options[d])]
+                            for d in TILED})  # fmt: skip
 
 
 def window_extent(tile: np.ndarray, stride: int, taps: int, limit: int) -> np.ndarray:
