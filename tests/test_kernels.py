@@ -8,7 +8,7 @@ import twins
 from hypothesis import given
 from hypothesis import strategies as st
 
-from e2sim.kernels import conv, layers, quantize
+from e2sim.kernels import conv, layers, mapping, quantize
 
 rng = np.random.default_rng(0)
 
@@ -247,3 +247,15 @@ def test_batch_norm_in_parts_equals_the_whole():
     for got, want in zip(parts + dparts, (y, mean, inv_std, *layers.batchnorm_backward(dy, x, gamma, mean, inv_std)),
                          strict=True):  # fmt: skip
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_fold_sums_match_twin(dims):
+    """Tiles of 1-3 nest dimensions (whole, even and uneven splits), any factor and divisor."""
+    sizes = rng.integers(1, 200, (dims, 300)).astype(np.float64)
+    tiles = np.minimum(sizes, rng.integers(1, 64, (dims, 300))).astype(np.float64)
+    count = np.ceil(sizes / tiles)
+    last = sizes - (count - 1) * tiles
+    for factor, divisor in ((1, 8), (9, 12), (25, 32), (1, 1)):
+        got = mapping.fold_sums(count, tiles, last, factor, divisor)
+        np.testing.assert_array_equal(got, twins.fold_sums(count, tiles, last, factor, divisor))

@@ -280,3 +280,16 @@ def hold_greedily(free, start, end, size, offsets, where, amount):
             for i in range(start[c], end[c] + 1):
                 free[i] -= size[c] - back.get(i, 0.0)
     return np.array(held), np.array(tightest), np.array(room), free
+
+
+def fold_sums(count, size, last, factor, divisor):
+    """Σ over the tiles of one GEMM dimension of ⌈extent / divisor⌉ (rows: nest dimensions), as
+    array expressions per combination of full and last tiles."""
+    folds = np.zeros(count.shape[1])
+    for choice in itertools.product((0, 1), repeat=count.shape[0]):
+        number, extent = 1.0, float(factor)
+        for j, is_last in enumerate(choice):
+            number = number * (1.0 if is_last else count[j] - 1)
+            extent = extent * (last[j] if is_last else size[j])
+        folds = folds + number * np.ceil(extent / divisor)
+    return folds

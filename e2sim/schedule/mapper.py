@@ -95,7 +95,8 @@ class Tiles:
         return len(self.size["n"])
 
     def select(self, mask: np.ndarray) -> Tiles:
-        return Tiles(*({d: a[mask] for d, a in part.items()} for part in (self.size, self.count, self.last)))
+        index = np.flatnonzero(mask)  # once, not once per array
+        return Tiles(*({d: a[index] for d, a in part.items()} for part in (self.size, self.count, self.last)))
 
     def tiles(self) -> np.ndarray:
         return np.prod([self.count[d] for d in TILED], axis=0)
@@ -141,9 +142,8 @@ def product_tiles(nest: LoopNest, options: dict[str, list[int]],
         flat = np.add.outer(flat, offsets).reshape(-1)
     chosen = np.zeros(int(np.prod(lengths)), dtype=bool)
     chosen[flat] = True
-    order = np.flatnonzero(chosen)  # make_tiles' order
-    return _tiles_of(nest, {d: np.asarray(options[d], dtype=np.float64)[(order // strides[d]) % len(options[d])]
-                            for d in TILED})  # fmt: skip
+    index = np.unravel_index(np.flatnonzero(chosen), lengths)  # make_tiles' order
+    return _tiles_of(nest, {d: np.asarray(options[d], dtype=np.float64)[i] for d, i in zip(TILED, index, strict=True)})
 
 
 def window_extent(tile: np.ndarray, stride: int, taps: int, limit: int) -> np.ndarray:
@@ -339,7 +339,7 @@ def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array
     bytes. Ties within 1e-9 go to the smaller footprint, then to the earlier candidate and order."""
     kinds = nest.kinds
     bits = (nest.a_bits, nest.b_bits)
-    traffic = {False: operand_traffic(nest, t), True: operand_traffic(nest, t, sliding=True)}
+    traffic = {False: operand_traffic(nest, t)}  # sliding tiles' traffic: worked out when an order slides
     unique_out = nest.elements(kinds[2])
     compute = array.compute_cycles
     tiles = t.tiles()
@@ -355,13 +355,20 @@ def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array
     best_low, best_foot = np.full(targets.count, np.inf), np.full(targets.count, np.inf)
     best_order, best_i = np.full(targets.count, -1), np.zeros(targets.count, dtype=np.int64)
     kept = []
+    by_stationary = {}  # what depends on the stationary operand alone: footprints and where they fit
     for order in orders:
         stationary = kinds.index(order[0])
-        footprint = single * _copies(targets, stationary)
-        total_foot = footprint.sum(axis=0)
+        if stationary not in by_stationary:
+            footprint = single * _copies(targets, stationary)
+            by_stationary[stationary] = (footprint, footprint[0] + footprint[1] + footprint[2],
+                                         _fits(targets, single, stationary) & allowed)  # fmt: skip
+        footprint, total_foot, usable = by_stationary[stationary]
         mult = _order_multipliers(loops, order)
         slides = _slides(nest, t, loops, order)
-        moved = {k: np.where(slides, traffic[True][k], traffic[False][k]) * mult[k] for k in kinds}
+        if slides.any() and True not in traffic:
+            traffic[True] = operand_traffic(nest, t, sliding=True)
+        moved = {k: (np.where(slides, traffic[True][k], traffic[False][k]) if slides.any() else traffic[False][k])
+                    * mult[k] for k in kinds}  # fmt: skip
         kept.append((order, mult, moved, footprint))
         reads = [moved[kinds[i]] * bits[i] for i in range(2)]  # bits
         psum_moves = np.maximum(moved[kinds[2]] - unique_out, 0.0) * nest.acc_bits
@@ -382,7 +389,7 @@ def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array
         energy = (on_chip + (dram_in + dram_out) * (8 * targets.dram_pj_per_bit) + cycles * targets.cycle_pj
                   + sum(fills[i] * buf[i].pj_per_bit for i in range(3)))  # fmt: skip
         score = {"energy": energy, "latency": cycles, "edp": energy * cycles}[targets.objective]
-        score = np.where(_fits(targets, single, stationary) & allowed, score, np.inf)
+        score = np.where(usable, score, np.inf)
         low = score.min(axis=1)
         near = score <= (low * (1 + 1e-9))[:, None]
         i = np.argmin(np.where(near, total_foot, np.inf), axis=1)

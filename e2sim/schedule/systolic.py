@@ -18,7 +18,6 @@ extra ofmap writes per fold.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from e2sim.lazy import LazyModule
 from e2sim.schedule.mapper import (
     IRRELEVANT,
     ORDERS,
@@ -43,6 +43,8 @@ from e2sim.schedule.mapper import (
 )
 from e2sim.schedule.nest import LoopNest
 from e2sim.schedule.target import Target
+
+KERNELS = LazyModule("e2sim.kernels.mapping")
 
 
 @dataclass(frozen=True)
@@ -93,18 +95,11 @@ GEMM_DIMS = {
 }
 
 
-def _gemm_dim(t: Tiles, dims: tuple[str, ...], factor: int, divisor: int) -> tuple[np.ndarray, np.ndarray]:
-    """(number of tiles, Σ over tiles of ⌈tile extent / divisor⌉) of one GEMM dimension, exactly:
-    every tiled dimension has (count − 1) tiles of its tile size and one of its last size."""
-    tiles = np.prod([t.count[d] for d in dims], axis=0)
-    folds = np.zeros_like(tiles)
-    for choice in itertools.product((0, 1), repeat=len(dims)):
-        number, extent = 1.0, float(factor)
-        for d, last in zip(dims, choice, strict=True):
-            number = number * (1.0 if last else t.count[d] - 1)
-            extent = extent * (t.last[d] if last else t.size[d])
-        folds = folds + number * np.ceil(extent / divisor)
-    return tiles, folds
+def _gemm_dim(t: Tiles, dims: tuple[str, ...], factor: int, divisor: int) -> np.ndarray:
+    """Σ over the tiles of one GEMM dimension of ⌈tile extent / divisor⌉, exactly: every tiled
+    dimension has (count − 1) tiles of its tile size and one of its last size."""
+    count, size, last = (np.stack([part[d] for d in dims]) for part in (t.count, t.size, t.last))
+    return KERNELS.fold_sums(count, size, last, factor, divisor)
 
 
 def streamed_kind(role: str, dataflow: str) -> str:
@@ -127,7 +122,7 @@ def systolic_tiles(nest: LoopNest, t: Tiles, dataflow: str, rows: int, cols: int
     m, n, k = (np.prod([nest.size(d) for d in group]) * (rs if "c" in group else 1) for group in dims)
 
     def folds(axis: int, divisor: int) -> np.ndarray:
-        return _gemm_dim(t, dims[axis], rs if "c" in dims[axis] else 1, divisor)[1]
+        return _gemm_dim(t, dims[axis], rs if "c" in dims[axis] else 1, divisor)
 
     if dataflow == "ws":  # rows: K, cols: N, streamed: M
         row_folds, col_folds = folds(2, rows), folds(1, cols)
@@ -169,7 +164,7 @@ def whole_folds(nest: LoopNest, options: dict[str, list[int]], dataflow: str, ro
         dims = GEMM_DIMS[nest.role][axis]
         factor = nest.r * nest.s if "c" in dims else 1
         whole = np.prod([nest.size(d) for d in dims]) * factor
-        kept = _gemm_dim(make_tiles(nest, options, dims), dims, factor, side)[1] == -(-whole // side)
+        kept = _gemm_dim(make_tiles(nest, options, dims), dims, factor, side) == -(-whole // side)
         parts.append((dims, np.indices([len(options[d]) for d in dims]).reshape(len(dims), -1)[:, kept]))
     return product_tiles(nest, options, parts)
 
