@@ -189,7 +189,8 @@ def map_systolic(nest: LoopNest, targets: Sequence[Target]) -> list[Mapping | Ma
         fits = allowed.any(axis=1)
         if fits.any():
             served = [j for j, ok in zip(remaining, fits, strict=True) if ok]
-            columns = Columns([targets[j] for j in served])
+            if len(served) < len(remaining):
+                columns = Columns([targets[j] for j in served])
             array = systolic_tiles(nest, t, first.dataflow, rows, cols)
             for j, m in zip(served, search(nest, columns, t, footprint, array, allowed[fits], orders), strict=True):
                 found[j] = m
