@@ -59,8 +59,8 @@ def map_zeros_part(x, groups, max_run, over_samples, over_channels, first, end):
         in_row = 0
         empty_blocks = 0
         for b in range(blocks):
-            lo, hi = b * block, min(b * block + block, length)
-            values, sums = row[lo:hi], counts[lo:hi]
+            start, stop = b * block, min(b * block + block, length)
+            values, sums = row[start:stop], counts[start:stop]
             in_block = 0
             for i in range(values.size):
                 nonzero = values[i] != 0
@@ -139,6 +139,8 @@ def window_products_part(errors, inputs, r, s, stride, pad_h, pad_w, dil, first,
                     offset = j * dil - pad_w
                     q0 = min(max(0, -(offset // stride)), q_)
                     q1 = min(max(q0, (w_ - 1 - offset) // stride + 1), q_)
+                    if q1 == q0:
+                        continue
                     start = q0 * stride + offset
                     for p in range(p_):
                         h = p * stride - pad_h + i * dil

@@ -365,10 +365,11 @@ def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array
         footprint, total_foot, usable = by_stationary[stationary]
         mult = _order_multipliers(loops, order)
         slides = _slides(nest, t, loops, order)
-        if slides.any() and True not in traffic:
+        sliding = bool(slides.any())
+        if sliding and True not in traffic:
             traffic[True] = operand_traffic(nest, t, sliding=True)
-        moved = {k: (np.where(slides, traffic[True][k], traffic[False][k]) if slides.any() else traffic[False][k])
-                    * mult[k] for k in kinds}  # fmt: skip
+        moved = {k: (np.where(slides, traffic[True][k], traffic[False][k]) if sliding else traffic[False][k]) * mult[k]
+                 for k in kinds}  # fmt: skip
         kept.append((order, mult, moved, footprint))
         reads = [moved[kinds[i]] * bits[i] for i in range(2)]  # bits
         psum_moves = np.maximum(moved[kinds[2]] - unique_out, 0.0) * nest.acc_bits
