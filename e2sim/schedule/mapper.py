@@ -293,16 +293,15 @@ def structure(target: Target) -> tuple:
 
 def legal_tiles(nest: LoopNest, targets: Columns, t: Tiles) -> tuple[Tiles, np.ndarray, np.ndarray]:
     """The candidates whose A, B and output tiles fit their buffers for at least one DRAM loop
-    order (see :func:`_fits`) on at least one target, one copy of each tile in bytes (3 ×
-    candidates), and which of them fit each target (targets × candidates)."""
+    order on at least one target, one copy of each tile in bytes (3 × candidates), and whether
+    they fit each target with each operand stationary (see :func:`_fits`; 3 × targets ×
+    candidates)."""
     kinds = nest.kinds
     foot = operand_footprints(nest, t)
     single = np.stack([foot[kinds[0]] * nest.a_bits, foot[kinds[1]] * nest.b_bits, foot[kinds[2]] * nest.acc_bits]) / 8
-    legal = np.zeros((targets.count, t.n_candidates), dtype=bool)
-    for stationary in range(3):
-        legal |= _fits(targets, single, stationary)
-    union = legal.any(axis=0)
-    return t.select(union), single[:, union], legal[:, union]
+    fitting = np.stack([_fits(targets, single, stationary) for stationary in range(3)])
+    union = fitting.any(axis=(0, 1))
+    return t.select(union), single[:, union], fitting[:, :, union]
 
 
 def no_fit(nest: LoopNest, t: Tiles) -> MappingError:
@@ -331,12 +330,13 @@ def _fits(targets: Columns, single: np.ndarray, stationary: int) -> np.ndarray:
     return ok
 
 
-def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array: ArraySide, allowed: np.ndarray,
+def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array: ArraySide, fitting: np.ndarray,
            orders: tuple[tuple[str, str, str], ...] = ORDERS) -> list[Mapping | None]:  # fmt: skip
-    """For each target, the best (tile, order) among candidates ``t`` it is ``allowed`` (targets ×
-    candidates) and ``orders`` that fit, by the objective (None: nothing fits); ``array``
-    describes what the array does with each candidate, ``single`` is one copy of each tile in
-    bytes. Ties within 1e-9 go to the smaller footprint, then to the earlier candidate and order."""
+    """For each target, the best (tile, order) among candidates ``t`` and ``orders`` whose tiles fit
+    it with the order's stationary operand (``fitting``: 3 × targets × candidates, from
+    :func:`legal_tiles`), by the objective (None: nothing fits); ``array`` describes what the array
+    does with each candidate, ``single`` is one copy of each tile in bytes. Ties within 1e-9 go to
+    the smaller footprint, then to the earlier candidate and order."""
     kinds = nest.kinds
     bits = (nest.a_bits, nest.b_bits)
     traffic = {False: operand_traffic(nest, t)}  # sliding tiles' traffic: worked out when an order slides
@@ -355,14 +355,13 @@ def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array
     best_low, best_foot = np.full(targets.count, np.inf), np.full(targets.count, np.inf)
     best_order, best_i = np.full(targets.count, -1), np.zeros(targets.count, dtype=np.int64)
     kept = []
-    by_stationary = {}  # what depends on the stationary operand alone: footprints and where they fit
+    by_stationary = {}  # footprints depend on the stationary operand alone (orders share it)
     for order in orders:
         stationary = kinds.index(order[0])
         if stationary not in by_stationary:
             footprint = single * _copies(targets, stationary)
-            by_stationary[stationary] = (footprint, footprint[0] + footprint[1] + footprint[2],
-                                         _fits(targets, single, stationary) & allowed)  # fmt: skip
-        footprint, total_foot, usable = by_stationary[stationary]
+            by_stationary[stationary] = (footprint, footprint[0] + footprint[1] + footprint[2])
+        footprint, total_foot = by_stationary[stationary]
         mult = _order_multipliers(loops, order)
         slides = _slides(nest, t, loops, order)
         sliding = bool(slides.any())
@@ -390,7 +389,7 @@ def search(nest: LoopNest, targets: Columns, t: Tiles, single: np.ndarray, array
         energy = (on_chip + (dram_in + dram_out) * (8 * targets.dram_pj_per_bit) + cycles * targets.cycle_pj
                   + sum(fills[i] * buf[i].pj_per_bit for i in range(3)))  # fmt: skip
         score = {"energy": energy, "latency": cycles, "edp": energy * cycles}[targets.objective]
-        score = np.where(usable, score, np.inf)
+        score = np.where(fitting[stationary], score, np.inf)
         low = score.min(axis=1)
         near = score <= (low * (1 + 1e-9))[:, None]
         i = np.argmin(np.where(near, total_foot, np.inf), axis=1)

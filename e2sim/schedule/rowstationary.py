@@ -171,7 +171,7 @@ def map_row_stationary(nest: LoopNest, target: Target) -> Mapping:
     options["q"] = [nest.q]  # a PE computes whole output rows
     columns = Columns([target])
     everything = make_tiles(nest, options)
-    t, footprint, allowed = legal_tiles(nest, columns, everything)
+    t, footprint, fitting = legal_tiles(nest, columns, everything)
     if not t.n_candidates:
         raise no_fit(nest, everything)
-    return search(nest, columns, t, footprint, row_stationary_tiles(nest, t, target), allowed)[0]
+    return search(nest, columns, t, footprint, row_stationary_tiles(nest, t, target), fitting)[0]

@@ -185,14 +185,14 @@ def map_systolic(nest: LoopNest, targets: Sequence[Target]) -> list[Mapping | Ma
     stages = (lambda: whole_folds(nest, options, first.dataflow, rows, cols), lambda: make_tiles(nest, options))
     for candidates in stages:
         columns = Columns([targets[j] for j in remaining])
-        t, footprint, allowed = legal_tiles(nest, columns, candidates())
-        fits = allowed.any(axis=1)
+        t, footprint, fitting = legal_tiles(nest, columns, candidates())
+        fits = fitting.any(axis=(0, 2))
         if fits.any():
             served = [j for j, ok in zip(remaining, fits, strict=True) if ok]
             if len(served) < len(remaining):
                 columns = Columns([targets[j] for j in served])
             array = systolic_tiles(nest, t, first.dataflow, rows, cols)
-            for j, m in zip(served, search(nest, columns, t, footprint, array, allowed[fits], orders), strict=True):
+            for j, m in zip(served, search(nest, columns, t, footprint, array, fitting[:, fits], orders), strict=True):
                 found[j] = m
         remaining = [j for j, ok in zip(remaining, fits, strict=True) if not ok]
         if not remaining:
