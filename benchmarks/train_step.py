@@ -146,13 +146,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
     parser.add_argument("--profile", action="store_true", help="also print ms per step by layer kind and phase")
     parser.add_argument("--torch-alone", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--torch-profile", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.torch_alone:  # the fresh process of torch_alone()
-        name, batch = args.torch_alone[0], int(args.torch_alone[1])
+    if args.torch_alone or args.torch_profile:  # the fresh process of torch_alone() or torch_profile()
+        name, batch = args.torch_alone or args.torch_profile
         workload = e2sim.load_workload(name)
-        graph = e2sim.lower(dataclasses.replace(workload, training=dataclasses.replace(workload.training,
-                                                                                       batch_size=batch)))  # fmt: skip
-        print(median_time(torch_step(graph, batch, args.threads)[0], args.repeat))
+        training = dataclasses.replace(workload.training, batch_size=int(batch))
+        graph = e2sim.lower(dataclasses.replace(workload, training=training))
+        if args.torch_profile:
+            print_torch_profile(graph, int(batch), args.threads, args.repeat)
+        else:
+            print(median_time(torch_step(graph, int(batch), args.threads)[0], args.repeat))
         return
     try:
         import torch  # noqa: F401
@@ -188,13 +192,16 @@ def main() -> None:
               "int8 / torch <= 2)")
     if args.profile:
         for name, batch in cases:
-            print(f"profile of {name}, batch {batch}: ms per step by layer kind and phase")
-            print(f"  {'kind':<20}{'phase':<12}{'fp32':>10}{'int8':>10}")
-            profile(e2sim.load_workload(name), batch, args)
+            print(f"profile of {name}, batch {batch}: ms per step by layer kind and phase (bwd: data and weight)")
+            columns = ("e2sim fp32", "e2sim int8") + (("torch fp32",) if have_torch else ())
+            print(f"  {'kind':<20}{'phase':<8}" + "".join(f"{column:>12}" for column in columns))
+            profile(e2sim.load_workload(name), batch, args, have_torch)
 
 
-def profile(workload, batch: int, args) -> None:
-    """ms per step spent in each (layer kind, phase) of the graph, fp32 and int8, with the threads."""
+def profile(workload, batch: int, args, have_torch: bool) -> None:
+    """ms per step spent in each (layer kind, phase) of the graph, fp32 and int8, with the threads;
+    backward-data and backward-weight together as "bwd" (PyTorch computes both in one call), and
+    PyTorch's fp32 step, profiled in a process of its own, beside them."""
     found = {}
     for label, fmt in (("fp32", None), ("int8", precision(**INT8))):
         step, _ = e2sim_step(workload, batch, fmt)
@@ -203,11 +210,58 @@ def profile(workload, batch: int, args) -> None:
             step.executor.timings = {}
             for _ in range(args.repeat):
                 step()
-        found[label] = {k: 1e3 * v / args.repeat for k, v in step.executor.timings.items()}
-    keys = sorted(set(found["fp32"]) | set(found["int8"]), key=lambda k: -found["int8"].get(k, 0.0))
+        found[label] = {}
+        for (kind, phase), seconds in step.executor.timings.items():
+            key = ("update", "update") if phase == "update" else (kind, "bwd" if phase.startswith("bwd") else phase)
+            found[label][key] = found[label].get(key, 0.0) + 1e3 * seconds / args.repeat
+    found["torch"] = torch_profile(workload.name, batch, args) if have_torch else {}
+    keys = sorted(set().union(*found.values()), key=lambda k: -found["fp32"].get(k, 0.0))
     for kind, phase in keys:
-        print(f"  {kind:<20}{phase:<12}{found['fp32'].get((kind, phase), 0.0):>10.1f}"
-              f"{found['int8'].get((kind, phase), 0.0):>10.1f}")  # fmt: skip
+        print(f"  {kind:<20}{phase:<8}" + "".join(f"{found[label].get((kind, phase), 0.0):>12.1f}" for label in found))
+    print(f"  {'total':<28}" + "".join(f"{sum(found[label].values()):>12.1f}" for label in found))
+
+
+# PyTorch's top-level calls of a training step (the forward's aten ops, the autograd nodes of the
+# backward, the optimizer) by the layer kind of e2sim's graph they stand for
+TORCH_KINDS = {
+    "conv2d": "conv", "Convolution": "conv", "batch_norm": "batchnorm", "NativeBatchNorm": "batchnorm",
+    "relu": "relu", "Relu": "relu", "linear": "linear", "Addmm": "linear", "TBackward": "linear",
+    "MmBackward": "linear", "max_pool2d": "maxpool", "MaxPool2D": "maxpool", "avg_pool2d": "avgpool",
+    "AvgPool2D": "avgpool", "aten::mean": "global_avgpool", "MeanBackward": "global_avgpool",
+    "aten::add": "add", "AddBackward": "add", "aten::pad": "zero_pad_shortcut", "aten::slice": "zero_pad_shortcut",
+    "ConstantPadNd": "zero_pad_shortcut", "SliceBackward": "zero_pad_shortcut", "dropout": "dropout",
+    "Dropout": "dropout", "cross_entropy": "loss", "LogSoftmax": "loss", "NllLoss": "loss",
+    "ones_like": "loss", "AccumulateGrad": "update", "Optimizer": "update",
+}  # fmt: skip
+
+
+def torch_profile(name: str, batch: int, args) -> dict:
+    """PyTorch's fp32 step in a fresh process under torch.profiler: ms per step by (kind, phase)."""
+    command = [sys.executable, __file__, "--torch-profile", name, str(batch), "--threads", str(args.threads),
+               "--repeat", str(args.repeat)]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return {(kind, phase): float(ms) for kind, phase, ms in (line.split() for line in out.splitlines() if line)}
+
+
+def print_torch_profile(graph, batch: int, threads: int, repeat: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profiler
+
+    step, _ = torch_step(graph, batch, threads)
+    step()
+    with torch_profiler(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeat):
+            step()
+    found = {}
+    for event in prof.events():
+        if event.cpu_parent is not None:
+            continue  # a top-level call's time includes its children's
+        phase = "bwd" if event.name.startswith("autograd::") else "fwd"
+        kind = next((k for pattern, k in TORCH_KINDS.items() if pattern in event.name), "other")
+        phase = "update" if kind == "update" else phase
+        found[(kind, phase)] = found.get((kind, phase), 0.0) + event.cpu_time_total / 1e3 / repeat
+    for (kind, phase), ms in found.items():
+        print(kind, phase, ms)
 
 
 if __name__ == "__main__":
