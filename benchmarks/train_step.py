@@ -214,7 +214,8 @@ def profile(workload, batch: int, args, have_torch: bool) -> None:
         for (kind, phase), seconds in step.executor.timings.items():
             key = ("update", "update") if phase == "update" else (kind, "bwd" if phase.startswith("bwd") else phase)
             found[label][key] = found[label].get(key, 0.0) + 1e3 * seconds / args.repeat
-    found["torch"] = torch_profile(workload.name, batch, args) if have_torch else {}
+    if have_torch:
+        found["torch"] = torch_profile(workload.name, batch, args)
     keys = sorted(set().union(*found.values()), key=lambda k: -found["fp32"].get(k, 0.0))
     for kind, phase in keys:
         print(f"  {kind:<20}{phase:<8}" + "".join(f"{found[label].get((kind, phase), 0.0):>12.1f}" for label in found))
