@@ -225,6 +225,7 @@ def profile(workload, batch: int, args, have_torch: bool) -> None:
 # PyTorch's top-level calls of a training step (the forward's aten ops, the autograd nodes of the
 # backward, the optimizer) by the layer kind of e2sim's graph they stand for
 TORCH_KINDS = {
+    "aten::add_": "other",  # batch norm's count of batches, outside any layer's call
     "conv2d": "conv", "Convolution": "conv", "batch_norm": "batchnorm", "NativeBatchNorm": "batchnorm",
     "relu": "relu", "Relu": "relu", "linear": "linear", "Addmm": "linear", "TBackward": "linear",
     "MmBackward": "linear", "max_pool2d": "maxpool", "MaxPool2D": "maxpool", "avg_pool2d": "avgpool",
