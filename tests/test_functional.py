@@ -244,6 +244,33 @@ def test_scale_granularities():
     assert mean_range.saturated > 0 and mean_range.scale.size == 1
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("granularity", ["tensor", "sample", "channel", "batch_mean"])
+def test_scales_are_those_of_max_and_min(threads, granularity):
+    """The one-pass magnitudes (on the kernel threads from 2**18 values) give the scales and values
+    of max(max x, −min x); a NaN anywhere gives scale 1 either way."""
+    from e2sim.numerics import quantize as Q
+    from e2sim.process import thread_budget
+
+    x = rand(64, 16, 17, 17) * 3  # 295,936 values: split over the threads, an odd row length
+    x[5] = 0.0
+    x[7, 3] = -0.0
+    x[9, 0, 0, 0] = -1e4
+    axis = 1 if granularity == "channel" else 0
+    with thread_budget(threads):
+        for values in (x, np.where(np.arange(x.size).reshape(x.shape) == 12345, np.nan, x).astype(np.float32)):
+            got = quantize(values, parse_format("int8"), "stochastic", granularity, axis, seed=3)
+            others = None if granularity in ("tensor", "batch_mean") else tuple(i for i in range(4) if i != axis)
+            if granularity == "batch_mean":
+                ranges = np.maximum(values.reshape(64, -1).max(1), -values.reshape(64, -1).min(1)).mean()
+            else:
+                ranges = np.maximum(values.max(axis=others), -values.min(axis=others))
+            want = np.where(np.asarray(ranges, np.float64) > 0, np.asarray(ranges, np.float64) / 127, 1.0)
+            np.testing.assert_array_equal(got.scale.reshape(-1), np.asarray(want, np.float32).reshape(-1))
+            scale, _, _ = Q._dynamic_scale(values, 127, granularity, axis)
+            np.testing.assert_array_equal(scale.reshape(-1), np.asarray(want, np.float64).reshape(-1))
+
+
 def test_quantized_training_ops_are_close_to_fp32():
     fmt = F.precision(**INT8, rounding="stochastic", scale={"weights": "channel", "activations": "sample"})
     x, w = rand(4, 8, 9, 9), rand(16, 8, 3, 3)

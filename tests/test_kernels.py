@@ -52,6 +52,24 @@ def test_round_to_float_format_matches_twin(mode, mantissa, min_exp, max_value):
     assert got[1] == want[1] >= 2
 
 
+@given(st.integers(1, 9), st.integers(1, 70), st.integers(0, 2**32 - 1))
+def test_magnitude_bits_match_twin(rows, n, seed):
+    """Any mix of signs, zeros of both signs, subnormals, infinities and NaNs: the largest magnitude
+    per row, the bit pattern of |x| (a NaN as any NaN)."""
+    local = np.random.default_rng(seed)
+    pool = np.array([0.0, -0.0, 1e-45, -1e-40, np.inf, -np.inf, np.nan, 3.5, -7.25], np.float32)
+    x = (local.standard_normal((rows, n)) * 10.0 ** local.integers(-40, 38, (rows, n))).astype(np.float32)
+    picks = local.random((rows, n)) < local.random()
+    x[picks] = local.choice(pool, int(picks.sum()))
+    out = np.zeros(rows, np.uint32)
+    quantize.magnitude_bits_part(x.view(np.uint32), out, 0, rows)
+    want = twins.magnitude_bits(x)
+    got = out.view(np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want.view(np.float32)))
+    numbers = ~np.isnan(got)
+    np.testing.assert_array_equal(out[numbers], want[numbers])
+
+
 def test_uniform01_matches_twin():
     got = [quantize.uniform01(np.uint64(99), np.uint64(i)) for i in range(50)]
     assert got == [twins.uniform01(99, i) for i in range(50)]

@@ -293,3 +293,9 @@ def fold_sums(count, size, last, factor, divisor):
             extent = extent * (last[j] if is_last else size[j])
         folds = folds + number * np.ceil(extent / divisor)
     return folds
+
+
+def magnitude_bits(x):
+    """Per row of float32 x (rows, n): the bit pattern of max |x| (a NaN where the row holds one)."""
+    top = np.abs(x).max(axis=1)
+    return np.where(np.isnan(top), np.float32(np.nan), top).astype(np.float32).view(np.uint32)

@@ -71,6 +71,21 @@ def quantize_to_grid_part(x, inv_scale, inner, qmin, qmax, mode, seed, out, star
     return saturated
 
 
+@njit(cache=True, nogil=True)
+def magnitude_bits_part(bits, out, start, end):
+    """Rows ``start`` to ``end`` of ``bits`` (rows, n), float32 values viewed as uint32: ``out[row]``
+    = the largest of a row's values with the sign bit cleared. Clearing the sign orders float32
+    magnitudes as unsigned integers, so this is the bit pattern of max |x| (a NaN pattern if the row
+    holds a NaN, +0 for zeros), in one pass that vectorises: integer maxima need no NaN handling."""
+    for row in range(start, end):
+        values = bits[row]
+        top = np.uint32(0)
+        for i in range(values.size):
+            m = values[i] & np.uint32(0x7FFFFFFF)
+            top = m if m > top else top
+        out[row] = top
+
+
 @njit(cache=True)
 def round_to_float_format(x, mantissa_bits, min_exponent, max_value, mode, seed):
     """Round to a float format with ``mantissa_bits`` stored bits, smallest normal exponent
