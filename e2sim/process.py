@@ -42,6 +42,7 @@ import gc
 import itertools
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -185,13 +186,52 @@ def in_parts(total: int, elements: int, fill: Callable[[int, int], Any]) -> list
 def in_parallel(calls: Sequence[Callable[[], Any]]) -> list[Any]:
     """The results of ``calls``, run on :func:`kernel_threads` threads. They gain only where they
     release the GIL (numba ``nogil`` kernels, BLAS); each must write its own part of a result, so
-    that no result depends on the thread count."""
+    that no result depends on the thread count.
+
+    The calling thread is one of the threads: it and ``kernel_threads() − 1`` helpers from the
+    pool take the calls one by one from a shared list until none is left (one hand-off per helper,
+    not one per call: a hand-off costs tens of µs). It waits for the calls, not for the helpers, so
+    a helper that starts late finds nothing to do, and a call may itself call this."""
     if _kernel_threads == 1 or len(calls) <= 1:
         return [call() for call in calls]
     pool = _pools.get(_kernel_threads)
     if pool is None:
         pool = _pools[_kernel_threads] = ThreadPoolExecutor(_kernel_threads, thread_name_prefix="e2sim-kernel")
-    return [future.result() for future in [pool.submit(call) for call in calls]]
+    return _SharedCalls(calls).run(pool, min(_kernel_threads, len(calls)) - 1)
+
+
+class _SharedCalls:
+    """Calls taken one by one by whichever thread is free; their results in order."""
+
+    def __init__(self, calls: Sequence[Callable[[], Any]]) -> None:
+        self.calls = calls
+        self.results: list[Any] = [None] * len(calls)
+        self.next = iter(range(len(calls)))  # one step of a range iterator is atomic under the GIL
+        self.unfinished = len(calls)
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def run(self, pool: ThreadPoolExecutor, helpers: int) -> list[Any]:
+        for _ in range(helpers):
+            pool.submit(self.take)
+        self.take()
+        self.finished.wait()
+        if self.errors:
+            raise self.errors[0]
+        return self.results
+
+    def take(self) -> None:
+        for index in self.next:
+            if not self.errors:
+                try:
+                    self.results[index] = self.calls[index]()
+                except BaseException as error:  # raised again in the calling thread
+                    self.errors.append(error)
+            with self.lock:
+                self.unfinished -= 1
+                if not self.unfinished:
+                    self.finished.set()
 
 
 class StopRequest:

@@ -258,3 +258,39 @@ def test_the_collector_pauses_for_pricing_and_comes_back(monkeypatch):
     monkeypatch.setattr(single, "account_ops", spy)
     e2sim.estimate("lenet5-mnist", "zedboard")
     assert seen == [False] and gc.isenabled()
+
+
+def test_parallel_calls_return_in_order_nest_and_raise():
+    """The calling thread and the pool's helpers share the calls: results in order with more calls
+    than threads, calls that themselves split over the threads finish (no thread waits for a helper
+    that never starts), and a call's error is raised in the caller."""
+    import threading
+
+    from e2sim.process import in_parallel
+
+    def pair(i: int, j: int) -> tuple:
+        time.sleep(0.002)  # lets the GIL go, as a kernel does: the other thread takes calls meanwhile
+        return i, j, threading.get_ident()
+
+    def nested(i: int) -> list:
+        return in_parallel([lambda j=j: pair(i, j) for j in range(5)])
+
+    outcome: dict = {}
+
+    def work() -> None:
+        with thread_budget(2):
+            outcome["flat"] = in_parallel([lambda i=i: i * i for i in range(37)])
+            outcome["nested"] = in_parallel([lambda i=i: nested(i) for i in range(9)])
+            try:
+                in_parallel([lambda: 1, lambda: 1 // 0, lambda: 3])
+            except ZeroDivisionError:
+                outcome["raised"] = True
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "nested parallel calls did not finish"
+    assert outcome["flat"] == [i * i for i in range(37)]
+    assert [[(i, j) for i, j, _ in row] for row in outcome["nested"]] == [[(i, j) for j in range(5)] for i in range(9)]
+    assert len({ident for row in outcome["nested"] for _, _, ident in row}) >= 2  # the helpers took some
+    assert outcome["raised"]
