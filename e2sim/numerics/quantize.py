@@ -138,7 +138,7 @@ def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tup
         inner = int(np.prod(x.shape[axis + 1 :]))
     else:
         if granularity == "batch_mean" and x.ndim > 1 and x.size:
-            ranges = np.array([_largest_magnitude(x.reshape(x.shape[0], -1), 1).mean()])
+            ranges = np.array([_largest_magnitude(x.reshape(x.shape[0], -1), (1,)).mean()])
         else:
             ranges = np.array([_largest_magnitude(x, None) if x.size else 0.0])
         shape, inner = (1,) * x.ndim, x.size
