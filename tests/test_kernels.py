@@ -97,18 +97,25 @@ def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s, dil):
     [(1, 0, 0, 3, 3, 1), (2, 1, 1, 3, 3, 1), (2, 2, 0, 5, 3, 1), (3, 0, 1, 1, 2, 1), (1, 2, 2, 3, 3, 2),
      (2, 1, 3, 2, 3, 3), (1, 1, 1, 3, 3, 1)],
 )  # fmt: skip
-def test_pixel_rows_match_twins(stride, ph, pw, r, s, dil):
-    x = rand(3, 4, 9, 8)
+@pytest.mark.parametrize("channels", [4, conv.WINDOW_ROW_CHANNELS])  # a window row at a time, a tap at a time
+def test_pixel_rows_match_twins(stride, ph, pw, r, s, dil, channels):
+    x = rand(3, channels, 9, 8)
     p, q = twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil)
-    rows = np.full((2 * p * q, r * s * 4), np.nan, np.float32)
+    rows = np.full((2 * p * q, r * s * channels), np.nan, np.float32)
     conv.pixel_rows_part(x, r, s, stride, ph, pw, p, q, dil, rows, 1, 3)  # samples 1 and 2
     np.testing.assert_array_equal(rows, twins.pixel_rows(x[1:], r, s, stride, ph, pw, p, q, dil))
     c = rand(*rows.shape)
     back = np.full(x.shape, np.nan, np.float32)
     conv.add_pixel_rows_part(c, back, r, s, stride, ph, pw, p, q, dil, 1, 3)
     assert np.isnan(back[0]).all()  # samples outside the range are not touched
-    np.testing.assert_allclose(back[1:], twins.add_pixel_rows(c, (2, 4, 9, 8), r, s, stride, ph, pw, p, q, dil),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    expected = twins.add_pixel_rows(c, (2, channels, 9, 8), r, s, stride, ph, pw, p, q, dil)
+    np.testing.assert_allclose(back[1:], expected, rtol=1e-5, atol=1e-5)
+    # each element sums its window entries in row order (both ways of copying alike)
+    ordered = np.zeros((2, 9 + 2 * ph + r * dil, 8 + 2 * pw + s * dil, channels), np.float32)
+    for row, (n, pp, qq) in enumerate(np.ndindex(2, p, q)):
+        for i, j in np.ndindex(r, s):
+            ordered[n, pp * stride + i * dil, qq * stride + j * dil] += c[row, (i * s + j) * channels:][:channels]
+    np.testing.assert_array_equal(back[1:], ordered[:, ph : ph + 9, pw : pw + 8].transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize(
