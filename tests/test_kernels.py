@@ -85,6 +85,11 @@ def test_im2col_and_col2im_match_twins(stride, ph, pw, r, s, dil):
     p, q = twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil)
     cols = conv.im2col(x, r, s, stride, ph, pw, p, q, dil, np.full((3 * r * s, 2 * p * q), np.nan, np.float32))
     np.testing.assert_array_equal(cols, twins.im2col(x, r, s, stride, ph, pw, p, q, dil))
+    for first, end in ((0, 0), (r * s - 1, 2 * r * s + 1), (r * s, 3 * r * s)):  # rows of some channels only
+        part = np.full_like(cols, np.nan)
+        conv.im2col_part(x, r, s, stride, ph, pw, p, q, dil, part, first, end)
+        np.testing.assert_array_equal(part[first:end], cols[first:end])
+        assert np.isnan(part[:first]).all() and np.isnan(part[end:]).all()
     c = rand(*cols.shape)
     back = conv.col2im(c, 2, 3, 9, 8, r, s, stride, ph, pw, p, q, dil)
     np.testing.assert_allclose(back, twins.col2im(c, x.shape, r, s, stride, ph, pw, p, q, dil), rtol=1e-5, atol=1e-5)
