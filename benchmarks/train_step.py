@@ -39,10 +39,12 @@ INT8 = dict(weights="int8", activations="int8", errors="int8", gradients="int16"
             rounding="stochastic")  # fmt: skip
 
 
-def median_time(step, repeat: int) -> float:
+def median_time(step, repeat: int, seconds: float = 0.0) -> float:
+    """The median of at least ``repeat`` timed steps, and of as many more as fill ``seconds`` (a
+    median of a few short steps moves with whatever else the machine runs)."""
     step()  # warm-up (compiles numba kernels, allocates)
     times = []
-    for _ in range(repeat):
+    while len(times) < repeat or sum(times) < seconds:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
@@ -131,16 +133,18 @@ def torch_step(graph, batch: int, threads: int):
     return step, torch.get_num_threads()
 
 
-def torch_alone(name: str, batch: int, threads: int, repeat: int) -> float:
+def torch_alone(name: str, batch: int, threads: int, repeat: int, seconds: float) -> float:
     """PyTorch's step time (s) in a fresh process: its own defaults, no e2sim setting applied."""
     command = [sys.executable, __file__, "--torch-alone", name, str(batch), "--threads", str(threads),
-               "--repeat", str(repeat)]  # fmt: skip
+               "--repeat", str(repeat), "--seconds", str(seconds)]  # fmt: skip
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="timed steps of each kind at least (default 5)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="and as many more as fill this many seconds (default 2; LeNet-5's steps are short)")
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
     parser.add_argument("--mobilenet", action="store_true", help="also the shipped MobileNet for CIFAR")
     parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
@@ -156,7 +160,7 @@ def main() -> None:
         if args.torch_profile:
             print_torch_profile(graph, int(batch), args.threads, args.repeat)
         else:
-            print(median_time(torch_step(graph, int(batch), args.threads)[0], args.repeat))
+            print(median_time(torch_step(graph, int(batch), args.threads)[0], args.repeat, args.seconds))
         return
     try:
         import torch  # noqa: F401
@@ -175,14 +179,14 @@ def main() -> None:
         int8_step, _ = e2sim_step(workload, batch, precision(**INT8))
         counted_step, _ = e2sim_step(workload, batch, precision(**INT8), counted=True)
         with thread_budget(args.threads):  # e2sim's own setting: kernels on the threads, BLAS on one
-            fp32 = median_time(fp32_step, args.repeat)
-            int8 = median_time(int8_step, args.repeat)
-            counted = median_time(counted_step, args.repeat)
+            fp32 = median_time(fp32_step, args.repeat, args.seconds)
+            int8 = median_time(int8_step, args.repeat, args.seconds)
+            counted = median_time(counted_step, args.repeat, args.seconds)
         mine = f"{name:<18}{batch:>6}{fp32 * 1e3:>15.1f}{int8 * 1e3:>15.1f}{counted * 1e3:>14.1f}"
         if have_torch:
-            ref = torch_alone(name, batch, args.threads, args.repeat)
+            ref = torch_alone(name, batch, args.threads, args.repeat, args.seconds)
             step, threads = torch_step(graph, batch, args.threads)
-            same = median_time(step, args.repeat)
+            same = median_time(step, args.repeat, args.seconds)
             print(f"{mine}{ref * 1e3:>15.1f}{fp32 / ref:>14.2f}{int8 / ref:>14.2f}{counted / ref:>17.2f}"
                   f"{same * 1e3:>18.1f}{fp32 / same:>11.2f}{int8 / same:>11.2f}")  # fmt: skip
         else:
