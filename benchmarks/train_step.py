@@ -7,7 +7,7 @@ The PyTorch model is built from the same layer IR that e2sim lowers, so both tra
 network (SGD with momentum, training-mode batch norm). PyTorch is optional: install it with
 ``pip install torch==2.13.0`` (the CPU build); without it the script prints e2sim alone.
 
-    python benchmarks/train_step.py [--repeat N] [--quick] [--mobilenet]
+    python benchmarks/train_step.py [--repeat N] [--seconds S] [--quick] [--mobilenet] [--profile]
 
 ``--mobilenet`` adds the shipped MobileNet for CIFAR (depthwise-separable blocks: grouped convs).
 
