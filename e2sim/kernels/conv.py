@@ -89,7 +89,7 @@ def col2im_part(cols, x, r, s, stride, pad_h, pad_w, p, q, dil, first_channel, e
 
 
 # Below this many channels one tap's C values are too few for the compiled copy loop's vector body
-# (measured: ResNet-20's 16-channel stage and LeNet-5's 6-channel conv run 1.5–3× faster a window row at
+# (measured: ResNet-20's 16-channel stage and LeNet-5's 6-channel conv run 1.2–2.6× faster a window row at
 # a time; from 32 channels the per-tap copy is as fast or faster), so a dense kernel with fewer channels
 # moves a window row (S taps, S·C contiguous values of a zero-padded (H, W, C) sample) at a time.
 WINDOW_ROW_CHANNELS = 32
