@@ -96,6 +96,24 @@ WINDOW_ROW_CHANNELS = 32
 
 
 @njit(cache=True, nogil=True)
+def _to_sample(x, n, sample, pad_h, pad_w):
+    """Sample ``n`` of x (N, C, H, W) into ``sample`` (H + 2·pad_h, W + 2·pad_w, C), inside its padding."""
+    for c in range(x.shape[1]):
+        for h in range(x.shape[2]):
+            for w in range(x.shape[3]):
+                sample[h + pad_h, w + pad_w, c] = x[n, c, h, w]
+
+
+@njit(cache=True, nogil=True)
+def _from_sample(sample, x, n, pad_h, pad_w):
+    """The inverse of :func:`_to_sample`: ``sample``'s inside (without its padding) into sample ``n`` of x."""
+    for c in range(x.shape[1]):
+        for h in range(x.shape[2]):
+            for w in range(x.shape[3]):
+                x[n, c, h, w] = sample[h + pad_h, w + pad_w, c]
+
+
+@njit(cache=True, nogil=True)
 def _pixel_rows_by_window_rows(x, r, s, stride, pad_h, pad_w, p, q, rows, first, end):
     """:func:`pixel_rows_part` of a dense kernel (dilation 1), a window row at a time."""
     n_, c_, h_, w_ = x.shape
@@ -104,10 +122,7 @@ def _pixel_rows_by_window_rows(x, r, s, stride, pad_h, pad_w, p, q, rows, first,
     flat, out = sample.reshape(sample.size), rows.reshape(rows.size)
     run = s * c_
     for n in range(first, end):
-        for c in range(c_):
-            for h in range(h_):
-                for w in range(w_):
-                    sample[h + pad_h, w + pad_w, c] = x[n, c, h, w]
+        _to_sample(x, n, sample, pad_h, pad_w)
         for pp in range(p):
             for qq in range(q):
                 dst = (((n - first) * p + pp) * q + qq) * rows.shape[1]
@@ -138,10 +153,7 @@ def _add_pixel_rows_by_window_rows(rows, x, r, s, stride, pad_h, pad_w, p, q, fi
                     into, added = flat[dst : dst + run], values[src + i * run : src + (i + 1) * run]
                     for t in range(run):
                         into[t] += added[t]
-        for c in range(c_):
-            for h in range(h_):
-                for w in range(w_):
-                    x[n, c, h, w] = sample[h + pad_h, w + pad_w, c]
+        _from_sample(sample, x, n, pad_h, pad_w)
     return x
 
 
@@ -153,10 +165,7 @@ def pixel_rows_part(x, r, s, stride, pad_h, pad_w, p, q, dil, rows, first, end):
         return _pixel_rows_by_window_rows(x, r, s, stride, pad_h, pad_w, p, q, rows, first, end)
     sample = np.empty((h_, w_, c_), x.dtype)
     for n in range(first, end):
-        for c in range(c_):
-            for h in range(h_):
-                for w in range(w_):
-                    sample[h, w, c] = x[n, c, h, w]
+        _to_sample(x, n, sample, 0, 0)
         for pp in range(p):
             for qq in range(q):
                 row = ((n - first) * p + pp) * q + qq
@@ -197,10 +206,7 @@ def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, e
                             col = (i * s + j) * c_
                             for c in range(c_):
                                 sample[h, w, c] += rows[row, col + c]
-        for c in range(c_):
-            for h in range(h_):
-                for w in range(w_):
-                    x[n, c, h, w] = sample[h, w, c]
+        _from_sample(sample, x, n, 0, 0)
     return x
 
 

@@ -126,7 +126,8 @@ def _largest_magnitude(x: np.ndarray, axis):
     rows = x.shape[0] if per_first else 1
     out = np.empty(rows, np.uint32)
     magnitude_bits_part(x.view(np.uint32).reshape(rows, -1), out, 0, rows)
-    return out.view(np.float32) if per_first else out.view(np.float32)[0]
+    magnitudes = out.view(np.float32)
+    return magnitudes if per_first else magnitudes[0]
 
 
 def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tuple[np.ndarray, tuple, int]:
