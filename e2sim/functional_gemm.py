@@ -166,14 +166,18 @@ def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int
 
 def _error_columns(dy: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Samples ``lo`` to ``hi`` of dy (N, K, P, Q) as GEMM columns (K, (hi − lo)·P·Q): a view for one
-    sample, else a copy of the piece alone (in this thread's workspace, in cache), never of the whole
-    batch. Pixel-major GEMMs take its transpose (a view: the same sums as a pixel-major copy)."""
+    sample, else a copy of the piece alone (in cache), never of the whole batch."""
+    piece = dy[lo:hi]
+    return piece[0].reshape(dy.shape[1], -1) if hi - lo == 1 else piece.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
+
+
+def _pixel_errors(dy: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Samples ``lo`` to ``hi`` of dy (N, K, P, Q) as pixel-major rows ((hi − lo)·P·Q, K), in this
+    thread's workspace."""
     m, k = hi - lo, dy.shape[1]
-    if m == 1:
-        return dy[lo].reshape(k, -1)
-    cols = _workspace((k, m * dy.shape[2] * dy.shape[3]), dy.dtype, role="errors")
-    cols.reshape(k, m, -1)[...] = dy[lo:hi].reshape(m, k, -1).transpose(1, 0, 2)
-    return cols
+    rows = _workspace((m * dy.shape[2] * dy.shape[3], k), role="errors")
+    rows.reshape(m, -1, k)[...] = dy[lo:hi].reshape(m, k, -1).transpose(0, 2, 1)
+    return rows
 
 
 def _wide(integer: bool, bounds: tuple[float, float], terms: int) -> bool:
