@@ -30,12 +30,14 @@ from e2sim.functional_gemm import (
     _by_samples,
     _conv_geometry,
     _depthwise,
+    _direct_weight,
     _error_columns,
     _finish,
     _grouped_matmul,
     _groups,
     _im2col,
     _integer,
+    _lane_samples,
     _matmul,
     _matmul_block,
     _operands,
@@ -338,7 +340,8 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
         sparsity = ((zeros, pairs), macs - nonzero)
     bounds = _bounds(integer, dyq, xq)
 
-    pixel_major = groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]
+    direct = _direct_weight(groups, c, k, integer, bounds, n * p * q)  # float32 lanes, float64 sums (kernels.conv)
+    pixel_major = not direct and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]
 
     def partial_rows(lo: int, hi: int) -> np.ndarray:  # pixel-major: dY.T (K, m·P·Q) @ rows (m·P·Q, R·S·C)
         rows = _workspace(((hi - lo) * p * q, r * s * c))
@@ -354,10 +357,10 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
 
     # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
     # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)
-    if _depthwise(groups, c, k, integer, n * p * q * bounds[0] * bounds[1]):  # float64 sums, directly
-        acc = np.empty((k, r, s))
-        in_parts(k, dy.size * r * s, lambda lo, hi: conv_kernels.depthwise_weight_part(
-            x_values, dy_values, stride, ph, pw, dil, acc, lo, hi))  # fmt: skip
+    if direct:
+        acc = np.empty((k, cg, r, s))
+        in_parts(k, dy.size * cg * r * s, lambda lo, hi: conv_kernels.direct_weight_part(
+            x_values, dy_values, stride, ph, pw, dil, _lane_samples(integer, bounds, n), acc, lo, hi))  # fmt: skip
         acc = acc.reshape(k, -1)
     else:
         acc = np.zeros((k, cg * r * s), np.float64)

@@ -8,6 +8,7 @@ import twins
 from hypothesis import given
 from hypothesis import strategies as st
 
+from e2sim.functional_gemm import _lane_samples
 from e2sim.kernels import conv, layers, mapping, quantize
 
 rng = np.random.default_rng(0)
@@ -139,10 +140,32 @@ def test_depthwise_kernels_match_twins(stride, ph, pw, r, s, dil):
     assert np.isnan(dx[0]).all()
     np.testing.assert_allclose(dx[1:], twins.conv2d_grad_input(dy.astype(np.float64), w64, x.shape, stride, ph, pw,
                                                                dil, 4)[1:], rtol=1e-12, atol=1e-12)  # fmt: skip
-    dw = conv.depthwise_weight_part(x, dy, stride, ph, pw, dil, np.full((4, r, s), np.nan), 0, 4)
-    np.testing.assert_allclose(dw.reshape(4, 1, r, s), twins.conv2d_grad_weight(x64, dy.astype(np.float64), w.shape,
-                                                                                stride, ph, pw, dil, 4),
-                               rtol=1e-10, atol=1e-10)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stride", "ph", "pw", "r", "s", "dil"),
+    [(1, 1, 1, 3, 3, 1), (1, 2, 2, 5, 5, 1), (2, 1, 1, 3, 3, 1), (2, 0, 2, 3, 5, 1), (1, 2, 2, 3, 3, 2),
+     (3, 1, 0, 2, 3, 1)],
+)  # fmt: skip
+@pytest.mark.parametrize(("channels", "filters", "groups"), [(4, 4, 4), (1, 6, 1), (3, 5, 1), (4, 6, 2)])
+@pytest.mark.parametrize("span", [1, 2, 16])
+def test_direct_weight_kernel_matches_twin(stride, ph, pw, r, s, dil, channels, filters, groups, span):
+    """Depthwise, one-channel, dense and grouped weight gradients; float32 lanes over ``span`` samples
+    at stride 1 (float products rounded to float32), float64 otherwise."""
+    x = rand(5, channels, 9, 8)
+    dy = rand(5, filters, twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil))
+    shape = (filters, channels // groups, r, s)
+    dw = np.full(shape, np.nan)
+    conv.direct_weight_part(x, dy, stride, ph, pw, dil, span, dw, 1, filters)  # filters 1 to the last
+    assert np.isnan(dw[0]).all()  # filters outside the range are not touched
+    want = twins.conv2d_grad_weight(x.astype(np.float64), dy.astype(np.float64), shape, stride, ph, pw, dil, groups)
+    tolerance = 1e-4 if stride == 1 else 1e-10  # float32 products and lanes at stride 1 (sums of ~10²: ~1e-5)
+    np.testing.assert_allclose(dw[1:], want[1:], rtol=tolerance, atol=tolerance)
+    # integer operands: exact whenever ``span`` products stay below 2**24 (here 127·127·span)
+    xi, dyi = np.round(x * 127).astype(np.float32), np.round(dy * 127).astype(np.float32)
+    conv.direct_weight_part(xi, dyi, stride, ph, pw, dil, span, dw, 0, filters)
+    exact = twins.conv2d_grad_weight(xi.astype(np.float64), dyi.astype(np.float64), shape, stride, ph, pw, dil, groups)
+    np.testing.assert_array_equal(dw, exact)
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 7, 1, 1)])
@@ -289,3 +312,16 @@ def test_fold_sums_match_twin(dims):
     for factor, divisor in ((1, 8), (9, 12), (25, 32), (1, 1)):
         got = mapping.fold_sums(count, tiles, last, factor, divisor)
         np.testing.assert_array_equal(got, twins.fold_sums(count, tiles, last, factor, divisor))
+
+
+def test_direct_weight_lanes_stay_exact_for_wide_integers():
+    """With products near 2**22, ``_lane_samples`` lets 4 samples share a float32 lane: exact; all 6
+    in one lane round (the sums pass 2**24 and are odd)."""
+    x, dy = np.full((6, 1, 4, 4), 1999, np.float32), np.full((6, 2, 4, 4), 1999, np.float32)
+    span = _lane_samples(True, (1999.0, 1999.0), 6)
+    assert span == 4
+    exact = twins.conv2d_grad_weight(x.astype(np.float64), dy.astype(np.float64), (2, 1, 1, 1), 1, 0, 0)
+    dw = conv.direct_weight_part(x, dy, 1, 0, 0, 1, span, np.empty((2, 1, 1, 1)), 0, 2)
+    np.testing.assert_array_equal(dw, exact)
+    rounded = conv.direct_weight_part(x, dy, 1, 0, 0, 1, 6, np.empty((2, 1, 1, 1)), 0, 2)
+    assert not np.array_equal(rounded, exact)

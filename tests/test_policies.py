@@ -244,9 +244,10 @@ def test_emp_composes_with_psg_and_is_priced():
 from e2sim.policies.eif import EifRuntime, EifSpec, filter_graph  # noqa: E402
 
 
-def eif_lenet(ratio=0.3, epochs=2, batch=64, **eif):
+def eif_lenet(ratio=0.3, epochs=2, batch=64, seed=0, **eif):
     return e2sim.load_workload({"name": "t", "dataset": {"name": "mnist5k"}, "model": {"arch": "lenet5"},
-                                "training": {"batch_size": batch, "epochs": epochs, "lr": 0.05, "momentum": 0.9},
+                                "training": {"batch_size": batch, "epochs": epochs, "lr": 0.05, "momentum": 0.9,
+                                             "seed": seed},
                                 "policy": {"eif": {"target_ratio": ratio, **eif}}})  # fmt: skip
 
 
@@ -269,14 +270,19 @@ def test_eif_trains_the_main_network_on_the_filtered_instances_only(eif_run):
 
 @pytest.mark.parametrize("ratio", [0.2, 0.6])
 def test_eif_trained_instance_ratio_tracks_the_target(ratio):
-    stats = e2sim.train_workload(eif_lenet(ratio, epochs=10), progress=False).policy_stats["eif"]
-    per_epoch = stats["trained_instance_ratio_per_epoch"]
-    assert len(per_epoch) == 10 and abs(stats["trained_instance_ratio"] - np.mean(per_epoch)) < 1e-9
-    # after the start-up transient (an untrained filter, T from its initial value) the ratio holds R_set
-    # within 0.1: measured 0.045 (R_set 0.2) and 0.078 (0.6) off with one BLAS thread, which every run
-    # now uses; 0.04 held only with two BLAS threads (the fp32 filter's sums in another order)
-    assert abs(np.mean(per_epoch[-5:]) - ratio) < 0.1, per_epoch
-    assert stats["trained_instance_ratio"] >= stats["predicted_high_ratio"] + 0.1 - 1e-9  # the exploration floor
+    """After the start-up transient (an untrained filter, T from its initial value) the ratio holds
+    R_set: the mean over the last five epochs, averaged over three seeds, within 0.08 of it. One
+    seed's fp32 run moves with every rounding: with two orders of the first conv's weight-gradient
+    sums, single runs of seeds 0-8 were 0.020-0.107 off at R_set 0.6 (0.003-0.057 at 0.2), and
+    the averages of seeds 0-2 0.052 and 0.062 (0.030 and 0.027 at 0.2)."""
+    deviations = []
+    for seed in range(3):
+        stats = e2sim.train_workload(eif_lenet(ratio, epochs=10, seed=seed), progress=False).policy_stats["eif"]
+        per_epoch = stats["trained_instance_ratio_per_epoch"]
+        assert len(per_epoch) == 10 and abs(stats["trained_instance_ratio"] - np.mean(per_epoch)) < 1e-9
+        assert stats["trained_instance_ratio"] >= stats["predicted_high_ratio"] + 0.1 - 1e-9  # the exploration floor
+        deviations.append(abs(np.mean(per_epoch[-5:]) - ratio))
+    assert np.mean(deviations) < 0.08, deviations
 
 
 def test_eif_loss_normalization_scales_the_main_network_gradient():

@@ -210,11 +210,16 @@ def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, e
     return x
 
 
-# -- depthwise convolutions (one filter per channel), directly: a GEMM per channel has an inner
-# dimension of R·S (9) and spends its time on the columns. Each map is copied into a zero-padded
-# float64 plane; at stride 1 every tap is then one long loop over the flat plane (outputs computed
-# on the padded width, the extra columns dropped), which vectorises; other strides go row by row.
-# Sums are float64, each output's taps added in (r, s) order (a padding tap adds a zero).
+# -- convolutions computed directly: depthwise ones (one filter per channel: a GEMM per channel has
+# an inner dimension of R·S (9) and spends its time on the columns), and the weight gradient of
+# convs with one input channel (a first layer: its GEMM is (K, R·S) by (R·S, N·P·Q), which a BLAS runs
+# at a fraction of its speed). Each map is copied into a zero-padded plane; at stride 1 every tap
+# is then one long loop over the flat plane (outputs computed on the padded width, the extra columns
+# dropped), which vectorises; other strides go row by row. The depthwise forward pass and input
+# gradient sum in float64, each output's taps in (r, s) order (a padding tap adds a zero). The
+# weight gradient at stride 1 sums float32 products in float32 lanes over ``span`` samples, then
+# adds the lanes in float64 (exact for integer operands when ``span`` products stay below 2**24);
+# at other strides it sums in float64.
 
 
 @njit(cache=True, nogil=True)
@@ -311,43 +316,97 @@ def depthwise_input_part(dy, w, stride, pad_h, pad_w, dil, dx, first, end):
     return dx
 
 
+L1_SUMS = 4096  # float32 sums of one weight-gradient block: 16 KB of a core's 32 KB L1 data cache
+
+
 @njit(cache=True, nogil=True)
-def depthwise_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
-    """Channels ``first`` to ``end`` of dw (C, R, S), float64: dw[c,i,j] = Σ over n, p, q of
-    dy[n,c,p,q]·x[n, c, p·stride − pad_h + i·dil, q·stride − pad_w + j·dil], each tap's products
-    summed into a vector over the padded output grid (samples in order), then that vector in order."""
+def direct_weight_part(x, dy, stride, pad_h, pad_w, dil, span, dw, first, end):
+    """Filters ``first`` to ``end`` of dw (K, C/G, R, S), float64: dw[k,c,i,j] = Σ over n, p, q of
+    dy[n,k,p,q]·x[n, g·C/G + c, p·stride − pad_h + i·dil, q·stride − pad_w + j·dil], g = k // (K/G).
+    At stride 1 each (channel, tap)'s products are summed over ``span`` samples at a time in float32
+    lanes, one per position of the padded output grid, the lanes added into float64 sums (samples in
+    order), then each tap's sums in order; the grid goes in blocks whose lanes of every tap stay in
+    L1. Other strides: :func:`_strided_weight_part`."""
     h_, w_ = x.shape[2], x.shape[3]
-    r, s = dw.shape[1], dw.shape[2]
+    k_, cg, r, s = dw.shape[0], dw.shape[1], dw.shape[2], dw.shape[3]
+    kg = k_ // (x.shape[1] // cg)
+    n_, p = dy.shape[0], dy.shape[2]
+    wp = w_ + 2 * pad_w
+    size = (h_ + 2 * pad_h + 1) * wp
+    grid = p * wp
+    if stride != 1:
+        return _strided_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end)
+    taps = cg * r * s
+    planes = np.zeros((n_, cg, size), np.float32)  # every sample's maps of the filter's group, zero-padded
+    errors = np.zeros((n_, grid), np.float32)  # the filter's errors on the padded width (zeros in the extra columns)
+    rows = np.empty((taps, grid))
+    block = max(16, L1_SUMS // taps // 16 * 16)  # grid positions whose sums of every tap stay in L1
+    lanes = np.empty((taps, block), np.float32)
+    held = -1  # the group whose maps ``planes`` holds
+    for k in range(first, end):
+        base = (k // kg) * cg
+        if base != held:
+            for n in range(n_):
+                for c in range(cg):
+                    _into_flat(x[n, base + c], planes[n, c], wp, pad_h, pad_w)
+            held = base
+        for n in range(n_):
+            _into_flat(dy[n, k], errors[n], wp, 0, 0)
+        rows[:, :] = 0.0
+        for lo in range(0, grid, block):
+            hi = min(lo + block, grid)
+            for first_sample in range(0, n_, span):
+                lanes[:, :] = 0.0
+                for n in range(first_sample, min(first_sample + span, n_)):
+                    error = errors[n, lo:hi]
+                    for c in range(cg):
+                        for i in range(r):
+                            for j in range(s):
+                                offset = i * dil * wp + j * dil
+                                source, lane = planes[n, c, offset + lo : offset + hi], lanes[(c * r + i) * s + j]
+                                for m in range(hi - lo):
+                                    lane[m] += error[m] * source[m]
+                for t in range(taps):
+                    row, lane = rows[t, lo:hi], lanes[t]
+                    for m in range(hi - lo):
+                        row[m] += lane[m]
+        for t in range(taps):
+            total = 0.0
+            for m in range(grid):
+                total += rows[t, m]
+            dw[k, t // (r * s), (t // s) % r, t % s] = total
+    return dw
+
+
+@njit(cache=True, nogil=True)
+def _strided_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
+    """:func:`direct_weight_part` at a stride other than 1: float64 sums over a vector of the padded
+    output grid per (channel, tap), samples in order, row by row; then each vector in order."""
+    h_, w_ = x.shape[2], x.shape[3]
+    k_, cg, r, s = dw.shape[0], dw.shape[1], dw.shape[2], dw.shape[3]
+    kg = k_ // (x.shape[1] // cg)
     n_, p, q = dy.shape[0], dy.shape[2], dy.shape[3]
     wp = w_ + 2 * pad_w
     plane = np.zeros((h_ + 2 * pad_h + 1) * wp)
-    wide = np.zeros(p * wp)  # the errors on the padded width (stride 1; zeros in the extra columns)
-    sums = np.empty((r * s, p * wp))
-    for c in range(first, end):
+    sums = np.empty((cg * r * s, p * wp))
+    for k in range(first, end):
+        base = (k // kg) * cg
         sums[:, :] = 0.0
         for n in range(n_):
-            _into_flat(x[n, c], plane, wp, pad_h, pad_w)
-            if stride == 1:
-                _into_flat(dy[n, c], wide, wp, 0, 0)
+            for c in range(cg):
+                _into_flat(x[n, base + c], plane, wp, pad_h, pad_w)
                 for i in range(r):
                     for j in range(s):
-                        row = sums[i * s + j]
-                        source = plane[i * dil * wp + j * dil : i * dil * wp + j * dil + p * wp]
-                        for k in range(p * wp):
-                            row[k] += wide[k] * source[k]
-                continue
-            for i in range(r):
-                for j in range(s):
-                    row = sums[i * s + j]
-                    for pp in range(p):
-                        start = (pp * stride + i * dil) * wp + j * dil
-                        source, errors = plane[start : start + (q - 1) * stride + 1 : stride], dy[n, c, pp]
-                        partial = row[pp * wp : pp * wp + q]
-                        for qq in range(q):
-                            partial[qq] += np.float64(errors[qq]) * source[qq]
-        for t in range(r * s):
+                        row = sums[(c * r + i) * s + j]
+                        for pp in range(p):
+                            start = (pp * stride + i * dil) * wp + j * dil
+                            source, errors = plane[start : start + (q - 1) * stride + 1 : stride], dy[n, k, pp]
+                            partial = row[pp * wp : pp * wp + q]
+                            for qq in range(q):
+                                partial[qq] += np.float64(errors[qq]) * source[qq]
+        for t in range(cg * r * s):
             total = 0.0
-            for k in range(p * wp):
-                total += sums[t, k]
-            dw[c, t // s, t % s] = total
+            for m in range(p * wp):
+                total += sums[t, m]
+            dw[k, t // (r * s), (t // s) % r, t % s] = total
     return dw
