@@ -135,7 +135,7 @@ def _im2col(x, r, s, stride, ph, pw, p, q, dil, cols) -> np.ndarray:
 
 FLOAT64_EXACT = 2.0**53  # every integer of magnitude up to this is exact in float64
 # dense convs with fewer input channels than this get their weight gradient directly (measured on
-# LeNet-5's first conv, 1 channel: 1.45 -> 0.86 ms on 2 threads; ResNet-20's, 3 channels, is slower so)
+# LeNet-5's first conv, 1 channel: 1.45 -> 0.86 ms on 2 threads; ResNet-20's, 3 channels, ran slower so)
 DIRECT_WEIGHT_CHANNELS = 2
 LANE_SAMPLES = 16  # float operands: samples summed in float32 before float64 (direct weight gradient)
 
