@@ -340,7 +340,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
         sparsity = ((zeros, pairs), macs - nonzero)
     bounds = _bounds(integer, dyq, xq)
 
-    direct = _direct_weight(groups, c, k, integer, bounds, n * p * q)  # float32 lanes, float64 sums (kernels.conv)
+    direct = _direct_weight(groups, c, k, integer, n * p * q * bounds[0] * bounds[1])  # see kernels.conv
     pixel_major = not direct and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["backward"]
 
     def partial_rows(lo: int, hi: int) -> np.ndarray:  # pixel-major: dY.T (K, m·P·Q) @ rows (m·P·Q, R·S·C)

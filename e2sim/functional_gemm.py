@@ -147,22 +147,19 @@ def _depthwise(groups: int, c: int, k: int, integer: bool, bound: float) -> bool
     return groups == c == k and (not integer or bound < FLOAT64_EXACT)
 
 
-def _direct_weight(groups: int, c: int, k: int, integer: bool, bounds: tuple[float, float], terms: int) -> bool:
+def _direct_weight(groups: int, c: int, k: int, integer: bool, bound: float) -> bool:
     """Whether a conv's weight gradient runs directly (``kernels.conv.direct_weight_part``): a
     depthwise conv or a dense one with fewer than ``DIRECT_WEIGHT_CHANNELS`` input channels, where
-    for integer operands each product is exact in float32 and each sum of ``terms`` in float64."""
-    per_term = bounds[0] * bounds[1]
-    return (groups == c == k or (groups == 1 and c < DIRECT_WEIGHT_CHANNELS)) and (
-        not integer or (per_term < FLOAT32_EXACT and per_term * terms < FLOAT64_EXACT)
-    )
+    for integer operands every sum stays exact in float64 (``bound`` bounds |sum|)."""
+    return (groups == c == k or (groups == 1 and c < DIRECT_WEIGHT_CHANNELS)) and (not integer or bound < FLOAT64_EXACT)
 
 
 def _lane_samples(integer: bool, bounds: tuple[float, float], n: int) -> int:
-    """Samples that ``direct_weight_part`` sums in one float32 lane: as many as stay exact for integer
-    operands (at most the batch), ``LANE_SAMPLES`` for floats."""
+    """Samples that ``direct_weight_part`` sums in one float32 lane: ``LANE_SAMPLES`` for floats; for
+    integers as many as stay exact (at most the batch), 0 (float64 sums) where one product is too wide."""
     if not integer:
         return LANE_SAMPLES
-    return max(1, min(n, int(FLOAT32_EXACT // (bounds[0] * bounds[1]))))
+    return min(n, int(FLOAT32_EXACT // (bounds[0] * bounds[1])))
 
 
 def _scaled_in_pieces(integer: bool, fmt: PrecisionSpec | None, bound: float, wide: bool) -> bool:

@@ -148,10 +148,10 @@ def test_depthwise_kernels_match_twins(stride, ph, pw, r, s, dil):
      (3, 1, 0, 2, 3, 1)],
 )  # fmt: skip
 @pytest.mark.parametrize(("channels", "filters", "groups"), [(4, 4, 4), (1, 6, 1), (3, 5, 1), (4, 6, 2)])
-@pytest.mark.parametrize("span", [1, 2, 16])
+@pytest.mark.parametrize("span", [0, 1, 2, 16])
 def test_direct_weight_kernel_matches_twin(stride, ph, pw, r, s, dil, channels, filters, groups, span):
     """Depthwise, one-channel, dense and grouped weight gradients; float32 lanes over ``span`` samples
-    at stride 1 (float products rounded to float32), float64 otherwise."""
+    at stride 1 (float products rounded to float32), float64 at other strides or with ``span`` 0."""
     x = rand(5, channels, 9, 8)
     dy = rand(5, filters, twins.out_size(9, ph, r, stride, dil), twins.out_size(8, pw, s, stride, dil))
     shape = (filters, channels // groups, r, s)
@@ -159,7 +159,7 @@ def test_direct_weight_kernel_matches_twin(stride, ph, pw, r, s, dil, channels, 
     conv.direct_weight_part(x, dy, stride, ph, pw, dil, span, dw, 1, filters)  # filters 1 to the last
     assert np.isnan(dw[0]).all()  # filters outside the range are not touched
     want = twins.conv2d_grad_weight(x.astype(np.float64), dy.astype(np.float64), shape, stride, ph, pw, dil, groups)
-    tolerance = 1e-4 if stride == 1 else 1e-10  # float32 products and lanes at stride 1 (sums of ~10²: ~1e-5)
+    tolerance = 1e-4 if stride == 1 and span else 1e-10  # float32 products and lanes at stride 1 (sums of ~10²: ~1e-5)
     np.testing.assert_allclose(dw[1:], want[1:], rtol=tolerance, atol=tolerance)
     # integer operands: exact whenever ``span`` products stay below 2**24 (here 127·127·span)
     xi, dyi = np.round(x * 127).astype(np.float32), np.round(dy * 127).astype(np.float32)
@@ -316,7 +316,7 @@ def test_fold_sums_match_twin(dims):
 
 def test_direct_weight_lanes_stay_exact_for_wide_integers():
     """With products near 2**22, ``_lane_samples`` lets 4 samples share a float32 lane: exact; all 6
-    in one lane round (the sums pass 2**24 and are odd)."""
+    in one lane round (the sums pass 2**24 and are odd). Wider products sum in float64."""
     x, dy = np.full((6, 1, 4, 4), 1999, np.float32), np.full((6, 2, 4, 4), 1999, np.float32)
     span = _lane_samples(True, (1999.0, 1999.0), 6)
     assert span == 4
@@ -325,3 +325,8 @@ def test_direct_weight_lanes_stay_exact_for_wide_integers():
     np.testing.assert_array_equal(dw, exact)
     rounded = conv.direct_weight_part(x, dy, 1, 0, 0, 1, 6, np.empty((2, 1, 1, 1)), 0, 2)
     assert not np.array_equal(rounded, exact)
+    # products of 2**24 or more: float64 sums (span 0), exact while they stay below 2**53
+    x, dy = np.full((6, 1, 4, 4), 4097, np.float32), np.full((6, 2, 4, 4), 4097, np.float32)
+    assert _lane_samples(True, (4097.0, 4097.0), 6) == 0
+    dw = conv.direct_weight_part(x, dy, 1, 0, 0, 1, 0, np.empty((2, 1, 1, 1)), 0, 2)
+    np.testing.assert_array_equal(dw, np.full((2, 1, 1, 1), 6 * 16 * 4097.0**2))

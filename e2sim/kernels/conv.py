@@ -219,7 +219,7 @@ def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, e
 # gradient sum in float64, each output's taps in (r, s) order (a padding tap adds a zero). The
 # weight gradient at stride 1 sums float32 products in float32 lanes over ``span`` samples, then
 # adds the lanes in float64 (exact for integer operands when ``span`` products stay below 2**24);
-# at other strides it sums in float64.
+# at other strides, and for integer products too wide for float32, it sums in float64.
 
 
 @njit(cache=True, nogil=True)
@@ -326,7 +326,8 @@ def direct_weight_part(x, dy, stride, pad_h, pad_w, dil, span, dw, first, end):
     At stride 1 each (channel, tap)'s products are summed over ``span`` samples at a time in float32
     lanes, one per position of the padded output grid, the lanes added into float64 sums (samples in
     order), then each tap's sums in order; the grid goes in blocks whose lanes of every tap stay in
-    L1. Other strides: :func:`_strided_weight_part`."""
+    L1. Other strides, and ``span`` 0 (integer products too wide for float32):
+    :func:`_float64_weight_part`."""
     h_, w_ = x.shape[2], x.shape[3]
     k_, cg, r, s = dw.shape[0], dw.shape[1], dw.shape[2], dw.shape[3]
     kg = k_ // (x.shape[1] // cg)
@@ -334,8 +335,8 @@ def direct_weight_part(x, dy, stride, pad_h, pad_w, dil, span, dw, first, end):
     wp = w_ + 2 * pad_w
     size = (h_ + 2 * pad_h + 1) * wp
     grid = p * wp
-    if stride != 1:
-        return _strided_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end)
+    if stride != 1 or span < 1:
+        return _float64_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end)
     taps = cg * r * s
     planes = np.zeros((n_, cg, size), np.float32)  # every sample's maps of the filter's group, zero-padded
     errors = np.zeros((n_, grid), np.float32)  # the filter's errors on the padded width (zeros in the extra columns)
@@ -379,8 +380,8 @@ def direct_weight_part(x, dy, stride, pad_h, pad_w, dil, span, dw, first, end):
 
 
 @njit(cache=True, nogil=True)
-def _strided_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
-    """:func:`direct_weight_part` at a stride other than 1: float64 sums over a vector of the padded
+def _float64_weight_part(x, dy, stride, pad_h, pad_w, dil, dw, first, end):
+    """:func:`direct_weight_part` in float64: float64 products summed into a vector of the padded
     output grid per (channel, tap), samples in order, row by row; then each vector in order."""
     h_, w_ = x.shape[2], x.shape[3]
     k_, cg, r, s = dw.shape[0], dw.shape[1], dw.shape[2], dw.shape[3]
