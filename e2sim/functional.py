@@ -355,14 +355,14 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
                                cols.reshape(groups, -1, cols.shape[1]).transpose(0, 2, 1), integer, bounds,
                                threaded=False)  # fmt: skip
 
-    # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
-    # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)
     if direct:
         acc = np.empty((k, cg, r, s))
         in_parts(k, dy.size * cg * r * s, lambda lo, hi: conv_kernels.direct_weight_part(
             x_values, dy_values, stride, ph, pw, dil, _lane_samples(integer, bounds, n), acc, lo, hi))  # fmt: skip
         acc = acc.reshape(k, -1)
     else:
+        # the pieces add up in float64, in batch order: exact for integer operands (the same integers as
+        # one GEMM), and for floats each piece's sum is rounded once more (see README, training speed)
         acc = np.zeros((k, cg * r * s), np.float64)
         for part in _by_samples(n, c * r * s * p * q * 4, partial_rows if pixel_major else partial):
             acc += part
