@@ -235,7 +235,7 @@ def conv2d_grad_input(dy, w, input_shape, stride=1, padding=0, fmt=None, *, grou
         per_sample = np.broadcast_to(scale, (n, *np.shape(scale)[1:])) if scaled else None
 
         def add_rows(lo: int, hi: int) -> None:
-            drows = _matmul_block(_pixel_errors(dy_values, lo, hi), w_rows, integer, bounds,
+            drows = _matmul_block(_pixel_errors(dy_values, lo, hi, w_rows.shape[1]), w_rows, integer, bounds,
                                   _workspace(((hi - lo) * p * q, w_rows.shape[1])))  # fmt: skip
             conv_kernels.add_pixel_rows_part(np.ascontiguousarray(drows, acc.dtype), acc, r, s, stride, ph, pw, p, q,
                                              dil, lo, hi)  # fmt: skip
@@ -346,7 +346,7 @@ def conv2d_grad_weight(x, dy, weight_shape, stride=1, padding=0, fmt=None, *, gr
     def partial_rows(lo: int, hi: int) -> np.ndarray:  # pixel-major: dY.T (K, m·P·Q) @ rows (m·P·Q, R·S·C)
         rows = _workspace(((hi - lo) * p * q, r * s * c))
         conv_kernels.pixel_rows_part(x_values, r, s, stride, ph, pw, p, q, dil, rows, lo, hi)
-        return _matmul_block(_pixel_errors(dy_values, lo, hi).T, rows, integer, bounds)
+        return _matmul_block(_pixel_errors(dy_values, lo, hi, rows.shape[1]).T, rows, integer, bounds)
 
     def partial(lo: int, hi: int) -> np.ndarray:  # one piece of the batch, its columns built in cache
         cols = _workspace((c * r * s, (hi - lo) * p * q))

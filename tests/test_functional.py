@@ -6,7 +6,7 @@ import pytest
 import twins
 
 import e2sim.functional as F
-from e2sim import SpecError
+from e2sim import SpecError, functional_gemm
 from e2sim.config.formats import parse_format
 from e2sim.numerics.quantize import exact_integer_matmul, quantize
 
@@ -18,13 +18,19 @@ def rand(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.fixture(params=["pixel-major", "channel-major"])
+@pytest.fixture(params=["pixel-major", "pixel-major, error columns", "pixel-major, error columns by sample",
+                        "channel-major"])  # fmt: skip
 def layout(request, monkeypatch):
-    """Dense convs build their columns pixel-major from a few input channels, channel-major below:
-    each test that takes this runs both ways."""
-    least = 1 if request.param == "pixel-major" else 10**9
+    """Dense convs build their columns pixel-major from a few input channels, channel-major below;
+    pixel-major backward GEMMs larger than SMALL_GEMM_MACS read the errors as channel-major columns
+    (a copy per piece, or a view of a piece of one sample): each test that takes this runs every way."""
+    least = 1 if request.param.startswith("pixel-major") else 10**9
     for direction in ("forward", "backward"):
         monkeypatch.setitem(F.PIXEL_MAJOR_CHANNELS, direction, least)
+    if "error columns" in request.param:
+        monkeypatch.setattr(functional_gemm, "SMALL_GEMM_MACS", 0)
+    if "by sample" in request.param:
+        monkeypatch.setattr(functional_gemm, "PIECE_BYTES", 1)
     return request.param
 
 
