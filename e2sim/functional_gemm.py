@@ -186,9 +186,13 @@ def _finish(acc, integer: bool, fmt: PrecisionSpec | None, scale: Any, seed: int
 
 def _error_columns(dy: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Samples ``lo`` to ``hi`` of dy (N, K, P, Q) as GEMM columns (K, (hi − lo)·P·Q): a view for one
-    sample, else a copy of the piece alone (in cache), never of the whole batch."""
-    piece = dy[lo:hi]
-    return piece[0].reshape(dy.shape[1], -1) if hi - lo == 1 else piece.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
+    sample, else a copy of the piece alone (in this thread's workspace, in cache), never of the whole batch."""
+    m, k = hi - lo, dy.shape[1]
+    if m == 1:
+        return dy[lo].reshape(k, -1)
+    columns = _workspace((k, m * dy.shape[2] * dy.shape[3]), dy.dtype, role="errors")
+    columns.reshape(k, m, -1)[...] = dy[lo:hi].reshape(m, k, -1).transpose(1, 0, 2)
+    return columns
 
 
 # OpenBLAS's SkylakeX build runs GEMMs of up to 100**3 multiply-adds on small-matrix kernels picked by
@@ -205,11 +209,7 @@ def _pixel_errors(dy: np.ndarray, lo: int, hi: int, other: int) -> np.ndarray:
     m, k = hi - lo, dy.shape[1]
     pixels = m * dy.shape[2] * dy.shape[3]
     if pixels * k * other > SMALL_GEMM_MACS:
-        if m == 1:
-            return dy[lo].reshape(k, -1).T
-        columns = _workspace((k, pixels), role="errors")
-        columns.reshape(k, m, -1)[...] = dy[lo:hi].reshape(m, k, -1).transpose(1, 0, 2)
-        return columns.T
+        return _error_columns(dy, lo, hi).T
     rows = _workspace((pixels, k), role="errors")
     rows.reshape(m, -1, k)[...] = dy[lo:hi].reshape(m, k, -1).transpose(0, 2, 1)
     return rows
