@@ -124,6 +124,24 @@ def test_pixel_rows_match_twins(stride, ph, pw, r, s, dil, channels):
     np.testing.assert_array_equal(back[1:], ordered[:, ph : ph + 9, pw : pw + 8].transpose(0, 3, 1, 2))
 
 
+@pytest.mark.parametrize(("channels", "h", "w", "ph", "pw"),
+                         [(16, 32, 32, 1, 1), (13, 11, 9, 2, 0), (9, 5, 17, 0, 3), (3, 7, 8, 1, 1), (1, 3, 2, 0, 0),
+                          (8, 1, 8, 0, 0)])  # fmt: skip
+def test_sample_copies_in_blocks_match_transposes(channels, h, w, ph, pw):
+    """The (C, H, W) <-> (H, W, C) copies behind the pixel rows, in whole 8 × 8 blocks and the rest."""
+    x = rand(3, channels, h, w)
+    sample = np.full((h + 2 * ph, w + 2 * pw, channels), np.nan, np.float32)
+    conv._to_sample(x, 1, sample, ph, pw)
+    np.testing.assert_array_equal(sample[ph : ph + h, pw : pw + w], x[1].transpose(1, 2, 0))
+    inside = np.zeros(sample.shape, bool)
+    inside[ph : ph + h, pw : pw + w] = True
+    assert np.isnan(sample[~inside]).all()  # the padding is not written
+    back = np.full(x.shape, np.nan, np.float32)
+    conv._from_sample(sample, back, 2, ph, pw)
+    np.testing.assert_array_equal(back[2], x[1])
+    assert np.isnan(back[:2]).all()  # other samples are not touched
+
+
 @pytest.mark.parametrize(
     ("stride", "ph", "pw", "r", "s", "dil"),
     [(1, 1, 1, 3, 3, 1), (2, 1, 1, 3, 3, 1), (2, 0, 2, 3, 5, 1), (1, 2, 2, 3, 3, 2), (3, 1, 0, 2, 3, 1)],

