@@ -252,23 +252,25 @@ def test_scale_granularities():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("granularity", ["tensor", "sample", "channel", "batch_mean"])
-def test_scales_are_those_of_max_and_min(threads, granularity):
+@pytest.mark.parametrize("shape", [(64, 16, 17, 17), (12, 4, 3, 3)])  # 295,936 values (split over the
+def test_scales_are_those_of_max_and_min(threads, granularity, shape):  # threads, odd rows), and 432
     """The one-pass magnitudes (on the kernel threads from 2**18 values) give the scales and values
     of max(max x, −min x); a NaN anywhere gives scale 1 either way."""
     from e2sim.numerics import quantize as Q
     from e2sim.process import thread_budget
 
-    x = rand(64, 16, 17, 17) * 3  # 295,936 values: split over the threads, an odd row length
+    x = rand(*shape) * 3
     x[5] = 0.0
     x[7, 3] = -0.0
     x[9, 0, 0, 0] = -1e4
     axis = 1 if granularity == "channel" else 0
     with thread_budget(threads):
-        for values in (x, np.where(np.arange(x.size).reshape(x.shape) == 12345, np.nan, x).astype(np.float32)):
+        for values in (x, np.where(np.arange(x.size).reshape(x.shape) == 12345 % x.size, np.nan, x).astype(np.float32)):
             got = quantize(values, parse_format("int8"), "stochastic", granularity, axis, seed=3)
             others = None if granularity in ("tensor", "batch_mean") else tuple(i for i in range(4) if i != axis)
             if granularity == "batch_mean":
-                ranges = np.maximum(values.reshape(64, -1).max(1), -values.reshape(64, -1).min(1)).mean()
+                rows = values.reshape(shape[0], -1)
+                ranges = np.maximum(rows.max(1), -rows.min(1)).mean()
             else:
                 ranges = np.maximum(values.max(axis=others), -values.min(axis=others))
             want = np.where(np.asarray(ranges, np.float64) > 0, np.asarray(ranges, np.float64) / 127, 1.0)

@@ -117,11 +117,11 @@ def _largest_magnitude(x: np.ndarray, axis):
     """max |x| over ``axis``, exactly (NaN propagates as through abs). Over the whole of a
     contiguous float32 ``x``, or over all but its first axis: one pass over the values' bits
     (``magnitude_bits_part``, on this thread: handing 2M values to the kernel threads costs more
-    than it saves); otherwise, and under a few thousand values, max(max x, −min x), two reductions
-    and no |x| copy. The two can differ in a NaN's payload and a zero's sign, which no scale
-    depends on (see ``_dynamic_scale``)."""
+    than it saves; for a few values too, where it takes a third of the time of two reductions);
+    otherwise max(max x, −min x), two reductions and no |x| copy. The two can differ in a NaN's
+    payload and a zero's sign, which no scale depends on (see ``_dynamic_scale``)."""
     per_first = x.ndim > 1 and axis == tuple(range(1, x.ndim))
-    if not (axis is None or per_first) or x.dtype != np.float32 or not x.flags.c_contiguous or x.size < 1 << 12:
+    if not (axis is None or per_first) or x.dtype != np.float32 or not x.flags.c_contiguous or not x.size:
         return np.maximum(x.max(axis=axis), -x.min(axis=axis))
     rows = x.shape[0] if per_first else 1
     out = np.empty(rows, np.uint32)
@@ -137,15 +137,14 @@ def _dynamic_scale(x: np.ndarray, qmax: int, granularity: str, axis: int) -> tup
         ranges = _largest_magnitude(x, others) if x.size else np.zeros(x.shape[axis])
         shape = tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim))
         inner = int(np.prod(x.shape[axis + 1 :]))
+        ranges = ranges.astype(np.float64)
+        return np.where(ranges > 0, ranges / qmax, 1.0), shape, inner
+    if granularity == "batch_mean" and x.ndim > 1 and x.size:
+        largest = float(_largest_magnitude(x.reshape(x.shape[0], -1), (1,)).mean())
     else:
-        if granularity == "batch_mean" and x.ndim > 1 and x.size:
-            ranges = np.array([_largest_magnitude(x.reshape(x.shape[0], -1), (1,)).mean()])
-        else:
-            ranges = np.array([_largest_magnitude(x, None) if x.size else 0.0])
-        shape, inner = (1,) * x.ndim, x.size
-    ranges = ranges.astype(np.float64)
-    scale = np.where(ranges > 0, ranges / qmax, 1.0)
-    return scale, shape, inner
+        largest = float(_largest_magnitude(x, None)) if x.size else 0.0
+    # one scale: the same float64 arithmetic on a Python float (a third of the time of array operations)
+    return np.array([largest / qmax if largest > 0 else 1.0]), (1,) * x.ndim, x.size
 
 
 def saturate_accumulator(acc: np.ndarray, fmt: NumberFormat, bound: float) -> tuple[np.ndarray, int]:
