@@ -30,6 +30,7 @@ from e2sim.functional_gemm import (
     _by_samples,
     _conv_geometry,
     _depthwise,
+    _direct_forward,
     _direct_weight,
     _error_columns,
     _finish,
@@ -133,6 +134,11 @@ def conv2d(x, w, b=None, stride=1, padding=0, fmt=None, *, groups=1, dilation=1,
         taps, direct = w_values.reshape(k, r, s), np.empty((n, k, p, q))
         in_parts(n * k, direct.size * r * s,
                  lambda lo, hi: conv_kernels.depthwise_part(x_values, taps, stride, ph, pw, dil, direct, lo, hi))
+        acc = direct.transpose(1, 0, 2, 3)  # (K, N, P, Q), a view
+    elif approx is None and _direct_forward(groups, c, stride, dil, integer, bound):  # float32 sums, directly
+        direct = np.empty((n, k, p, q), np.float32)
+        in_parts(n * k, direct.size * c * r * s,
+                 lambda lo, hi: conv_kernels.direct_forward_part(x_values, w_values, ph, pw, direct, lo, hi))
         acc = direct.transpose(1, 0, 2, 3)  # (K, N, P, Q), a view
     elif approx is None and groups == 1 and c >= PIXEL_MAJOR_CHANNELS["forward"]:
         # pixel-major: rows (N·P·Q, R·S·C) @ W (R·S·C, K)

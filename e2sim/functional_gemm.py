@@ -147,6 +147,20 @@ def _depthwise(groups: int, c: int, k: int, integer: bool, bound: float) -> bool
     return groups == c == k and (not integer or bound < FLOAT64_EXACT)
 
 
+# dense stride-1 convs with fewer input channels than this run their forward pass directly (one thread,
+# batch 128 or 64: ResNet-20's first conv, 3 channels, 9.1 -> 4.7 ms; LeNet-5's, 1 channel, 0.74 -> 0.51 ms;
+# LeNet-5's second, 6 channels, ran 0.70 -> 1.46 ms so)
+DIRECT_FORWARD_CHANNELS = 4
+
+
+def _direct_forward(groups: int, c: int, stride: int, dilation: int, integer: bool, bound: float) -> bool:
+    """Whether a conv's forward pass runs directly (``kernels.conv.direct_forward_part``): dense, at
+    stride 1 and dilation 1, with fewer than ``DIRECT_FORWARD_CHANNELS`` input channels, its float32
+    sums exact for integer operands (``bound`` bounds |sum|)."""
+    return (groups == 1 and stride == 1 and dilation == 1 and c < DIRECT_FORWARD_CHANNELS
+            and (not integer or bound < FLOAT32_EXACT))  # fmt: skip
+
+
 def _direct_weight(groups: int, c: int, k: int, integer: bool, bound: float) -> bool:
     """Whether a conv's weight gradient runs directly (``kernels.conv.direct_weight_part``): a
     depthwise conv or a dense one with fewer than ``DIRECT_WEIGHT_CHANNELS`` input channels, where

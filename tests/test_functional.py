@@ -18,13 +18,17 @@ def rand(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.fixture(params=["pixel-major", "pixel-major, error columns", "pixel-major, error columns by sample",
-                        "channel-major"])  # fmt: skip
+@pytest.fixture(params=["direct forward", "pixel-major", "pixel-major, error columns",
+                        "pixel-major, error columns by sample", "channel-major"])  # fmt: skip
 def layout(request, monkeypatch):
     """Dense convs build their columns pixel-major from a few input channels, channel-major below;
     pixel-major backward GEMMs larger than SMALL_GEMM_MACS read the errors as channel-major columns
-    (a copy per piece, or a view of a piece of one sample): each test that takes this runs every way."""
-    least = 1 if request.param.startswith("pixel-major") else 10**9
+    (a copy per piece, or a view of a piece of one sample); stride-1 forward passes from fewer than
+    DIRECT_FORWARD_CHANNELS channels run directly ("direct forward" only, the others build columns):
+    each test that takes this runs every way."""
+    if request.param != "direct forward":
+        monkeypatch.setattr(functional_gemm, "DIRECT_FORWARD_CHANNELS", 0)
+    least = 1 if request.param.startswith(("pixel-major", "direct")) else 10**9
     for direction in ("forward", "backward"):
         monkeypatch.setitem(F.PIXEL_MAJOR_CHANNELS, direction, least)
     if "error columns" in request.param:

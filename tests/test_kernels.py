@@ -160,6 +160,24 @@ def test_depthwise_kernels_match_twins(stride, ph, pw, r, s, dil):
                                                                dil, 4)[1:], rtol=1e-12, atol=1e-12)  # fmt: skip
 
 
+@pytest.mark.parametrize(("channels", "filters", "ph", "pw", "r", "s"),
+                         [(1, 6, 2, 2, 5, 5), (3, 16, 1, 1, 3, 3), (2, 5, 0, 1, 3, 2), (3, 1, 2, 0, 1, 3)])  # fmt: skip
+def test_direct_forward_kernel_matches_twin(channels, filters, ph, pw, r, s):
+    """Float sums as a chain of fused multiply-adds in (i, j, c) order; integer ones exact."""
+    x, w = rand(3, channels, 9, 8), rand(filters, channels, r, s)
+    p, q = twins.out_size(9, ph, r, 1, 1), twins.out_size(8, pw, s, 1, 1)
+    y = np.full((3, filters, p, q), np.nan, np.float32)
+    conv.direct_forward_part(x, w, ph, pw, y, filters, 3 * filters)  # samples 1 and 2 only
+    assert np.isnan(y[0]).all()
+    np.testing.assert_array_equal(y[1:], twins.direct_forward(x[1:], w, ph, pw))
+    np.testing.assert_allclose(y[1:], twins.conv2d(x[1:].astype(np.float64), w.astype(np.float64), None, 1, ph, pw),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    xi = np.random.default_rng(5).integers(-127, 128, x.shape).astype(np.float32)
+    wi = np.random.default_rng(6).integers(-127, 128, w.shape).astype(np.float32)
+    exact = conv.direct_forward_part(xi, wi, ph, pw, np.empty((3, filters, p, q), np.float32), 0, 3 * filters)
+    np.testing.assert_array_equal(exact, twins.conv2d(xi.astype(np.int64), wi.astype(np.int64), None, 1, ph, pw))
+
+
 @pytest.mark.parametrize(
     ("stride", "ph", "pw", "r", "s", "dil"),
     [(1, 1, 1, 3, 3, 1), (1, 2, 2, 5, 5, 1), (2, 1, 1, 3, 3, 1), (2, 0, 2, 3, 5, 1), (1, 2, 2, 3, 3, 2),

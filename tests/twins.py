@@ -92,6 +92,22 @@ def conv2d(x, w, b, stride, ph, pw, dil=1, groups=1):
     return y if b is None else y + b[None, :, None, None]
 
 
+def direct_forward(x, w, ph, pw):
+    """The stride-1 dense conv of ``kernels.conv.direct_forward_part``: each output's taps (i, j, c) in
+    that order, each product added as by a fused multiply-add (the float32 × float32 product exact in
+    float64, the sum rounded to float32)."""
+    k, c, r, s = w.shape
+    p, q = out_size(x.shape[2], ph, r, 1, 1), out_size(x.shape[3], pw, s, 1, 1)
+    y = np.zeros((x.shape[0], k, p, q), np.float32)
+    padded = pad(x, ph, pw).astype(np.float64)
+    for i in range(r):
+        for j in range(s):
+            for ch in range(c):
+                tap = w[:, ch, i, j].astype(np.float64)[None, :, None, None]
+                y = (y + tap * padded[:, ch : ch + 1, i : i + p, j : j + q]).astype(np.float32)
+    return y
+
+
 def conv2d_grad_input(dy, w, input_shape, stride, ph, pw, dil=1, groups=1):
     n, c, h, wd = input_shape
     if groups > 1:

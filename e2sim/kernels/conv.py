@@ -241,9 +241,11 @@ def add_pixel_rows_part(rows, x, r, s, stride, pad_h, pad_w, p, q, dil, first, e
 
 
 # -- convolutions computed directly: depthwise ones (one filter per channel: a GEMM per channel has
-# an inner dimension of R·S (9) and spends its time on the columns), and the weight gradient of
+# an inner dimension of R·S (9) and spends its time on the columns), the weight gradient of
 # convs with one input channel (a first layer: its GEMM is (K, R·S) by (R·S, N·P·Q), which a BLAS runs
-# at a fraction of its speed). Each map is copied into a zero-padded plane; at stride 1 every tap
+# at a fraction of its speed), and the forward pass of dense stride-1 convs with a few input
+# channels (a first layer again: its columns are short rows, R·S·C of 25 or 27 values, which cost as
+# much to build as the GEMM takes). Each map is copied into a zero-padded plane; at stride 1 every tap
 # is then one long loop over the flat plane (outputs computed on the padded width, the extra columns
 # dropped), which vectorises; other strides go row by row. The depthwise forward pass and input
 # gradient sum in float64, each output's taps in (r, s) order (a padding tap adds a zero). The
@@ -344,6 +346,39 @@ def depthwise_input_part(dy, w, stride, pad_h, pad_w, dil, dx, first, end):
                             target[qq] += tap * source[qq]
         _from_flat(plane, dx[n, c], wp, pad_h, pad_w)
     return dx
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def direct_forward_part(x, w, pad_h, pad_w, y, first, end):
+    """Maps ``first`` to ``end`` (as n·K + k) of y (N, K, P, Q), float32, of a dense conv at stride 1
+    and dilation 1: y[n,k,p,q] = Σ over taps (i, j, c), in that order (the pixel rows' column order),
+    of w[k,c,i,j]·x[n, c, p − pad_h + i, q − pad_w + j] (zero in the padding), each product added by a
+    fused multiply-add into a float32 sum: the sums of a BLAS GEMM over those rows that runs its inner
+    dimension in one chain (OpenBLAS's on LeNet-5's and ResNet-20's first convs), exact for integer
+    operands while every sum stays below 2**24."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    k_, r, s = w.shape[0], w.shape[2], w.shape[3]
+    p = y.shape[2]
+    wp = w_ + 2 * pad_w
+    planes = np.zeros((c_, (h_ + 2 * pad_h + 1) * wp), np.float32)  # one sample's maps, zero-padded
+    wide = np.empty(p * wp, np.float32)  # one output map on the padded width
+    held = -1  # the sample whose maps ``planes`` holds
+    for nk in range(first, end):
+        n, k = nk // k_, nk % k_
+        if n != held:
+            for c in range(c_):
+                _into_flat(x[n, c], planes[c], wp, pad_h, pad_w)
+            held = n
+        wide[:] = 0.0
+        for i in range(r):
+            for j in range(s):
+                for c in range(c_):
+                    tap = w[k, c, i, j]
+                    source = planes[c, i * wp + j : i * wp + j + p * wp]
+                    for m in range(p * wp):
+                        wide[m] = tap * source[m] + wide[m]
+        _from_flat(wide, y[n, k], wp, 0, 0)
+    return y
 
 
 L1_SUMS = 4096  # float32 sums of one weight-gradient block: 16 KB of a core's 32 KB L1 data cache
