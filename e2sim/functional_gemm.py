@@ -148,8 +148,8 @@ def _depthwise(groups: int, c: int, k: int, integer: bool, bound: float) -> bool
 
 
 # dense stride-1 convs with fewer input channels than this run their forward pass directly (one thread,
-# batch 128 or 64: ResNet-20's first conv, 3 channels, 9.1 -> 4.7 ms; LeNet-5's, 1 channel, 0.74 -> 0.51 ms;
-# LeNet-5's second, 6 channels, ran 0.70 -> 1.46 ms so)
+# batch 128 or 64: ResNet-20's first conv, 3 channels, 5.1 -> 4.0 ms; LeNet-5's, 1 channel, 0.76 -> 0.50 ms;
+# LeNet-5's second, 6 channels, ran 0.74 -> 1.52 ms so)
 DIRECT_FORWARD_CHANNELS = 4
 
 

@@ -121,7 +121,7 @@ def _largest_magnitude(x: np.ndarray, axis):
     otherwise max(max x, −min x), two reductions and no |x| copy. The two can differ in a NaN's
     payload and a zero's sign, which no scale depends on (see ``_dynamic_scale``)."""
     per_first = x.ndim > 1 and axis == tuple(range(1, x.ndim))
-    if not (axis is None or per_first) or x.dtype != np.float32 or not x.flags.c_contiguous or not x.size:
+    if not (axis is None or per_first) or x.dtype != np.float32 or not x.flags.c_contiguous:
         return np.maximum(x.max(axis=axis), -x.min(axis=axis))
     rows = x.shape[0] if per_first else 1
     out = np.empty(rows, np.uint32)
