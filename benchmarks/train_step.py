@@ -7,9 +7,14 @@ The PyTorch model is built from the same layer IR that e2sim lowers, so both tra
 network (SGD with momentum, training-mode batch norm). PyTorch is optional: install it with
 ``pip install torch==2.13.0`` (the CPU build); without it the script prints e2sim alone.
 
-    python benchmarks/train_step.py [--repeat N] [--seconds S] [--quick] [--mobilenet] [--profile]
+    python benchmarks/train_step.py [--repeat N] [--seconds S] [--rounds R] [--quick] [--mobilenet] [--profile]
 
 ``--mobilenet`` adds the shipped MobileNet for CIFAR (depthwise-separable blocks: grouped convs).
+
+Each model is timed in ``--rounds`` rounds (default 3), a round timing every e2sim column and then
+PyTorch one right after the other; each ratio printed is the median of the rounds' ratios, and the
+rounds' ratios follow the table (this machine's speed drifts over minutes: a ratio of two timings
+taken far apart moves with the drift).
 
 PyTorch is timed twice: in a process of its own, as a PyTorch user runs it (the reference of the
 ratios), and in this process after e2sim, where e2sim's heap setting (``e2sim.process.keep_heap``:
@@ -140,11 +145,23 @@ def torch_alone(name: str, batch: int, threads: int, repeat: int, seconds: float
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
+def measure_round(steps: dict, name: str, batch: int, args, have_torch: bool) -> dict[str, float]:
+    """One round of a model: each e2sim step's median time (s), then PyTorch's in a process of its
+    own (``torch``), timed one right after the other, so that their ratios see the same machine."""
+    with thread_budget(args.threads):  # e2sim's own setting: kernels on the threads, BLAS on one
+        times = {label: median_time(step, args.repeat, args.seconds) for label, step in steps.items()}
+    if have_torch:
+        times["torch"] = torch_alone(name, batch, args.threads, args.repeat, args.seconds)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed steps of each kind at least (default 5)")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="and as many more as fill this many seconds (default 2; LeNet-5's steps are short)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every column per model; ratios: medians of the rounds' (default 3)")
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
     parser.add_argument("--mobilenet", action="store_true", help="also the shipped MobileNet for CIFAR")
     parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
@@ -152,6 +169,8 @@ def main() -> None:
     parser.add_argument("--torch-alone", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--torch-profile", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.torch_alone or args.torch_profile:  # the fresh process of torch_alone() or torch_profile()
         name, batch = args.torch_alone or args.torch_profile
         workload = e2sim.load_workload(name)
@@ -173,27 +192,34 @@ def main() -> None:
           f"{'torch fp32 ms':>15}{'fp32 / torch':>14}{'int8 / torch':>14}{'counted / torch':>17}"
           f"{'torch, same heap':>18}{'fp32 / it':>11}{'int8 / it':>11}")  # fmt: skip
     cases = CASES[:1] if args.quick else CASES + ([MOBILENET] if args.mobilenet else [])
+    spreads = []
     for name, batch in cases:
         workload = e2sim.load_workload(name)
-        fp32_step, graph = e2sim_step(workload, batch, None)
-        int8_step, _ = e2sim_step(workload, batch, precision(**INT8))
-        counted_step, _ = e2sim_step(workload, batch, precision(**INT8), counted=True)
-        with thread_budget(args.threads):  # e2sim's own setting: kernels on the threads, BLAS on one
-            fp32 = median_time(fp32_step, args.repeat, args.seconds)
-            int8 = median_time(int8_step, args.repeat, args.seconds)
-            counted = median_time(counted_step, args.repeat, args.seconds)
-        mine = f"{name:<18}{batch:>6}{fp32 * 1e3:>15.1f}{int8 * 1e3:>15.1f}{counted * 1e3:>14.1f}"
-        if have_torch:
-            ref = torch_alone(name, batch, args.threads, args.repeat, args.seconds)
-            step, threads = torch_step(graph, batch, args.threads)
-            same = median_time(step, args.repeat, args.seconds)
-            print(f"{mine}{ref * 1e3:>15.1f}{fp32 / ref:>14.2f}{int8 / ref:>14.2f}{counted / ref:>17.2f}"
-                  f"{same * 1e3:>18.1f}{fp32 / same:>11.2f}{int8 / same:>11.2f}")  # fmt: skip
-        else:
+        built = {label: e2sim_step(workload, batch, fmt, counted)
+                 for label, fmt, counted in (("fp32", None, False), ("int8", precision(**INT8), False),
+                                             ("counted", precision(**INT8), True))}  # fmt: skip
+        steps, graph = {label: step for label, (step, _) in built.items()}, built["fp32"][1]
+        rounds = [measure_round(steps, name, batch, args, have_torch) for _ in range(args.rounds)]
+        mid = {label: statistics.median(r[label] for r in rounds) for label in rounds[0]}
+        mine = f"{name:<18}{batch:>6}{mid['fp32'] * 1e3:>15.1f}{mid['int8'] * 1e3:>15.1f}{mid['counted'] * 1e3:>14.1f}"
+        if not have_torch:
             print(f"{mine}{'-':>15}{'-':>14}{'-':>14}{'-':>17}")
+            continue
+        ratios = {label: [r[label] / r["torch"] for r in rounds] for label in steps}
+        step, threads = torch_step(graph, batch, args.threads)  # after every e2sim step of the case
+        same = median_time(step, args.repeat, args.seconds)
+        print(f"{mine}{mid['torch'] * 1e3:>15.1f}" + "".join(f"{statistics.median(ratios[label]):>{width}.2f}"
+              for label, width in (("fp32", 14), ("int8", 14), ("counted", 17)))
+              + f"{same * 1e3:>18.1f}{mid['fp32'] / same:>11.2f}{mid['int8'] / same:>11.2f}")  # fmt: skip
+        spreads.append(f"{name}: " + "; ".join(f"{label} / torch " + " ".join(f"{v:.2f}" for v in ratios[label])
+                                               for label in steps))  # fmt: skip
     if have_torch:
-        print(f"(PyTorch with {threads} threads, 'torch' in a process of its own; goals: fp32 / torch <= 1.5, "
-              "int8 / torch <= 2)")
+        print(f"(PyTorch with {threads} threads, 'torch' in a process of its own; each ratio the median of "
+              f"{args.rounds} rounds' ratios, a round timing every column of a model one after the other; "
+              "goals: fp32 / torch <= 1.5, int8 / torch <= 2)")  # fmt: skip
+        print("ratios round by round:")
+        for line in spreads:
+            print(f"  {line}")
     if args.profile:
         for name, batch in cases:
             print(f"profile of {name}, batch {batch}: ms per step by layer kind and phase (bwd: data and weight)")
