@@ -11,10 +11,12 @@ network (SGD with momentum, training-mode batch norm). PyTorch is optional: inst
 
 ``--mobilenet`` adds the shipped MobileNet for CIFAR (depthwise-separable blocks: grouped convs).
 
-Each model is timed in ``--rounds`` rounds (default 3), a round timing every e2sim column and then
-PyTorch one right after the other; each ratio printed is the median of the rounds' ratios, and the
-rounds' ratios follow the table (this machine's speed drifts over minutes: a ratio of two timings
-taken far apart moves with the drift).
+Each model is timed in ``--rounds`` rounds (default 5). In a round every e2sim column is timed
+and, right after each, PyTorch in its own process (kept alive, idle while e2sim runs); each ratio
+printed is the median over the rounds of an e2sim timing over the PyTorch timing that followed it,
+and the rounds' timings and ratios follow the table. This machine's speed drifts over seconds to
+minutes (the same e2sim step took 356-587 ms within one minute, its CPU time moving with it): a
+ratio of two timings taken far apart moves with the drift.
 
 PyTorch is timed twice: in a process of its own, as a PyTorch user runs it (the reference of the
 ratios), and in this process after e2sim, where e2sim's heap setting (``e2sim.process.keep_heap``:
@@ -24,6 +26,7 @@ freed memory stays on the heap) applies to it too ("torch, same heap").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import subprocess
@@ -138,20 +141,48 @@ def torch_step(graph, batch: int, threads: int):
     return step, torch.get_num_threads()
 
 
-def torch_alone(name: str, batch: int, threads: int, repeat: int, seconds: float) -> float:
-    """PyTorch's step time (s) in a fresh process: its own defaults, no e2sim setting applied."""
-    command = [sys.executable, __file__, "--torch-alone", name, str(batch), "--threads", str(threads),
-               "--repeat", str(repeat), "--seconds", str(seconds)]  # fmt: skip
-    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+class TorchProcess:
+    """PyTorch's step in a process of its own (its own defaults, no e2sim setting applied), kept
+    alive between requests so that its timings can alternate with e2sim's: :meth:`median` times one
+    block of steps there (after an untimed one) while this process waits."""
+
+    def __init__(self, name: str, batch: int, threads: int) -> None:
+        command = [sys.executable, __file__, "--torch-server", name, str(batch), "--threads", str(threads)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def median(self, repeat: int, seconds: float) -> float:
+        """The median step time (s) of at least ``repeat`` steps and as many as fill ``seconds``."""
+        self.process.stdin.write(f"{repeat} {seconds}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the PyTorch process ended (exit code {self.process.wait()})")
+        return float(answer)
+
+    def __enter__(self) -> TorchProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
-def measure_round(steps: dict, name: str, batch: int, args, have_torch: bool) -> dict[str, float]:
-    """One round of a model: each e2sim step's median time (s), then PyTorch's in a process of its
-    own (``torch``), timed one right after the other, so that their ratios see the same machine."""
-    with thread_budget(args.threads):  # e2sim's own setting: kernels on the threads, BLAS on one
-        times = {label: median_time(step, args.repeat, args.seconds) for label, step in steps.items()}
-    if have_torch:
-        times["torch"] = torch_alone(name, batch, args.threads, args.repeat, args.seconds)
+def serve_torch(graph, batch: int, threads: int) -> None:
+    """The other end of :class:`TorchProcess`: one median per request line ("repeat seconds")."""
+    step, _ = torch_step(graph, batch, threads)
+    for line in sys.stdin:
+        repeat, seconds = line.split()
+        print(median_time(step, int(repeat), float(seconds)), flush=True)
+
+
+def measure_round(steps: dict, alone: TorchProcess | None, args) -> dict[str, tuple[float, float | None]]:
+    """One round of a model: per e2sim step, its median time (s) and then PyTorch's (None without
+    it), timed right after it in PyTorch's own process, so that each pair sees the same machine."""
+    times = {}
+    for label, step in steps.items():
+        with thread_budget(args.threads):  # e2sim's own setting: kernels on the threads, BLAS on one
+            mine = median_time(step, args.repeat, args.seconds)
+        times[label] = (mine, alone.median(args.repeat, args.seconds) if alone is not None else None)
     return times
 
 
@@ -160,26 +191,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed steps of each kind at least (default 5)")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="and as many more as fill this many seconds (default 2; LeNet-5's steps are short)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of every column per model; ratios: medians of the rounds' (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of every column per model; ratios: medians of the rounds' (default 5)")
     parser.add_argument("--quick", action="store_true", help="LeNet-5 only")
     parser.add_argument("--mobilenet", action="store_true", help="also the shipped MobileNet for CIFAR")
     parser.add_argument("--threads", type=int, default=2, help="threads of each side (default 2)")
     parser.add_argument("--profile", action="store_true", help="also print ms per step by layer kind and phase")
-    parser.add_argument("--torch-alone", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--torch-server", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--torch-profile", nargs=2, metavar=("WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.torch_alone or args.torch_profile:  # the fresh process of torch_alone() or torch_profile()
-        name, batch = args.torch_alone or args.torch_profile
+    if args.torch_server or args.torch_profile:  # the process of TorchProcess or torch_profile()
+        name, batch = args.torch_server or args.torch_profile
         workload = e2sim.load_workload(name)
         training = dataclasses.replace(workload.training, batch_size=int(batch))
         graph = e2sim.lower(dataclasses.replace(workload, training=training))
         if args.torch_profile:
             print_torch_profile(graph, int(batch), args.threads, args.repeat)
         else:
-            print(median_time(torch_step(graph, int(batch), args.threads)[0], args.repeat, args.seconds))
+            serve_torch(graph, int(batch), args.threads)
         return
     try:
         import torch  # noqa: F401
@@ -199,25 +230,29 @@ def main() -> None:
                  for label, fmt, counted in (("fp32", None, False), ("int8", precision(**INT8), False),
                                              ("counted", precision(**INT8), True))}  # fmt: skip
         steps, graph = {label: step for label, (step, _) in built.items()}, built["fp32"][1]
-        rounds = [measure_round(steps, name, batch, args, have_torch) for _ in range(args.rounds)]
-        mid = {label: statistics.median(r[label] for r in rounds) for label in rounds[0]}
+        with TorchProcess(name, batch, args.threads) if have_torch else contextlib.nullcontext() as alone:
+            rounds = [measure_round(steps, alone, args) for _ in range(args.rounds)]
+        mid = {label: statistics.median(r[label][0] for r in rounds) for label in steps}
         mine = f"{name:<18}{batch:>6}{mid['fp32'] * 1e3:>15.1f}{mid['int8'] * 1e3:>15.1f}{mid['counted'] * 1e3:>14.1f}"
         if not have_torch:
             print(f"{mine}{'-':>15}{'-':>14}{'-':>14}{'-':>17}")
             continue
-        ratios = {label: [r[label] / r["torch"] for r in rounds] for label in steps}
+        reference = statistics.median(r[label][1] for r in rounds for label in steps)
+        ratios = {label: [r[label][0] / r[label][1] for r in rounds] for label in steps}
         step, threads = torch_step(graph, batch, args.threads)  # after every e2sim step of the case
         same = median_time(step, args.repeat, args.seconds)
-        print(f"{mine}{mid['torch'] * 1e3:>15.1f}" + "".join(f"{statistics.median(ratios[label]):>{width}.2f}"
+        print(f"{mine}{reference * 1e3:>15.1f}" + "".join(f"{statistics.median(ratios[label]):>{width}.2f}"
               for label, width in (("fp32", 14), ("int8", 14), ("counted", 17)))
               + f"{same * 1e3:>18.1f}{mid['fp32'] / same:>11.2f}{mid['int8'] / same:>11.2f}")  # fmt: skip
-        spreads.append(f"{name}: " + "; ".join(f"{label} / torch " + " ".join(f"{v:.2f}" for v in ratios[label])
-                                               for label in steps))  # fmt: skip
+        spreads += [f"{name} round {i + 1}: " + ", ".join(f"{label} {a * 1e3:.1f} / {b * 1e3:.1f}"
+                                                          for label, (a, b) in r.items())
+                    + " ms; " + " / ".join(f"{ratios[label][i]:.2f}" for label in steps)
+                    for i, r in enumerate(rounds)]  # fmt: skip
     if have_torch:
-        print(f"(PyTorch with {threads} threads, 'torch' in a process of its own; each ratio the median of "
-              f"{args.rounds} rounds' ratios, a round timing every column of a model one after the other; "
+        print(f"(PyTorch with {threads} threads, 'torch' in a process of its own: the median of its timings; each "
+              f"ratio the median over {args.rounds} rounds of an e2sim timing / the PyTorch timing right after it; "
               "goals: fp32 / torch <= 1.5, int8 / torch <= 2)")  # fmt: skip
-        print("ratios round by round:")
+        print("round by round (e2sim / PyTorch ms; fp32, int8, counted / torch):")
         for line in spreads:
             print(f"  {line}")
     if args.profile:
