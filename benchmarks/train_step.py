@@ -13,11 +13,11 @@ network (SGD with momentum, training-mode batch norm). PyTorch is optional: inst
 
 Each model is timed in ``--rounds`` rounds (default 5). In a round every e2sim column is timed
 and, right after each, PyTorch in its own process (started, its model built and one step taken,
-before the first round; kept alive, idle while e2sim runs); each ratio
-printed is the median over the rounds of an e2sim timing over the PyTorch timing that followed it,
-and the rounds' timings and ratios follow the table. This machine's speed drifts over seconds to
-minutes (the same e2sim step took 356-587 ms within one minute, its CPU time moving with it): a
-ratio of two timings taken far apart moves with the drift.
+before the first round; kept alive, idle while e2sim runs); each ratio printed is the median over
+the rounds of an e2sim timing over the PyTorch timing that followed it, and the rounds' timings and
+ratios follow the table. This machine's speed drifts over seconds to minutes (the same e2sim step
+took 356-587 ms within one minute, its CPU time moving with it): a ratio of two timings taken far
+apart moves with the drift.
 
 PyTorch is timed twice: in a process of its own, as a PyTorch user runs it (the reference of the
 ratios), and in this process after e2sim, where e2sim's heap setting (``e2sim.process.keep_heap``:
